@@ -1,0 +1,3 @@
+//! Policies: the document as written ([`source`]), compiled into immutable snapshots.
+
+pub mod source;

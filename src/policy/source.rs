@@ -1,0 +1,283 @@
+//! The policy document as written: YAML or JSON, deserialized with serde.
+//!
+//! This module owns the document's shape and its parsing, nothing more: ids, patterns and
+//! references are checked by [`super::compile`]. Unknown fields are errors, so a typo is
+//! reported rather than silently ignored.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// A whole policy document. See `docs/policy-format.md`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyDocument {
+    /// Format version; must be 1.
+    pub version: u32,
+    /// Built-in roles: declared once, exist in every tenant.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<RoleDoc>,
+    /// Endpoint entries shared by all tenants.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<EndpointDoc>,
+    /// The tenants.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tenants: Vec<TenantDoc>,
+}
+
+/// A role: built-in (top level) or custom (in a tenant).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleDoc {
+    /// Role id.
+    pub id: String,
+    /// Free text for people.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// Roles whose grants this role also gives, transitively.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub includes: Vec<String>,
+    /// Named permissions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub permissions: Vec<String>,
+    /// Route rules, judged per role: the most specific matching rule decides.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteDoc>,
+}
+
+/// A role's route rule.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteDoc {
+    /// HTTP methods, or `*`.
+    pub methods: Vec<String>,
+    /// Path pattern.
+    pub path: String,
+}
+
+/// An endpoint-table entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointDoc {
+    /// Path pattern.
+    pub path: String,
+    /// HTTP methods, or `*`.
+    pub methods: Vec<String>,
+    /// Roles that may call it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+    /// Anyone in an existing tenant may call it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub public: bool,
+}
+
+/// A tenant.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantDoc {
+    /// Tenant id.
+    pub id: String,
+    /// Custom roles.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<RoleDoc>,
+    /// The tenant's own endpoint entries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<EndpointDoc>,
+    /// Roles every enabled member holds at the tenant root.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub default_roles: Vec<String>,
+    /// Registered members.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subjects: Vec<SubjectDoc>,
+    /// Groups of members.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<GroupDoc>,
+    /// Role assignments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub assignments: Vec<AssignmentDoc>,
+}
+
+/// A registered member.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubjectDoc {
+    /// Subject id.
+    pub id: String,
+    /// A disabled subject holds nothing.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub disabled: bool,
+}
+
+/// A group of members.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupDoc {
+    /// Group id.
+    pub id: String,
+    /// Member subject ids.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<String>,
+}
+
+/// A role assignment to a subject or a group, at a scope.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssignmentDoc {
+    /// The subject (exactly one of `subject` and `group`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// The group (exactly one of `subject` and `group`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// The role.
+    pub role: String,
+    /// The scope; empty is the tenant root.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub scope: String,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Why a document could not be read or parsed.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The file could not be read.
+    #[error("{file}: {source}")]
+    Io {
+        /// The file.
+        file: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The text is not a valid document; line and column are 1-based when known.
+    #[error("{file}:{line}:{column}: {message}")]
+    Syntax {
+        /// The file.
+        file: String,
+        /// Line, 1-based (0 if unknown).
+        line: usize,
+        /// Column, 1-based (0 if unknown).
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Document formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// YAML.
+    Yaml,
+    /// JSON.
+    Json,
+}
+
+impl Format {
+    /// The format a file name implies: `.json` is JSON, anything else YAML (a superset).
+    pub fn from_path(path: &Path) -> Self {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some(ext) if ext.eq_ignore_ascii_case("json") => Format::Json,
+            _ => Format::Yaml,
+        }
+    }
+}
+
+impl PolicyDocument {
+    /// Reads and parses a document from a file.
+    pub fn read(path: &Path) -> Result<Self, SourceError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SourceError::Io {
+            file: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, Format::from_path(path), &path.display().to_string())
+    }
+
+    /// Parses a document; `file` names it in errors.
+    pub fn parse(text: &str, format: Format, file: &str) -> Result<Self, SourceError> {
+        let doc: PolicyDocument = match format {
+            Format::Json => serde_json::from_str(text).map_err(|e| SourceError::Syntax {
+                file: file.to_owned(),
+                line: e.line(),
+                column: e.column(),
+                message: strip_location(&e.to_string()),
+            })?,
+            Format::Yaml => serde_yaml_ng::from_str(text).map_err(|e| {
+                let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+                SourceError::Syntax {
+                    file: file.to_owned(),
+                    line,
+                    column,
+                    message: strip_location(&e.to_string()),
+                }
+            })?,
+        };
+        if doc.version != 1 {
+            return Err(SourceError::Syntax {
+                file: file.to_owned(),
+                line: 0,
+                column: 0,
+                message: format!("unsupported `version: {}` (expected 1)", doc.version),
+            });
+        }
+        Ok(doc)
+    }
+
+    /// Renders the document as YAML.
+    pub fn to_yaml(&self) -> Result<String, serde_yaml_ng::Error> {
+        serde_yaml_ng::to_string(self)
+    }
+}
+
+/// serde's messages end in " at line L column C"; the error carries those separately.
+fn strip_location(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg.get(..i).unwrap_or(msg).to_owned(),
+        None => msg.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_errors_carry_line_and_column() {
+        let err = PolicyDocument::parse(
+            "version: 1\ntenants:\n  - id: a\n    subjets: []\n",
+            Format::Yaml,
+            "p.yaml",
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("p.yaml:4:"), "{msg}");
+        assert!(msg.contains("unknown field `subjets`"), "{msg}");
+    }
+
+    #[test]
+    fn json_and_yaml_read_the_same_document() {
+        let y = PolicyDocument::parse(
+            "version: 1\nroles:\n  - id: r\n    permissions: [p]\n",
+            Format::Yaml,
+            "a",
+        )
+        .unwrap();
+        let j = PolicyDocument::parse(
+            r#"{"version":1,"roles":[{"id":"r","permissions":["p"]}]}"#,
+            Format::Json,
+            "b",
+        )
+        .unwrap();
+        assert_eq!(y, j);
+    }
+
+    #[test]
+    fn version_must_be_one() {
+        let err = PolicyDocument::parse("version: 2\n", Format::Yaml, "p.yaml").unwrap_err();
+        assert!(
+            err.to_string().contains("unsupported `version: 2`"),
+            "{err}"
+        );
+    }
+}
