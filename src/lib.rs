@@ -1,5 +1,35 @@
 //! authz: role-based authorization decisions with reasons, answered from memory.
+//!
+//! # Layout
+//! - [`model`]: validated request values (ids, scopes, methods, paths) and limits.
+//! - [`policy`]: the policy document ([`policy::source`]), its compiler
+//!   ([`policy::compile`]) into immutable per-tenant snapshots ([`policy::snapshot`]),
+//!   route patterns and the most-specific-match trie ([`policy::pattern`]), the pure
+//!   evaluator ([`policy::eval`]), decisions and their explanations
+//!   ([`policy::decision`]) and listings ([`policy::list`]).
+//! - [`cache`]: the shared in-memory policy: tenant slots swapped atomically, and the
+//!   applied revision.
+//! - [`store`]: where policies come from (a file, reloaded on change).
+//! - [`grpc`]: the `authz.v1.AuthorizationService` implementation; [`pb`] the generated
+//!   bindings.
+//! - [`server`]: one listener with the query service, health and reflection; graceful
+//!   shutdown. [`config`] and [`cli`]: the `authzd` command line.
+//!
+//! # The path a Check takes
+//! `grpc::service` validates the request (`grpc::convert`, INVALID_ARGUMENT naming the
+//! field), finds the tenant's snapshot in the [`cache::Cache`] (`ArcSwap::load`, no lock
+//! held), calls [`policy::TenantSnapshot::check`] (pure, no allocation), then explains
+//! the [`policy::Decision`] in words and returns it.
 #![forbid(unsafe_code)]
 
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod grpc;
+pub mod model;
 pub mod pb;
 pub mod policy;
+pub mod server;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;

@@ -1,1 +1,30 @@
-fn main() {}
+//! `authzd`: parses the command line, sets up logging, and dispatches. All logic lives in
+//! the library.
+
+use authz::{
+    cli::{self, Exit},
+    config::{Cli, Command},
+    telemetry,
+};
+use clap::Parser;
+
+fn main() -> Exit {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                Exit::Usage
+            } else {
+                Exit::Ok
+            };
+        }
+    };
+    telemetry::init(cli.log_format);
+    match cli.command {
+        Command::Serve(args) => cli::serve::run(args),
+        Command::Validate(args) => cli::validate::run(&args),
+        Command::Check(args) => cli::check::run(&args),
+        Command::List(args) => cli::check::list(&args),
+    }
+}

@@ -1,3 +1,17 @@
-//! Policies: the document as written ([`source`]), compiled into immutable snapshots.
+//! Policies: the document as written ([`source`]), compiled ([`compile`]) into immutable
+//! per-tenant snapshots ([`snapshot`]) that the evaluator ([`eval`]) reads to make
+//! [`decision::Decision`]s, and listings of what a subject may do ([`list`]).
 
+pub mod compile;
+pub mod decision;
+pub mod eval;
+pub mod list;
+pub mod pattern;
+pub mod snapshot;
 pub mod source;
+
+pub use compile::{CompileError, Policy, compile};
+pub use decision::{Decision, Explanation, Reason};
+pub use eval::{Action, Query};
+pub use snapshot::TenantSnapshot;
+pub use source::PolicyDocument;

@@ -1,0 +1,143 @@
+//! `authzd check` and `authzd list`: one decision (or listing) offline, against a
+//! policy file, worded exactly as the server words it.
+
+use super::{Exit, load_exit};
+use crate::{
+    config::{CheckArgs, ListArgs, Output},
+    model::{self, Method},
+    policy::{Action, Explanation, Query},
+    store::file::load,
+};
+
+fn usage(field: &str, e: model::InputError) -> Exit {
+    eprintln!("error: invalid `--{field}`: {e}");
+    Exit::Usage
+}
+
+/// Runs `check`.
+pub fn run(args: &CheckArgs) -> Exit {
+    let action = match (&args.permission, &args.method, &args.path) {
+        (Some(p), _, _) => match model::name(p) {
+            Ok(p) => Action::Permission(p),
+            Err(e) => return usage("permission", e),
+        },
+        (None, Some(m), Some(p)) => match (Method::parse(m), model::request_path(p)) {
+            (Ok(method), Ok(path)) => Action::Route { method, path },
+            (Err(e), _) => return usage("method", e),
+            (_, Err(e)) => return usage("path", e),
+        },
+        _ => {
+            eprintln!("error: give `--permission`, or `--method` and `--path`");
+            return Exit::Usage;
+        }
+    };
+    if let Err(e) = model::tenant_id(&args.tenant) {
+        return usage("tenant", e);
+    }
+    if !args.subject.is_empty() {
+        if let Err(e) = model::subject_id(&args.subject) {
+            return usage("subject", e);
+        }
+    }
+    if let Err(e) = model::scope(&args.scope) {
+        return usage("scope", e);
+    }
+    let policy = match load(&args.policy, 1) {
+        Ok((p, _)) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return load_exit(&e);
+        }
+    };
+    let query = Query {
+        subject: &args.subject,
+        scope: &args.scope,
+        action,
+    };
+    let explanation = match policy.tenants.iter().find(|t| *t.id == *args.tenant) {
+        Some(t) => t.explain(&query, &t.check(&query)),
+        None => Explanation::unknown_tenant(&args.tenant, 1),
+    };
+    match args.output {
+        Output::Text => println!("{}", explanation.explanation),
+        Output::Json => match serde_json::to_string_pretty(&explanation) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Exit::Software;
+            }
+        },
+    }
+    if explanation.allowed {
+        Exit::Ok
+    } else {
+        Exit::Denied
+    }
+}
+
+/// Runs `list`.
+pub fn list(args: &ListArgs) -> Exit {
+    if let Err(e) = model::tenant_id(&args.tenant) {
+        return usage("tenant", e);
+    }
+    if !args.subject.is_empty() {
+        if let Err(e) = model::subject_id(&args.subject) {
+            return usage("subject", e);
+        }
+    }
+    if let Err(e) = model::scope(&args.scope) {
+        return usage("scope", e);
+    }
+    let policy = match load(&args.policy, 1) {
+        Ok((p, _)) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return load_exit(&e);
+        }
+    };
+    let Some(tenant) = policy.tenants.iter().find(|t| *t.id == *args.tenant) else {
+        println!("tenant `{}` does not exist", args.tenant);
+        return Exit::Denied;
+    };
+    let listing = tenant.list(&args.subject, &args.scope);
+    match args.output {
+        Output::Json => match serde_json::to_string_pretty(&listing) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Exit::Software;
+            }
+        },
+        Output::Text => {
+            println!("reason: {}", listing.reason.map_or("", |r| r.as_str()));
+            for (role, g) in &listing.roles {
+                let via = if g.include_chain.len() > 1 {
+                    format!(" through {}", g.include_chain.join(" -> "))
+                } else {
+                    String::new()
+                };
+                let from = if g.source == "group" {
+                    format!("group {}", g.group_id)
+                } else {
+                    g.source.to_owned()
+                };
+                println!("role {role}: {from} at `{}`{via}", g.scope);
+            }
+            println!("permissions: {}", listing.permissions.join(", "));
+            for (role, methods, path) in &listing.routes {
+                println!("rule {} {path} (role {role})", methods.join(","));
+            }
+            for (path, methods, public) in &listing.endpoints {
+                println!(
+                    "endpoint {} {path}{}",
+                    methods.join(","),
+                    if *public { " (public)" } else { "" }
+                );
+            }
+            for (scope, roles) in &listing.scopes_below {
+                println!("below `{scope}`: {}", roles.join(", "));
+            }
+        }
+    }
+    Exit::Ok
+}

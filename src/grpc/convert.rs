@@ -1,0 +1,179 @@
+//! pb ⇄ model: one function per request turns wire values into validated queries (or a
+//! [`FieldError`] naming the field), and `to_pb` functions turn explanations back.
+
+use crate::{
+    model::{self, InputError, Method},
+    pb,
+    policy::{Action, Explanation, Query, Reason, decision::GrantView, list::Listing},
+};
+
+/// A bad request value and the field it came from, e.g. `checks[3].route.path`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid `{field}`: {error}")]
+pub struct FieldError {
+    /// The field path.
+    pub field: String,
+    /// What is wrong.
+    pub error: InputError,
+}
+
+fn field(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+fn at<T>(prefix: &str, name: &str, r: Result<T, InputError>) -> Result<T, FieldError> {
+    r.map_err(|error| FieldError {
+        field: field(prefix, name),
+        error,
+    })
+}
+
+/// Validates a subject id; empty is anonymous and allowed.
+fn subject<'a>(prefix: &str, s: &'a str) -> Result<&'a str, FieldError> {
+    if s.is_empty() {
+        Ok(s)
+    } else {
+        at(prefix, "subject_id", model::subject_id(s))
+    }
+}
+
+/// Validates a check. `tenant` and `subject` fall back to the batch's values when the
+/// item leaves them empty; `prefix` is the item's field path in a batch.
+pub fn check_request<'a>(
+    req: &'a pb::CheckRequest,
+    prefix: &str,
+    batch_tenant: &'a str,
+    batch_subject: &'a str,
+) -> Result<(&'a str, Query<'a>), FieldError> {
+    let (tenant_value, tenant_field) = if req.tenant_id.is_empty() && !batch_tenant.is_empty() {
+        (batch_tenant, "")
+    } else {
+        (req.tenant_id.as_str(), prefix)
+    };
+    let tenant = at(tenant_field, "tenant_id", model::tenant_id(tenant_value))?;
+    let (subject_value, subject_field) = if req.subject_id.is_empty() {
+        (batch_subject, "")
+    } else {
+        (req.subject_id.as_str(), prefix)
+    };
+    let subject = subject(subject_field, subject_value)?;
+    let scope = at(prefix, "scope", model::scope(&req.scope))?;
+    let action = match &req.action {
+        Some(pb::check_request::Action::Permission(p)) => {
+            Action::Permission(at(prefix, "permission", model::name(p))?)
+        }
+        Some(pb::check_request::Action::Route(r)) => Action::Route {
+            method: at(prefix, "route.method", Method::parse(&r.method))?,
+            path: at(prefix, "route.path", model::request_path(&r.path))?,
+        },
+        None => {
+            return Err(FieldError {
+                field: field(prefix, "action"),
+                error: InputError::Malformed("needs `permission` or `route`"),
+            });
+        }
+    };
+    Ok((
+        tenant,
+        Query {
+            subject,
+            scope,
+            action,
+        },
+    ))
+}
+
+/// Validates a listing request: tenant, subject, scope.
+pub fn list_request(req: &pb::ListPermissionsRequest) -> Result<(&str, &str, &str), FieldError> {
+    Ok((
+        at("", "tenant_id", model::tenant_id(&req.tenant_id))?,
+        subject("", &req.subject_id)?,
+        at("", "scope", model::scope(&req.scope))?,
+    ))
+}
+
+/// The wire form of a reason.
+pub fn reason_to_pb(r: Reason) -> pb::Reason {
+    match r {
+        Reason::Granted => pb::Reason::Granted,
+        Reason::Public => pb::Reason::Public,
+        Reason::UnknownTenant => pb::Reason::UnknownTenant,
+        Reason::UnknownSubject => pb::Reason::UnknownSubject,
+        Reason::SubjectDisabled => pb::Reason::SubjectDisabled,
+        Reason::NoGrant => pb::Reason::NoGrant,
+        Reason::NoMatchingRule => pb::Reason::NoMatchingRule,
+        Reason::MethodNotAllowed => pb::Reason::MethodNotAllowed,
+    }
+}
+
+fn grant_to_pb(g: GrantView) -> pb::Grant {
+    pb::Grant {
+        role: g.role,
+        include_chain: g.include_chain,
+        scope: g.scope,
+        source: match g.source {
+            "direct" => pb::GrantSource::Direct,
+            "group" => pb::GrantSource::Group,
+            "default" => pb::GrantSource::Default,
+            _ => pb::GrantSource::Unspecified,
+        } as i32,
+        group_id: g.group_id,
+    }
+}
+
+/// The wire form of an explained decision.
+pub fn explanation_to_pb(e: Explanation) -> pb::CheckResponse {
+    pb::CheckResponse {
+        allowed: e.allowed,
+        reason: reason_to_pb(e.reason) as i32,
+        grant: e.grant.map(grant_to_pb),
+        revision: e.revision,
+        explanation: e.explanation,
+        matched_pattern: e.matched_pattern,
+        required_roles: e.required_roles,
+    }
+}
+
+/// The wire form of a listing.
+pub fn listing_to_pb(l: Listing) -> pb::ListPermissionsResponse {
+    pb::ListPermissionsResponse {
+        reason: l.reason.map_or(pb::Reason::Unspecified, reason_to_pb) as i32,
+        roles: l
+            .roles
+            .into_iter()
+            .map(|(role, g)| pb::EffectiveRole {
+                role,
+                grant: Some(grant_to_pb(g)),
+            })
+            .collect(),
+        permissions: l.permissions,
+        routes: l
+            .routes
+            .into_iter()
+            .map(|(role, methods, path)| pb::RouteRule {
+                role,
+                methods,
+                path,
+            })
+            .collect(),
+        endpoints: l
+            .endpoints
+            .into_iter()
+            .map(|(path, methods, public)| pb::Endpoint {
+                path,
+                methods,
+                public,
+            })
+            .collect(),
+        scopes_below: l
+            .scopes_below
+            .into_iter()
+            .map(|(scope, roles)| pb::ScopedRoles { scope, roles })
+            .collect(),
+        revision: l.revision,
+    }
+}

@@ -1,0 +1,663 @@
+//! Compiles a [`PolicyDocument`] into immutable [`TenantSnapshot`]s.
+//!
+//! Everything is checked here, once: ids, patterns, methods, references, duplicates and
+//! include cycles. Every problem is collected (not just the first), each naming the
+//! tenant and the role, entry or rule. A document with any problem compiles to nothing:
+//! there is no partial policy.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    fmt,
+    sync::Arc,
+};
+
+use super::{
+    pattern::{Matcher, Pattern},
+    snapshot::*,
+    source::{EndpointDoc, PolicyDocument, RoleDoc, TenantDoc},
+};
+use crate::model::{self, MethodSet};
+
+/// A compiled policy: every tenant's snapshot.
+#[derive(Debug)]
+pub struct Policy {
+    /// The tenants, in document order.
+    pub tenants: Vec<TenantSnapshot>,
+}
+
+/// One problem in a policy document.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Where: ``tenant `acme`, role `editor` ``; empty for the document itself.
+    pub location: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.location.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.location, self.message)
+        }
+    }
+}
+
+/// A policy document that does not compile, with every problem found.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct CompileError {
+    /// The file (or other source) the document came from.
+    pub file: String,
+    /// The problems, in document order.
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for CompileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        for p in &self.problems {
+            if !first {
+                f.write_str("\n")?;
+            }
+            first = false;
+            write!(f, "{}: {p}", self.file)?;
+        }
+        Ok(())
+    }
+}
+
+/// Compiles a document; `file` names it in errors and `revision` is stamped on every
+/// snapshot.
+pub fn compile(doc: &PolicyDocument, file: &str, revision: u64) -> Result<Policy, CompileError> {
+    let mut cx = Context::default();
+    let builtins = Arc::new(cx.builtins(&doc.roles));
+    let global = cx.endpoint_docs("", &doc.endpoints);
+    for spec in &global {
+        for name in &spec.doc.roles {
+            if !builtins.roles.iter().any(|r| *r.id == **name) {
+                cx.problem(
+                    &format!("endpoint `{} {}`", spec.doc.methods.join(","), spec.doc.path),
+                    format!("names `{name}`, which is not a built-in role (entries for all tenants may only name built-in roles)"),
+                );
+            }
+        }
+    }
+    // Tenants build on the built-in roles and the global table: after a problem there,
+    // their own problems would be noise.
+    if !cx.problems.is_empty() {
+        return Err(CompileError {
+            file: file.to_owned(),
+            problems: cx.problems,
+        });
+    }
+    let mut seen = HashSet::new();
+    let mut tenants = Vec::with_capacity(doc.tenants.len());
+    for t in &doc.tenants {
+        let loc = format!("tenant `{}`", t.id);
+        if let Err(e) = model::tenant_id(&t.id) {
+            cx.problem(&loc, format!("id {e}"));
+            continue;
+        }
+        if !seen.insert(t.id.as_str()) {
+            cx.problem(&loc, "duplicate tenant id".into());
+            continue;
+        }
+        if let Some(s) = cx.tenant(t, &builtins, &global, revision) {
+            tenants.push(s);
+        }
+    }
+    if cx.problems.is_empty() {
+        Ok(Policy { tenants })
+    } else {
+        Err(CompileError {
+            file: file.to_owned(),
+            problems: cx.problems,
+        })
+    }
+}
+
+#[derive(Default)]
+struct Context {
+    problems: Vec<Problem>,
+}
+
+/// Parsed endpoint entry before role names are resolved.
+struct EndpointSpec<'d> {
+    doc: &'d EndpointDoc,
+    pattern: Pattern,
+    methods: MethodSet,
+}
+
+impl Context {
+    fn problem(&mut self, location: &str, message: String) {
+        self.problems.push(Problem {
+            location: location.to_owned(),
+            message,
+        });
+    }
+
+    fn builtins(&mut self, docs: &[RoleDoc]) -> Builtins {
+        let index = self.role_index("", docs, &HashMap::new());
+        let roles = self.roles("", docs, &index, 0, None);
+        Builtins { roles }
+    }
+
+    /// Indexes role ids from `base` on, reporting bad and duplicate ids.
+    fn role_index(
+        &mut self,
+        tenant_loc: &str,
+        docs: &[RoleDoc],
+        builtin: &HashMap<Box<str>, RoleIdx>,
+    ) -> HashMap<Box<str>, RoleIdx> {
+        let mut index = builtin.clone();
+        let base = builtin.len() as RoleIdx;
+        for (i, r) in docs.iter().enumerate() {
+            let loc = join(tenant_loc, &format!("role `{}`", r.id));
+            if let Err(e) = model::name(&r.id) {
+                self.problem(&loc, format!("id {e}"));
+            }
+            if builtin.contains_key(r.id.as_str()) {
+                self.problem(&loc, "custom role reuses the id of a built-in role".into());
+            } else if index
+                .insert(r.id.as_str().into(), base + i as RoleIdx)
+                .is_some()
+            {
+                self.problem(&loc, "duplicate role id".into());
+            }
+        }
+        index
+    }
+
+    /// Compiles roles whose indexes start at `base`. `builtins` is given for custom roles.
+    fn roles(
+        &mut self,
+        tenant_loc: &str,
+        docs: &[RoleDoc],
+        index: &HashMap<Box<str>, RoleIdx>,
+        base: RoleIdx,
+        builtins: Option<&Builtins>,
+    ) -> Box<[Role]> {
+        let total = index.len().max(base as usize + docs.len());
+        // Resolve includes to indexes.
+        let mut includes: Vec<Vec<RoleIdx>> = Vec::with_capacity(docs.len());
+        for r in docs {
+            let loc = join(tenant_loc, &format!("role `{}`", r.id));
+            let mut inc = Vec::new();
+            for name in &r.includes {
+                match index.get(name.as_str()) {
+                    Some(&i) => inc.push(i),
+                    None if builtins.is_none() => self.problem(
+                        &loc,
+                        format!("built-in role includes `{name}`, which is not a built-in role"),
+                    ),
+                    None => self.problem(&loc, format!("includes unknown role `{name}`")),
+                }
+            }
+            includes.push(inc);
+        }
+        // The include graph over all roles of this table: built-in roles' edges are
+        // already known to be acyclic and closed, so only custom edges are walked.
+        let edges = |i: RoleIdx| -> &[RoleIdx] {
+            if i >= base {
+                includes
+                    .get((i - base) as usize)
+                    .map_or(&[], |v| v.as_slice())
+            } else {
+                &[]
+            }
+        };
+        if let Some(cycle) = find_cycle(base, docs.len(), &edges) {
+            let names: Vec<&str> = cycle
+                .iter()
+                .map(|&i| docs.get((i - base) as usize).map_or("?", |r| r.id.as_str()))
+                .collect();
+            let first = names.first().copied().unwrap_or("?");
+            self.problem(
+                &join(tenant_loc, &format!("role `{first}`")),
+                format!("include cycle `{}`", names.join(" -> ")),
+            );
+            return Box::new([]);
+        }
+        let mut roles = Vec::with_capacity(docs.len());
+        for (i, r) in docs.iter().enumerate() {
+            let me = base + i as RoleIdx;
+            let loc = join(tenant_loc, &format!("role `{}`", r.id));
+            // Breadth-first closure, remembering who included whom, for explanations.
+            let mut closure: Vec<(RoleIdx, u32)> = vec![(me, 0)];
+            let mut set = RoleSet::with_capacity(total);
+            set.insert(me);
+            let mut queue = VecDeque::from([0usize]);
+            while let Some(pos) = queue.pop_front() {
+                let Some(&(role, _)) = closure.get(pos) else {
+                    break;
+                };
+                let next: Vec<RoleIdx> = if role >= base {
+                    edges(role).to_vec()
+                } else {
+                    // A built-in role's includes, from its compiled closure's first hops.
+                    builtins
+                        .and_then(|b| b.roles.get(role as usize))
+                        .map(|b| {
+                            b.closure
+                                .iter()
+                                .skip(1)
+                                .filter(|(_, parent)| *parent == 0)
+                                .map(|(r, _)| *r)
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                };
+                for n in next {
+                    if !set.contains(n) {
+                        set.insert(n);
+                        closure.push((n, pos as u32));
+                        queue.push_back(closure.len() - 1);
+                    }
+                }
+            }
+            let mut permissions: Vec<Box<str>> = Vec::new();
+            for p in &r.permissions {
+                match model::name(p) {
+                    Ok(_) => permissions.push(p.as_str().into()),
+                    Err(e) => self.problem(&loc, format!("permission `{p}` {e}")),
+                }
+            }
+            permissions.sort();
+            permissions.dedup();
+            let mut rules = Vec::new();
+            let mut matcher = Matcher::default();
+            for (n, rd) in r.routes.iter().enumerate() {
+                let rloc = format!("{loc}, rule {} (`{}`)", n + 1, rd.path);
+                let pattern = Pattern::parse(&rd.path).map_err(|e| e.to_string());
+                let methods = MethodSet::parse(&rd.methods);
+                match (pattern, methods) {
+                    (Ok(pattern), Ok(methods)) => {
+                        let idx = rules.len() as u32;
+                        let _ = matcher.insert(
+                            &pattern,
+                            || RuleGroup { rules: vec![idx] },
+                            |g| {
+                                g.rules.push(idx);
+                                Ok::<_, ()>(())
+                            },
+                        );
+                        rules.push(Rule { methods, pattern });
+                    }
+                    (p, m) => {
+                        for e in [p.err(), m.err()].into_iter().flatten() {
+                            self.problem(&rloc, e);
+                        }
+                    }
+                }
+            }
+            roles.push(Role {
+                id: r.id.as_str().into(),
+                description: r.description.as_str().into(),
+                builtin: builtins.is_none(),
+                closure: closure.into_boxed_slice(),
+                closure_set: set,
+                permissions: permissions.into_boxed_slice(),
+                rules: rules.into_boxed_slice(),
+                matcher,
+            });
+        }
+        roles.into_boxed_slice()
+    }
+
+    /// Parses endpoint entries' patterns and methods; roles are resolved per tenant.
+    fn endpoint_docs<'d>(
+        &mut self,
+        tenant_loc: &str,
+        docs: &'d [EndpointDoc],
+    ) -> Vec<EndpointSpec<'d>> {
+        let mut out = Vec::new();
+        for e in docs {
+            let loc = join(
+                tenant_loc,
+                &format!("endpoint `{} {}`", e.methods.join(","), e.path),
+            );
+            if e.public == !e.roles.is_empty() {
+                self.problem(
+                    &loc,
+                    if e.public {
+                        "entry is `public` and names `roles`; choose one".into()
+                    } else {
+                        "entry needs `roles` or `public: true`".into()
+                    },
+                );
+            }
+            match (Pattern::parse(&e.path), MethodSet::parse(&e.methods)) {
+                (Ok(pattern), Ok(methods)) => out.push(EndpointSpec {
+                    doc: e,
+                    pattern,
+                    methods,
+                }),
+                (p, m) => {
+                    if let Err(err) = p {
+                        self.problem(&loc, err.to_string());
+                    }
+                    if let Err(err) = m {
+                        self.problem(&loc, err);
+                    }
+                }
+            }
+        }
+        // Two entries of one table the router could not choose between.
+        for (i, a) in out.iter().enumerate() {
+            for b in out.iter().skip(i + 1) {
+                if a.pattern.segments() == b.pattern.segments() && a.methods.intersects(&b.methods)
+                {
+                    self.problem(
+                        &join(
+                            tenant_loc,
+                            &format!("endpoint `{} {}`", b.doc.methods.join(","), b.doc.path),
+                        ),
+                        format!(
+                            "conflicts with endpoint `{} {}`: same pattern, common method",
+                            a.doc.methods.join(","),
+                            a.doc.path
+                        ),
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    fn tenant(
+        &mut self,
+        t: &TenantDoc,
+        builtins: &Arc<Builtins>,
+        global: &[EndpointSpec<'_>],
+        revision: u64,
+    ) -> Option<TenantSnapshot> {
+        let before = self.problems.len();
+        let loc = format!("tenant `{}`", t.id);
+        let builtin_index: HashMap<Box<str>, RoleIdx> = builtins
+            .roles
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.id.clone(), i as RoleIdx))
+            .collect();
+        let base = builtins.roles.len() as RoleIdx;
+        let role_index = self.role_index(&loc, &t.roles, &builtin_index);
+        let custom = self.roles(&loc, &t.roles, &role_index, base, Some(builtins));
+        let total = role_index.len();
+
+        let mut permission_holders: HashMap<Box<str>, RoleSet> = HashMap::new();
+        for (i, role) in builtins.roles.iter().chain(custom.iter()).enumerate() {
+            for p in role.permissions.iter() {
+                permission_holders
+                    .entry(p.clone())
+                    .or_insert_with(|| RoleSet::with_capacity(total))
+                    .insert(i as RoleIdx);
+            }
+        }
+
+        // Endpoint table: the tenant's own entries first, so they shadow global ones.
+        let own = self.endpoint_docs(&loc, &t.endpoints);
+        let mut endpoints = Vec::new();
+        let mut endpoint_matcher = Matcher::default();
+        for (spec, is_global) in own
+            .iter()
+            .map(|s| (s, false))
+            .chain(global.iter().map(|s| (s, true)))
+        {
+            let eloc = if is_global {
+                format!(
+                    "endpoint `{} {}`",
+                    spec.doc.methods.join(","),
+                    spec.doc.path
+                )
+            } else {
+                join(
+                    &loc,
+                    &format!(
+                        "endpoint `{} {}`",
+                        spec.doc.methods.join(","),
+                        spec.doc.path
+                    ),
+                )
+            };
+            let mut roles = Vec::new();
+            let mut role_set = RoleSet::with_capacity(total);
+            for name in &spec.doc.roles {
+                let found = if is_global {
+                    builtin_index.get(name.as_str())
+                } else {
+                    role_index.get(name.as_str())
+                };
+                match found {
+                    Some(&r) => {
+                        roles.push(r);
+                        role_set.insert(r);
+                    }
+                    // Report a global entry's problem once, not per tenant.
+                    None if is_global => {}
+                    None => self.problem(&eloc, format!("names unknown role `{name}`")),
+                }
+            }
+            let idx = endpoints.len() as u32;
+            let _ = endpoint_matcher.insert(
+                &spec.pattern,
+                || EndpointGroup { entries: vec![idx] },
+                |g| {
+                    g.entries.push(idx);
+                    Ok::<_, ()>(())
+                },
+            );
+            endpoints.push(Endpoint {
+                pattern: spec.pattern.clone(),
+                methods: spec.methods.clone(),
+                roles: roles.into_boxed_slice(),
+                role_set,
+                public: spec.doc.public,
+            });
+        }
+
+        let mut default_roles = Vec::new();
+        for name in &t.default_roles {
+            match role_index.get(name.as_str()) {
+                Some(&r) => default_roles.push(r),
+                None => self.problem(&loc, format!("default role `{name}` is not defined")),
+            }
+        }
+
+        let mut subjects: HashMap<Box<str>, Subject> = HashMap::with_capacity(t.subjects.len());
+        for s in &t.subjects {
+            let sloc = join(&loc, &format!("subject `{}`", s.id));
+            if let Err(e) = model::subject_id(&s.id) {
+                self.problem(&sloc, format!("id {e}"));
+            }
+            let subject = Subject {
+                disabled: s.disabled,
+                assignments: Box::new([]),
+                groups: Box::new([]),
+            };
+            if subjects.insert(s.id.as_str().into(), subject).is_some() {
+                self.problem(&sloc, "duplicate subject id".into());
+            }
+        }
+
+        let mut group_index: HashMap<&str, GroupIdx> = HashMap::new();
+        let mut member_of: HashMap<&str, Vec<GroupIdx>> = HashMap::new();
+        for (gi, g) in t.groups.iter().enumerate() {
+            let gloc = join(&loc, &format!("group `{}`", g.id));
+            if let Err(e) = model::subject_id(&g.id) {
+                self.problem(&gloc, format!("id {e}"));
+            }
+            if group_index.insert(g.id.as_str(), gi as GroupIdx).is_some() {
+                self.problem(&gloc, "duplicate group id".into());
+            }
+            for m in &g.members {
+                if !subjects.contains_key(m.as_str()) {
+                    self.problem(&gloc, format!("member `{m}` is not a registered subject"));
+                } else {
+                    let list = member_of.entry(m.as_str()).or_default();
+                    if !list.contains(&(gi as GroupIdx)) {
+                        list.push(gi as GroupIdx);
+                    }
+                }
+            }
+        }
+
+        let mut scopes: Vec<Box<str>> = vec!["".into()];
+        let mut scope_index: HashMap<&str, ScopeIdx> = HashMap::from([("", 0)]);
+        let mut direct: HashMap<&str, Vec<Assignment>> = HashMap::new();
+        let mut to_group: Vec<Vec<Assignment>> = vec![Vec::new(); t.groups.len()];
+        for (n, a) in t.assignments.iter().enumerate() {
+            let aloc = join(&loc, &format!("assignment {} (role `{}`)", n + 1, a.role));
+            let Some(&role) = role_index.get(a.role.as_str()) else {
+                self.problem(&aloc, format!("role `{}` is not defined", a.role));
+                continue;
+            };
+            let scope = match model::scope(&a.scope) {
+                Ok(s) => s,
+                Err(e) => {
+                    self.problem(&aloc, format!("scope `{}` {e}", a.scope));
+                    continue;
+                }
+            };
+            let next = scopes.len() as ScopeIdx;
+            let scope = *scope_index.entry(scope).or_insert_with(|| {
+                scopes.push(scope.into());
+                next
+            });
+            let assignment = Assignment { role, scope };
+            match (&a.subject, &a.group) {
+                (Some(s), None) => {
+                    if subjects.contains_key(s.as_str()) {
+                        direct.entry(s.as_str()).or_default().push(assignment);
+                    } else {
+                        self.problem(&aloc, format!("subject `{s}` is not registered"));
+                    }
+                }
+                (None, Some(g)) => match group_index.get(g.as_str()) {
+                    Some(&gi) => {
+                        if let Some(list) = to_group.get_mut(gi as usize) {
+                            list.push(assignment);
+                        }
+                    }
+                    None => self.problem(&aloc, format!("group `{g}` is not defined")),
+                },
+                _ => self.problem(&aloc, "needs exactly one of `subject` and `group`".into()),
+            }
+        }
+        // Nearest scope first (stable, so ties keep document order): an explanation then
+        // names the most specific assignment that grants.
+        let depth = |scopes: &[Box<str>], a: &Assignment| -> usize {
+            scopes.get(a.scope as usize).map_or(0, |s| {
+                if s.is_empty() {
+                    0
+                } else {
+                    s.split('/').count()
+                }
+            })
+        };
+        for (id, subject) in subjects.iter_mut() {
+            if let Some(mut list) = direct.remove(&**id) {
+                list.sort_by_key(|a| std::cmp::Reverse(depth(&scopes, a)));
+                list.dedup();
+                subject.assignments = list.into_boxed_slice();
+            }
+            if let Some(groups) = member_of.remove(&**id) {
+                subject.groups = groups.into_boxed_slice();
+            }
+        }
+        let groups: Vec<Group> = t
+            .groups
+            .iter()
+            .zip(to_group)
+            .map(|(g, mut list)| {
+                list.sort_by_key(|a| std::cmp::Reverse(depth(&scopes, a)));
+                list.dedup();
+                Group {
+                    id: g.id.as_str().into(),
+                    members: g.members.iter().map(|m| m.as_str().into()).collect(),
+                    assignments: list.into_boxed_slice(),
+                }
+            })
+            .collect();
+
+        if self.problems.len() > before {
+            return None;
+        }
+        Some(TenantSnapshot {
+            id: t.id.as_str().into(),
+            revision,
+            builtins: Arc::clone(builtins),
+            custom,
+            role_index,
+            permission_holders,
+            endpoints: endpoints.into_boxed_slice(),
+            endpoint_matcher,
+            default_roles: default_roles.into_boxed_slice(),
+            subjects,
+            groups: groups.into_boxed_slice(),
+            scopes: scopes.into_boxed_slice(),
+        })
+    }
+}
+
+fn join(outer: &str, inner: &str) -> String {
+    if outer.is_empty() {
+        inner.to_owned()
+    } else {
+        format!("{outer}, {inner}")
+    }
+}
+
+/// Finds an include cycle among roles `base..base+count`, as the path `a, b, a`.
+fn find_cycle<'e>(
+    base: RoleIdx,
+    count: usize,
+    edges: &impl Fn(RoleIdx) -> &'e [RoleIdx],
+) -> Option<Vec<RoleIdx>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        OnPath,
+        Done,
+    }
+    let mut mark = vec![Mark::New; count];
+    let mut path: Vec<RoleIdx> = Vec::new();
+    fn visit<'e>(
+        r: RoleIdx,
+        base: RoleIdx,
+        edges: &impl Fn(RoleIdx) -> &'e [RoleIdx],
+        mark: &mut [Mark],
+        path: &mut Vec<RoleIdx>,
+    ) -> Option<Vec<RoleIdx>> {
+        let slot = mark.get_mut((r - base) as usize)?;
+        match *slot {
+            Mark::Done => return None,
+            Mark::OnPath => {
+                let start = path.iter().position(|&p| p == r).unwrap_or(0);
+                let mut cycle: Vec<RoleIdx> = path.get(start..).unwrap_or_default().to_vec();
+                cycle.push(r);
+                return Some(cycle);
+            }
+            Mark::New => *slot = Mark::OnPath,
+        }
+        path.push(r);
+        for &n in edges(r) {
+            if n >= base {
+                if let Some(c) = visit(n, base, edges, mark, path) {
+                    return Some(c);
+                }
+            }
+        }
+        path.pop();
+        if let Some(slot) = mark.get_mut((r - base) as usize) {
+            *slot = Mark::Done;
+        }
+        None
+    }
+    for i in 0..count {
+        if let Some(c) = visit(base + i as RoleIdx, base, edges, &mut mark, &mut path) {
+            return Some(c);
+        }
+    }
+    None
+}

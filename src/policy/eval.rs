@@ -1,0 +1,209 @@
+//! The evaluator: a pure function from a snapshot and a validated query to a
+//! [`Decision`].
+//!
+//! No I/O, no locks, no allocation: a decision is a few indexes into the snapshot, and
+//! turning it into words is left to [`super::decision::Explanation`], off the decision
+//! path. Order of evaluation follows `docs/semantics.md`: public endpoint, then subject,
+//! then grants.
+
+use super::{
+    decision::{Decision, GrantRef, Matched, Reason, Source},
+    snapshot::{Role, RoleIdx, ScopeIdx, Subject, TenantSnapshot},
+};
+use crate::model::{Method, scope_covers};
+
+/// What a check asks for.
+#[derive(Clone, Copy, Debug)]
+pub enum Action<'a> {
+    /// A named permission.
+    Permission(&'a str),
+    /// An HTTP request; `path` is normalized ([`crate::model::request_path`]).
+    Route {
+        /// The method.
+        method: Method<'a>,
+        /// The path.
+        path: &'a str,
+    },
+}
+
+/// A validated check within one tenant.
+#[derive(Clone, Copy, Debug)]
+pub struct Query<'a> {
+    /// Subject id; empty is anonymous.
+    pub subject: &'a str,
+    /// Scope; empty is the tenant root.
+    pub scope: &'a str,
+    /// What is asked for.
+    pub action: Action<'a>,
+}
+
+impl TenantSnapshot {
+    /// Decides a query.
+    pub fn check(&self, q: &Query<'_>) -> Decision {
+        // Route: resolve the endpoint table first, like a router: the most specific entry
+        // whose pattern matches and whose methods contain the method.
+        let mut entry: Option<u32> = None;
+        let mut entry_on_path: Option<u32> = None;
+        if let Action::Route { method, path } = q.action {
+            if !self.endpoint_matcher.is_empty() {
+                self.endpoint_matcher.find(path, |group| {
+                    for &e in &group.entries {
+                        entry_on_path.get_or_insert(e);
+                        if self
+                            .endpoints
+                            .get(e as usize)
+                            .is_some_and(|ep| ep.methods.contains(method))
+                        {
+                            entry = Some(e);
+                            return true;
+                        }
+                    }
+                    false
+                });
+            }
+            if let Some(e) = entry {
+                if self.endpoints.get(e as usize).is_some_and(|ep| ep.public) {
+                    return Decision::new(Reason::Public, None, Some(Matched::Endpoint(e)));
+                }
+            }
+        }
+
+        let subject = match self.subjects.get(q.subject) {
+            _ if q.subject.is_empty() => return Decision::deny(Reason::UnknownSubject),
+            None => return Decision::deny(Reason::UnknownSubject),
+            Some(s) if s.disabled => return Decision::deny(Reason::SubjectDisabled),
+            Some(s) => s,
+        };
+
+        match q.action {
+            Action::Permission(p) => {
+                let Some(holders) = self.permission_holders.get(p) else {
+                    return Decision::deny(Reason::NoGrant);
+                };
+                let grant = self.first_grant(subject, q.scope, |role| {
+                    if !role.closure_set.intersects(holders) {
+                        return None;
+                    }
+                    let pos = role
+                        .closure
+                        .iter()
+                        .position(|(g, _)| holders.contains(*g))?;
+                    Some((pos as u32, None))
+                });
+                match grant {
+                    Some((g, _)) => Decision::new(Reason::Granted, Some(g), None),
+                    None => Decision::deny(Reason::NoGrant),
+                }
+            }
+            Action::Route { method, path } => {
+                if let Some(e) = entry {
+                    let ep = self.endpoints.get(e as usize);
+                    let grant = ep.and_then(|ep| {
+                        self.first_grant(subject, q.scope, |role| {
+                            if !role.closure_set.intersects(&ep.role_set) {
+                                return None;
+                            }
+                            let pos = role
+                                .closure
+                                .iter()
+                                .position(|(g, _)| ep.role_set.contains(*g))?;
+                            Some((pos as u32, Some(Matched::Endpoint(e))))
+                        })
+                    });
+                    if let Some((g, m)) = grant {
+                        return Decision::new(Reason::Granted, Some(g), m);
+                    }
+                }
+                // Role rules: each role judged on its own rules, most specific wins.
+                let mut rule_on_path: Option<Matched> = None;
+                let grant = self.first_grant(subject, q.scope, |role| {
+                    role.closure.iter().enumerate().find_map(|(pos, &(g, _))| {
+                        let granting = self.role(g)?;
+                        let group = granting.matcher.find(path, |_| true)?;
+                        let allowed = group.rules.iter().find(|&&r| {
+                            granting
+                                .rules
+                                .get(r as usize)
+                                .is_some_and(|rule| rule.methods.contains(method))
+                        });
+                        match allowed {
+                            Some(&rule) => {
+                                Some((pos as u32, Some(Matched::Rule { role: g, rule })))
+                            }
+                            None => {
+                                if let Some(&rule) = group.rules.first() {
+                                    rule_on_path.get_or_insert(Matched::Rule { role: g, rule });
+                                }
+                                None
+                            }
+                        }
+                    })
+                });
+                if let Some((g, m)) = grant {
+                    return Decision::new(Reason::Granted, Some(g), m);
+                }
+                if let Some(e) = entry {
+                    Decision::new(Reason::NoGrant, None, Some(Matched::Endpoint(e)))
+                } else if let Some(m) = entry_on_path.map(Matched::Endpoint).or(rule_on_path) {
+                    Decision::new(Reason::MethodNotAllowed, None, Some(m))
+                } else {
+                    Decision::deny(Reason::NoMatchingRule)
+                }
+            }
+        }
+    }
+
+    /// The first grant `f` finds among the roles the subject holds at `scope`: `f` is
+    /// given each assigned role and returns the position of the granting role in its
+    /// closure and what matched.
+    fn first_grant(
+        &self,
+        subject: &Subject,
+        scope: &str,
+        mut f: impl FnMut(&Role) -> Option<(u32, Option<Matched>)>,
+    ) -> Option<(GrantRef, Option<Matched>)> {
+        self.for_each_applicable(subject, scope, |role, at, source| {
+            let (pos, m) = f(self.role(role)?)?;
+            let grant = GrantRef {
+                assigned: role,
+                granting_pos: pos,
+                scope: at,
+                source,
+            };
+            Some((grant, m))
+        })
+    }
+
+    /// Calls `f` with each role assigned to the subject at `scope` or above, in
+    /// explanation order: direct assignments, then groups, then default roles; nearest
+    /// scope first within each (the compiler sorted them). Stops at the first `Some`.
+    pub(crate) fn for_each_applicable<T>(
+        &self,
+        subject: &Subject,
+        scope: &str,
+        mut f: impl FnMut(RoleIdx, ScopeIdx, Source) -> Option<T>,
+    ) -> Option<T> {
+        for a in subject.assignments.iter() {
+            if scope_covers(self.scope(a.scope), scope) {
+                if let Some(t) = f(a.role, a.scope, Source::Direct) {
+                    return Some(t);
+                }
+            }
+        }
+        for &gi in subject.groups.iter() {
+            let Some(group) = self.groups.get(gi as usize) else {
+                continue;
+            };
+            for a in group.assignments.iter() {
+                if scope_covers(self.scope(a.scope), scope) {
+                    if let Some(t) = f(a.role, a.scope, Source::Group(gi)) {
+                        return Some(t);
+                    }
+                }
+            }
+        }
+        self.default_roles
+            .iter()
+            .find_map(|&r| f(r, 0, Source::Default))
+    }
+}

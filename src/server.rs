@@ -1,0 +1,124 @@
+//! The gRPC server: query service, health and reflection on one listener, with graceful
+//! shutdown.
+//!
+//! Health: `""` and `authz.v1.AuthorizationService` turn SERVING once the cache holds a
+//! policy, and NOT_SERVING when shutdown begins; then in-flight requests get
+//! `shutdown_grace` to finish.
+
+use std::{future::Future, time::Duration};
+
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tracing::{info, warn};
+
+use crate::{
+    cache::Cache,
+    grpc::{AuthzService, ServiceConfig},
+    pb::authorization_service_server::AuthorizationServiceServer,
+};
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The transport failed.
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The reflection service could not be built from the compiled descriptors.
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+const SERVICE_NAME: &str = "authz.v1.AuthorizationService";
+
+/// Serves on an already-bound listener until `shutdown` resolves, then drains.
+pub async fn run(
+    listener: TcpListener,
+    cache: Cache,
+    config: ServiceConfig,
+    shutdown_grace: Duration,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    health
+        .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
+        .await;
+    // Readiness: SERVING after the first full load, and it never goes back until
+    // shutdown.
+    let ready = {
+        let health = health.clone();
+        let mut rx = cache.subscribe();
+        tokio::spawn(async move {
+            if rx.wait_for(|r| *r > 0).await.is_ok() {
+                health.set_service_status("", ServingStatus::Serving).await;
+                health
+                    .set_serving::<AuthorizationServiceServer<AuthzService>>()
+                    .await;
+            }
+        })
+    };
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let addr = listener.local_addr().ok();
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let serve = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(AuthzService::new(cache, config).svc())
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {
+            let _ = drain_rx.await;
+        });
+    info!(?addr, "serving");
+    drain(serve, health, drain_tx, ready, shutdown_grace, shutdown).await
+}
+
+async fn drain(
+    serve: impl Future<Output = Result<(), tonic::transport::Error>>,
+    health: tonic_health::server::HealthReporter,
+    drain_tx: tokio::sync::oneshot::Sender<()>,
+    ready: tokio::task::JoinHandle<()>,
+    grace: Duration,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    tokio::pin!(serve);
+    tokio::select! {
+        res = &mut serve => {
+            ready.abort();
+            return Ok(res?);
+        }
+        _ = shutdown => {}
+    }
+    ready.abort();
+    info!("shutting down: health NOT_SERVING, draining requests");
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    health
+        .set_not_serving::<AuthorizationServiceServer<AuthzService>>()
+        .await;
+    let _ = drain_tx.send(());
+    match tokio::time::timeout(grace, serve).await {
+        Ok(res) => {
+            info!("drained; stopped");
+            Ok(res?)
+        }
+        Err(_) => {
+            warn!(
+                ?grace,
+                "grace period over; stopping with requests in flight"
+            );
+            Ok(())
+        }
+    }
+}

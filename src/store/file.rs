@@ -1,0 +1,153 @@
+//! The policy file as the source of truth: loaded before the server binds, then polled
+//! and reloaded when its content changes (or on SIGHUP).
+//!
+//! Polling rather than inotify: Kubernetes updates a mounted ConfigMap by swapping a
+//! symlink, which file watches miss or see twice; comparing content every interval is
+//! simple and always right. A new version that does not compile is never published: the
+//! server keeps the last good policy and logs the error once per bad version.
+
+use std::{path::PathBuf, time::Duration};
+
+use tokio::task::JoinHandle;
+use tracing::{error, info};
+
+use crate::{
+    cache::Cache,
+    policy::{CompileError, Policy, PolicyDocument, compile, source::Format, source::SourceError},
+};
+
+/// Why a policy file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Unreadable or unparsable.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// Parsed but invalid.
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+}
+
+/// Parses and compiles policy text; `file` names it in errors.
+pub fn compile_text(
+    text: &str,
+    file: &str,
+    format: Format,
+    revision: u64,
+) -> Result<Policy, LoadError> {
+    let doc = PolicyDocument::parse(text, format, file)?;
+    Ok(compile(&doc, file, revision)?)
+}
+
+/// Reads and compiles a policy file.
+pub fn load(path: &std::path::Path, revision: u64) -> Result<(Policy, String), LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SourceError::Io {
+        file: path.display().to_string(),
+        source,
+    })?;
+    let policy = compile_text(
+        &text,
+        &path.display().to_string(),
+        Format::from_path(path),
+        revision,
+    )?;
+    Ok((policy, text))
+}
+
+/// A task handle that aborts the task when dropped, so no background task outlives its
+/// owner.
+#[derive(Debug)]
+pub struct AbortOnDrop(pub JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Starts the reload loop: every `interval` (and on SIGHUP) the file is read, and a
+/// changed, valid version replaces the policy at the next revision. `current` is the
+/// text already loaded.
+pub fn spawn_reloader(
+    path: PathBuf,
+    cache: Cache,
+    interval: Duration,
+    current: String,
+) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(async move {
+        let mut last = current;
+        let mut hangup = hangup_signal();
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = recv(&mut hangup) => info!(file = %path.display(), "SIGHUP: reloading the policy"),
+            }
+            let text = match tokio::fs::read_to_string(&path).await {
+                Ok(t) => t,
+                Err(e) => {
+                    let msg = format!("{e}");
+                    if last != msg {
+                        error!(file = %path.display(), cause = %e, "cannot read the policy file; keeping the last good policy");
+                        last = msg;
+                    }
+                    continue;
+                }
+            };
+            if text == last {
+                continue;
+            }
+            let revision = cache.revision() + 1;
+            let name = path.display().to_string();
+            let format = Format::from_path(&path);
+            let compiled = {
+                let text = text.clone();
+                tokio::task::spawn_blocking(move || compile_text(&text, &name, format, revision))
+                    .await
+            };
+            match compiled {
+                Ok(Ok(policy)) => {
+                    let tenants = policy.tenants.len();
+                    cache.replace_all(policy, revision);
+                    info!(file = %path.display(), revision, tenants, "policy reloaded");
+                }
+                Ok(Err(e)) => {
+                    error!(file = %path.display(), cause = %e, "the changed policy is invalid; keeping the last good policy");
+                }
+                Err(e) => {
+                    error!(cause = %e, "policy compile task failed; keeping the last good policy")
+                }
+            }
+            last = text;
+        }
+    }))
+}
+
+#[cfg(unix)]
+type Hangup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangup = Option<()>;
+
+#[cfg(unix)]
+fn hangup_signal() -> Hangup {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+}
+#[cfg(not(unix))]
+fn hangup_signal() -> Hangup {
+    None
+}
+
+#[cfg(unix)]
+async fn recv(h: &mut Hangup) {
+    match h {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+#[cfg(not(unix))]
+async fn recv(_: &mut Hangup) {
+    std::future::pending().await
+}
