@@ -260,7 +260,7 @@ impl MethodSet {
             return Err("empty `methods` list".to_owned());
         }
         let mut set = MethodSet::default();
-        let mut other = Vec::new();
+        let mut other: Vec<Box<str>> = Vec::new();
         for m in methods {
             let m = m.as_ref();
             if m == "*" {
@@ -270,7 +270,7 @@ impl MethodSet {
             let method = Method::parse(m).map_err(|e| format!("method `{m}` {e}"))?;
             if method.bit != 0 {
                 set.bits |= method.bit;
-            } else if !other.iter().any(|o: &Box<str>| &**o == m) {
+            } else if !other.iter().any(|o| **o == *m) {
                 other.push(m.into());
             }
         }
@@ -305,6 +305,28 @@ impl MethodSet {
                 }
             }
             self.other = v.into_boxed_slice();
+        }
+    }
+
+    /// Whether the set has no method.
+    pub fn is_empty(&self) -> bool {
+        self.bits == 0 && self.other.is_empty()
+    }
+
+    /// The methods of this set that `other` does not have. `*` stays `*` unless `other`
+    /// is `*` too: "every method but these" has no written form.
+    pub fn without(&self, other: &MethodSet) -> MethodSet {
+        if other.bits & ANY_BIT != 0 {
+            return MethodSet::default();
+        }
+        MethodSet {
+            bits: self.bits & !other.bits,
+            other: self
+                .other
+                .iter()
+                .filter(|m| !other.other.contains(m))
+                .cloned()
+                .collect(),
         }
     }
 

@@ -24,6 +24,9 @@ pub enum ServerError {
     /// The transport failed.
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The listener's address could not be read.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
     /// The reflection service could not be built from the compiled descriptors.
     #[error("gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -69,7 +72,7 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let addr = listener.local_addr().ok();
+    let addr = listener.local_addr()?;
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let serve = tonic::transport::Server::builder()
         .add_service(health_service)
@@ -79,7 +82,7 @@ pub async fn run(
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {
             let _ = drain_rx.await;
         });
-    info!(?addr, "serving");
+    info!(%addr, "serving");
     drain(serve, health, drain_tx, ready, shutdown_grace, shutdown).await
 }
 

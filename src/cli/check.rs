@@ -34,10 +34,10 @@ pub fn run(args: &CheckArgs) -> Exit {
     if let Err(e) = model::tenant_id(&args.tenant) {
         return usage("tenant", e);
     }
-    if !args.subject.is_empty() {
-        if let Err(e) = model::subject_id(&args.subject) {
-            return usage("subject", e);
-        }
+    if !args.subject.is_empty()
+        && let Err(e) = model::subject_id(&args.subject)
+    {
+        return usage("subject", e);
     }
     if let Err(e) = model::scope(&args.scope) {
         return usage("scope", e);
@@ -80,10 +80,10 @@ pub fn list(args: &ListArgs) -> Exit {
     if let Err(e) = model::tenant_id(&args.tenant) {
         return usage("tenant", e);
     }
-    if !args.subject.is_empty() {
-        if let Err(e) = model::subject_id(&args.subject) {
-            return usage("subject", e);
-        }
+    if !args.subject.is_empty()
+        && let Err(e) = model::subject_id(&args.subject)
+    {
+        return usage("subject", e);
     }
     if let Err(e) = model::scope(&args.scope) {
         return usage("scope", e);

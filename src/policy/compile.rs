@@ -317,7 +317,7 @@ impl Context {
                 tenant_loc,
                 &format!("endpoint `{} {}`", e.methods.join(","), e.path),
             );
-            if e.public == !e.roles.is_empty() {
+            if e.public != e.roles.is_empty() {
                 self.problem(
                     &loc,
                     if e.public {
@@ -642,10 +642,10 @@ fn find_cycle<'e>(
         }
         path.push(r);
         for &n in edges(r) {
-            if n >= base {
-                if let Some(c) = visit(n, base, edges, mark, path) {
-                    return Some(c);
-                }
+            if n >= base
+                && let Some(c) = visit(n, base, edges, mark, path)
+            {
+                return Some(c);
             }
         }
         path.pop();

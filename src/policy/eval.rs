@@ -61,10 +61,10 @@ impl TenantSnapshot {
                     false
                 });
             }
-            if let Some(e) = entry {
-                if self.endpoints.get(e as usize).is_some_and(|ep| ep.public) {
-                    return Decision::new(Reason::Public, None, Some(Matched::Endpoint(e)));
-                }
+            if let Some(e) = entry
+                && self.endpoints.get(e as usize).is_some_and(|ep| ep.public)
+            {
+                return Decision::new(Reason::Public, None, Some(Matched::Endpoint(e)));
             }
         }
 
@@ -184,10 +184,10 @@ impl TenantSnapshot {
         mut f: impl FnMut(RoleIdx, ScopeIdx, Source) -> Option<T>,
     ) -> Option<T> {
         for a in subject.assignments.iter() {
-            if scope_covers(self.scope(a.scope), scope) {
-                if let Some(t) = f(a.role, a.scope, Source::Direct) {
-                    return Some(t);
-                }
+            if scope_covers(self.scope(a.scope), scope)
+                && let Some(t) = f(a.role, a.scope, Source::Direct)
+            {
+                return Some(t);
             }
         }
         for &gi in subject.groups.iter() {
@@ -195,10 +195,10 @@ impl TenantSnapshot {
                 continue;
             };
             for a in group.assignments.iter() {
-                if scope_covers(self.scope(a.scope), scope) {
-                    if let Some(t) = f(a.role, a.scope, Source::Group(gi)) {
-                        return Some(t);
-                    }
+                if scope_covers(self.scope(a.scope), scope)
+                    && let Some(t) = f(a.role, a.scope, Source::Group(gi))
+                {
+                    return Some(t);
                 }
             }
         }

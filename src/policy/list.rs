@@ -12,7 +12,7 @@ use super::{
     decision::{GrantRef, GrantView, Reason},
     snapshot::{RoleIdx, RoleSet, TenantSnapshot},
 };
-use crate::model::scope_covers;
+use crate::model::{MethodSet, scope_covers};
 
 /// A subject's effective grants at a scope.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -41,14 +41,29 @@ impl TenantSnapshot {
             ..Listing::default()
         };
         let member = self.subjects.get(subject).filter(|_| !subject.is_empty());
+        // The methods each entry is resolved for: a tenant's own entry (earlier in its
+        // group) replaces an equally specific global entry for the methods they share.
+        let mut resolved: Vec<MethodSet> =
+            self.endpoints.iter().map(|ep| ep.methods.clone()).collect();
+        for group in self.endpoint_matcher.values() {
+            let mut earlier = MethodSet::default();
+            for &e in &group.entries {
+                if let (Some(m), Some(ep)) =
+                    (resolved.get_mut(e as usize), self.endpoints.get(e as usize))
+                {
+                    *m = m.without(&earlier);
+                    earlier.union_with(&ep.methods);
+                }
+            }
+        }
         let public_endpoints = |out: &mut Listing, held: Option<&RoleSet>| {
-            for ep in self.endpoints.iter() {
+            for (ep, methods) in self.endpoints.iter().zip(&resolved) {
+                if methods.is_empty() {
+                    continue;
+                }
                 if ep.public || held.is_some_and(|h| h.intersects(&ep.role_set)) {
-                    out.endpoints.push((
-                        ep.pattern.to_string(),
-                        ep.methods.to_strings(),
-                        ep.public,
-                    ));
+                    out.endpoints
+                        .push((ep.pattern.to_string(), methods.to_strings(), ep.public));
                 }
             }
         };

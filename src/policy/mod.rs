@@ -9,6 +9,8 @@ pub mod list;
 pub mod pattern;
 pub mod snapshot;
 pub mod source;
+#[cfg(test)]
+mod tests;
 
 pub use compile::{CompileError, Policy, compile};
 pub use decision::{Decision, Explanation, Reason};

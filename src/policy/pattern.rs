@@ -324,17 +324,16 @@ impl<T> Matcher<T> {
                     None => (rest, None),
                 };
                 // literal > wildcard > `**` (end of pattern cannot match: segments remain).
-                if let Ok(i) = n.literals.binary_search_by(|(s, _)| (**s).cmp(seg)) {
-                    if let Some((_, child)) = n.literals.get(i) {
-                        if let Some(v) = self.search(*child as usize, tail, accept) {
-                            return Some(v);
-                        }
-                    }
+                if let Ok(i) = n.literals.binary_search_by(|(s, _)| (**s).cmp(seg))
+                    && let Some((_, child)) = n.literals.get(i)
+                    && let Some(v) = self.search(*child as usize, tail, accept)
+                {
+                    return Some(v);
                 }
-                if let Some(child) = n.wildcard {
-                    if let Some(v) = self.search(child as usize, tail, accept) {
-                        return Some(v);
-                    }
+                if let Some(child) = n.wildcard
+                    && let Some(v) = self.search(child as usize, tail, accept)
+                {
+                    return Some(v);
                 }
                 self.take(n.rest, accept)
             }

@@ -8,7 +8,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use tokio::task::JoinHandle;
+use tokio::{sync::watch, task::JoinHandle};
 use tracing::{error, info};
 
 use crate::{
@@ -64,6 +64,24 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// What the reloader has done so far.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReloadStatus {
+    /// Changed versions of the file processed (published or rejected).
+    pub versions: u64,
+    /// Why the newest version was rejected or could not be read; `None` once a version
+    /// is published.
+    pub last_error: Option<String>,
+}
+
+/// The running reload loop; dropping it stops the loop.
+#[derive(Debug)]
+pub struct Reloader {
+    _task: AbortOnDrop,
+    /// Status after each processed version.
+    pub status: watch::Receiver<ReloadStatus>,
+}
+
 /// Starts the reload loop: every `interval` (and on SIGHUP) the file is read, and a
 /// changed, valid version replaces the policy at the next revision. `current` is the
 /// text already loaded.
@@ -72,9 +90,11 @@ pub fn spawn_reloader(
     cache: Cache,
     interval: Duration,
     current: String,
-) -> AbortOnDrop {
-    AbortOnDrop(tokio::spawn(async move {
+) -> Reloader {
+    let (status_tx, status) = watch::channel(ReloadStatus::default());
+    let task = tokio::spawn(async move {
         let mut last = current;
+        let mut read_failing = false;
         let mut hangup = hangup_signal();
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -85,12 +105,18 @@ pub fn spawn_reloader(
                 _ = recv(&mut hangup) => info!(file = %path.display(), "SIGHUP: reloading the policy"),
             }
             let text = match tokio::fs::read_to_string(&path).await {
-                Ok(t) => t,
+                Ok(t) => {
+                    read_failing = false;
+                    t
+                }
                 Err(e) => {
-                    let msg = format!("{e}");
-                    if last != msg {
+                    // Log once per outage, not once per tick.
+                    if !read_failing {
                         error!(file = %path.display(), cause = %e, "cannot read the policy file; keeping the last good policy");
-                        last = msg;
+                        status_tx.send_modify(|s| {
+                            s.last_error = Some(format!("{}: {e}", path.display()))
+                        });
+                        read_failing = true;
                     }
                     continue;
                 }
@@ -106,22 +132,33 @@ pub fn spawn_reloader(
                 tokio::task::spawn_blocking(move || compile_text(&text, &name, format, revision))
                     .await
             };
-            match compiled {
+            let error = match compiled {
                 Ok(Ok(policy)) => {
                     let tenants = policy.tenants.len();
                     cache.replace_all(policy, revision);
                     info!(file = %path.display(), revision, tenants, "policy reloaded");
+                    None
                 }
                 Ok(Err(e)) => {
                     error!(file = %path.display(), cause = %e, "the changed policy is invalid; keeping the last good policy");
+                    Some(e.to_string())
                 }
                 Err(e) => {
-                    error!(cause = %e, "policy compile task failed; keeping the last good policy")
+                    error!(cause = %e, "policy compile task failed; keeping the last good policy");
+                    Some(e.to_string())
                 }
-            }
+            };
+            status_tx.send_modify(|s| {
+                s.versions += 1;
+                s.last_error = error;
+            });
             last = text;
         }
-    }))
+    });
+    Reloader {
+        _task: AbortOnDrop(task),
+        status,
+    }
 }
 
 #[cfg(unix)]

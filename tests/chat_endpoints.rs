@@ -1,0 +1,223 @@
+//! Every row of the chat API seed's endpoint table (transcribed independently into
+//! `tests/data/chat-endpoints.tsv`), for a member holding each combination of roles, an
+//! unknown subject and an anonymous request: through the library and over BatchCheck.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "a test that panics has failed; that is its job"
+)]
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use authz::{
+    model::{self, Method},
+    pb,
+    policy::{
+        Action, PolicyDocument, Query, compile, source::AssignmentDoc, source::SubjectDoc,
+        source::TenantDoc,
+    },
+};
+use common::*;
+
+struct Row {
+    pattern: String,
+    method: String,
+    roles: BTreeSet<String>,
+    request_path: String,
+}
+
+fn rows() -> Vec<Row> {
+    let text = std::fs::read_to_string(repo().join("tests/data/chat-endpoints.tsv")).unwrap();
+    let rows: Vec<Row> = text
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            assert_eq!(f.len(), 4, "bad row: {l}");
+            Row {
+                pattern: f[0].into(),
+                method: f[1].into(),
+                roles: f[2]
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(|r| format!("alan-{r}"))
+                    .collect(),
+                request_path: f[3].into(),
+            }
+        })
+        .collect();
+    assert_eq!(rows.len(), 89, "the seed table has 89 rows");
+    rows
+}
+
+const ASSIGNABLE: [&str; 3] = ["alan-contributor", "alan-editor", "alan-admin"];
+
+/// The seed's role concept: every member holds alan-user; contributor includes user,
+/// editor includes contributor; admin includes nothing.
+fn held(mask: usize) -> BTreeSet<String> {
+    let mut h = BTreeSet::from(["alan-user".to_owned()]);
+    for (i, r) in ASSIGNABLE.iter().enumerate() {
+        if mask & (1 << i) != 0 {
+            h.insert((*r).to_owned());
+            if *r == "alan-editor" {
+                h.insert("alan-contributor".into());
+            }
+        }
+    }
+    h
+}
+
+/// chat-api.yaml plus a tenant `matrix` with one member per role combination.
+fn matrix_document() -> PolicyDocument {
+    let mut doc = PolicyDocument::read(&example("chat-api.yaml")).unwrap();
+    let mut t = TenantDoc {
+        id: "matrix".into(),
+        default_roles: vec!["alan-user".into()],
+        ..Default::default()
+    };
+    for mask in 0..8 {
+        let id = format!("m{mask}");
+        t.subjects.push(SubjectDoc {
+            id: id.clone(),
+            disabled: false,
+        });
+        for (i, r) in ASSIGNABLE.iter().enumerate() {
+            if mask & (1 << i) != 0 {
+                t.assignments.push(AssignmentDoc {
+                    subject: Some(id.clone()),
+                    role: (*r).into(),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    doc.tenants.push(t);
+    doc
+}
+
+/// Expected (allowed, reason) for a row and a subject holding `held` (None: unknown or
+/// anonymous).
+fn expected(row: &Row, held: Option<&BTreeSet<String>>) -> (bool, &'static str) {
+    if row.roles.is_empty() {
+        return (true, "public");
+    }
+    match held {
+        None => (false, "unknown_subject"),
+        Some(h) if h.intersection(&row.roles).next().is_some() => (true, "granted"),
+        Some(_) => (false, "no_grant"),
+    }
+}
+
+fn subjects() -> Vec<(String, Option<BTreeSet<String>>)> {
+    let mut s: Vec<_> = (0..8).map(|m| (format!("m{m}"), Some(held(m)))).collect();
+    s.push(("stranger".into(), None));
+    s.push((String::new(), None));
+    s
+}
+
+#[test]
+fn every_row_for_every_role_combination_library() {
+    let policy = compile(&matrix_document(), "chat-api.yaml+matrix", 1).unwrap();
+    let tenant = policy.tenants.iter().find(|t| &*t.id == "matrix").unwrap();
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for row in rows() {
+        for (subject, held) in subjects() {
+            let q = Query {
+                subject: &subject,
+                scope: "",
+                action: Action::Route {
+                    method: Method::parse(&row.method).unwrap(),
+                    path: model::request_path(&row.request_path).unwrap(),
+                },
+            };
+            let got = Observed::from(&tenant.explain(&q, &tenant.check(&q)));
+            let (allowed, reason) = expected(&row, held.as_ref());
+            checked += 1;
+            let resolved_ok = reason == "unknown_subject" || got.pattern == row.pattern;
+            if got.allowed != allowed || got.reason != reason || !resolved_ok {
+                failures.push(format!(
+                    "{} {} ({}) as `{subject}`: want {allowed}/{reason} via `{}`, got {}/{} via `{}`",
+                    row.method, row.request_path, row.pattern, row.pattern, got.allowed, got.reason, got.pattern
+                ));
+            }
+            if reason == "no_grant" {
+                let want: BTreeSet<String> = row.roles.clone();
+                let got_roles: BTreeSet<String> = got.required_roles.iter().cloned().collect();
+                if want != got_roles {
+                    failures.push(format!(
+                        "{} {}: required roles {want:?}, got {got_roles:?}",
+                        row.method, row.request_path
+                    ));
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 89 * 10);
+    assert_all("chat endpoint table", failures, checked);
+}
+
+#[tokio::test]
+async fn every_row_for_every_role_combination_grpc() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("matrix.yaml");
+    // The server serves the same document, written out as YAML and read back.
+    let doc = matrix_document();
+    std::fs::write(&path, doc.to_yaml().unwrap()).unwrap();
+
+    let server = TestServer::start(&path).await;
+    let mut client = server.client.clone();
+    let rows = rows();
+    let mut failures = Vec::new();
+    for (subject, held) in subjects() {
+        let checks = rows
+            .iter()
+            .map(|row| pb::CheckRequest {
+                action: Some(pb::check_request::Action::Route(pb::HttpRoute {
+                    method: row.method.clone(),
+                    path: row.request_path.clone(),
+                })),
+                ..Default::default()
+            })
+            .collect();
+        let resp = client
+            .batch_check(pb::BatchCheckRequest {
+                tenant_id: "matrix".into(),
+                subject_id: subject.clone(),
+                checks,
+                min_revision: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            resp.results.len(),
+            rows.len(),
+            "one result per check, in order"
+        );
+        for (row, result) in rows.iter().zip(&resp.results) {
+            let Some(pb::batch_check_result::Result::Response(r)) = &result.result else {
+                panic!(
+                    "{} {}: item failed: {result:?}",
+                    row.method, row.request_path
+                );
+            };
+            let got = Observed::from_pb(r);
+            let (allowed, reason) = expected(row, held.as_ref());
+            let resolved_ok = reason == "unknown_subject" || got.pattern == row.pattern;
+            if got.allowed != allowed || got.reason != reason || !resolved_ok {
+                failures.push(format!(
+                    "{} {} as `{subject}`: want {allowed}/{reason} via `{}`, got {}/{} via `{}`",
+                    row.method, row.request_path, row.pattern, got.allowed, got.reason, got.pattern
+                ));
+            }
+        }
+    }
+    assert_all("chat endpoint table over gRPC", failures, rows.len() * 10);
+    server.stop().await;
+}

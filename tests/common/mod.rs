@@ -1,0 +1,317 @@
+//! Shared integration-test harness: a real server on 127.0.0.1:0, the seed expectation
+//! files, and a normalized view of an answer so library, gRPC and CLI answers are held
+//! to the same expectations.
+#![allow(
+    dead_code,
+    missing_docs,
+    reason = "each test crate uses part of the harness"
+)]
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use authz::{
+    cache::Cache,
+    grpc::ServiceConfig,
+    pb::{self, authorization_service_client::AuthorizationServiceClient},
+    policy::Explanation,
+    server::{self, ServerError},
+    store::file::{self, Reloader},
+};
+use serde::Deserialize;
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::transport::Channel;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn example(name: &str) -> PathBuf {
+    repo().join("examples/policies").join(name)
+}
+
+/// A running server. Call [`TestServer::stop`] at the end of the test.
+pub struct TestServer {
+    pub client: AuthorizationServiceClient<Channel>,
+    pub channel: Channel,
+    pub addr: SocketAddr,
+    pub cache: Cache,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<Result<(), ServerError>>,
+    pub reloader: Option<Reloader>,
+}
+
+impl TestServer {
+    pub async fn start(policy: &Path) -> Self {
+        Self::start_with(policy, ServiceConfig::default(), None).await
+    }
+
+    /// Starts a server on `policy`; with `reload`, the file is polled at that interval.
+    pub async fn start_with(
+        policy: &Path,
+        config: ServiceConfig,
+        reload: Option<Duration>,
+    ) -> Self {
+        let (compiled, text) = file::load(policy, 1).unwrap();
+        let cache = Cache::new();
+        cache.replace_all(compiled, 1);
+        let reloader =
+            reload.map(|i| file::spawn_reloader(policy.to_owned(), cache.clone(), i, text));
+        // Bound before the server task starts: no sleep, no race.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(server::run(
+            listener,
+            cache.clone(),
+            config,
+            Duration::from_secs(5),
+            async {
+                let _ = rx.await;
+            },
+        ));
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        TestServer {
+            client: AuthorizationServiceClient::new(channel.clone()),
+            channel,
+            addr,
+            cache,
+            shutdown: Some(tx),
+            handle,
+            reloader,
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(10), &mut self.handle)
+            .await
+            .expect("server did not stop within 10s")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// An expectations file (`examples/policies/*.expect.yaml`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expectations {
+    pub policy: String,
+    pub cases: Vec<Case>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    pub name: String,
+    pub tenant: String,
+    #[serde(default)]
+    pub subject: String,
+    #[serde(default)]
+    pub scope: String,
+    pub permission: Option<String>,
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub allowed: bool,
+    pub reason: String,
+    pub role: Option<String>,
+    pub chain: Option<Vec<String>>,
+    pub source: Option<String>,
+    pub group: Option<String>,
+    pub grant_scope: Option<String>,
+    pub pattern: Option<String>,
+    pub required_roles: Option<Vec<String>>,
+}
+
+pub fn expectations(name: &str) -> Expectations {
+    let path = example(name);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let e: Expectations =
+        serde_yaml_ng::from_str(&text).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+    assert!(!e.cases.is_empty(), "{name} has no cases");
+    e
+}
+
+/// An answer, whichever way it came.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    pub allowed: bool,
+    pub reason: String,
+    pub role: String,
+    pub chain: Vec<String>,
+    pub source: String,
+    pub group: String,
+    pub grant_scope: String,
+    pub pattern: String,
+    pub required_roles: Vec<String>,
+    pub explanation: String,
+}
+
+impl From<&Explanation> for Observed {
+    fn from(e: &Explanation) -> Self {
+        let v = serde_json::to_value(e).unwrap();
+        Observed::from_json(&v)
+    }
+}
+
+impl Observed {
+    /// From the JSON the CLI prints (`authzd check --output json`).
+    pub fn from_json(v: &serde_json::Value) -> Self {
+        let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+        let list = |v: &serde_json::Value| -> Vec<String> {
+            v.as_array()
+                .map(|a| a.iter().map(|x| x.as_str().unwrap().to_owned()).collect())
+                .unwrap_or_default()
+        };
+        let g = &v["grant"];
+        Observed {
+            allowed: v["allowed"].as_bool().unwrap(),
+            reason: s(&v["reason"]),
+            role: s(&g["role"]),
+            chain: list(&g["include_chain"]),
+            source: s(&g["source"]),
+            group: s(&g["group_id"]),
+            grant_scope: s(&g["scope"]),
+            pattern: s(&v["matched_pattern"]),
+            required_roles: list(&v["required_roles"]),
+            explanation: s(&v["explanation"]),
+        }
+    }
+
+    pub fn from_pb(r: &pb::CheckResponse) -> Self {
+        let reason = pb::Reason::try_from(r.reason).unwrap();
+        let reason = reason
+            .as_str_name()
+            .trim_start_matches("REASON_")
+            .to_ascii_lowercase();
+        let g = r.grant.clone().unwrap_or_default();
+        let source = pb::GrantSource::try_from(g.source).unwrap();
+        let source = match source {
+            pb::GrantSource::Unspecified => String::new(),
+            s => s
+                .as_str_name()
+                .trim_start_matches("GRANT_SOURCE_")
+                .to_ascii_lowercase(),
+        };
+        Observed {
+            allowed: r.allowed,
+            reason,
+            role: g.role,
+            chain: g.include_chain,
+            source,
+            group: g.group_id,
+            grant_scope: g.scope,
+            pattern: r.matched_pattern.clone(),
+            required_roles: r.required_roles.clone(),
+            explanation: r.explanation.clone(),
+        }
+    }
+}
+
+impl Case {
+    pub fn to_pb(&self) -> pb::CheckRequest {
+        let action = match (&self.permission, &self.method, &self.path) {
+            (Some(p), None, None) => pb::check_request::Action::Permission(p.clone()),
+            (None, Some(m), Some(p)) => pb::check_request::Action::Route(pb::HttpRoute {
+                method: m.clone(),
+                path: p.clone(),
+            }),
+            _ => panic!("case `{}` needs permission or method+path", self.name),
+        };
+        pb::CheckRequest {
+            tenant_id: self.tenant.clone(),
+            subject_id: self.subject.clone(),
+            scope: self.scope.clone(),
+            action: Some(action),
+            min_revision: 0,
+        }
+    }
+
+    pub fn cli_args(&self) -> Vec<String> {
+        let mut a = vec![
+            "--tenant".into(),
+            self.tenant.clone(),
+            "--subject".into(),
+            self.subject.clone(),
+            "--scope".into(),
+            self.scope.clone(),
+        ];
+        match (&self.permission, &self.method, &self.path) {
+            (Some(p), _, _) => a.extend(["--permission".into(), p.clone()]),
+            (None, Some(m), Some(p)) => {
+                a.extend(["--method".into(), m.clone(), "--path".into(), p.clone()])
+            }
+            _ => panic!("case `{}` needs permission or method+path", self.name),
+        }
+        a
+    }
+
+    /// Compares an answer with the case; returns a message on mismatch.
+    pub fn mismatch(&self, got: &Observed) -> Option<String> {
+        let mut diffs = Vec::new();
+        if got.allowed != self.allowed {
+            diffs.push(format!(
+                "allowed: want {} got {}",
+                self.allowed, got.allowed
+            ));
+        }
+        if got.reason != self.reason {
+            diffs.push(format!("reason: want {} got {}", self.reason, got.reason));
+        }
+        let mut opt = |name: &str, want: &Option<String>, got: &str| {
+            if let Some(w) = want
+                && w != got
+            {
+                diffs.push(format!("{name}: want `{w}` got `{got}`"));
+            }
+        };
+        opt("role", &self.role, &got.role);
+        opt("source", &self.source, &got.source);
+        opt("group", &self.group, &got.group);
+        opt("grant_scope", &self.grant_scope, &got.grant_scope);
+        opt("pattern", &self.pattern, &got.pattern);
+        if let Some(c) = &self.chain
+            && *c != got.chain
+        {
+            diffs.push(format!("chain: want {c:?} got {:?}", got.chain));
+        }
+        if let Some(r) = &self.required_roles
+            && *r != got.required_roles
+        {
+            diffs.push(format!(
+                "required_roles: want {r:?} got {:?}",
+                got.required_roles
+            ));
+        }
+        if got.explanation.is_empty()
+            || !got
+                .explanation
+                .starts_with(if self.allowed { "allowed" } else { "denied" })
+        {
+            diffs.push(format!(
+                "explanation does not state the decision: `{}`",
+                got.explanation
+            ));
+        }
+        (!diffs.is_empty()).then(|| format!("case `{}`: {}", self.name, diffs.join("; ")))
+    }
+}
+
+/// Asserts every case matched, listing all failures at once.
+pub fn assert_all(label: &str, failures: Vec<String>, total: usize) {
+    assert!(
+        failures.is_empty(),
+        "{label}: {} of {total} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
