@@ -54,6 +54,10 @@ pub struct ServeArgs {
     /// Largest gRPC message accepted or sent, in bytes.
     #[arg(long, env = "AUTHZ_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024, value_parser = clap::value_parser!(u32).range(1024..=256 * 1024 * 1024))]
     pub max_message_bytes: u32,
+    /// Close client connections older than this (`0s`: never), so clients balancing
+    /// over a headless Service re-resolve and spread onto new replicas.
+    #[arg(long, env = "AUTHZ_MAX_CONNECTION_AGE", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub max_connection_age: Duration,
     /// How long in-flight requests may finish after SIGTERM/SIGINT.
     #[arg(long, env = "AUTHZ_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,

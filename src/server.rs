@@ -34,12 +34,33 @@ pub enum ServerError {
 
 const SERVICE_NAME: &str = "authz.v1.AuthorizationService";
 
+/// Server settings beyond the query service's own.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// The query service's limits and waits.
+    pub service: ServiceConfig,
+    /// How long in-flight requests may finish after shutdown begins.
+    pub shutdown_grace: Duration,
+    /// Close connections older than this (after a grace), so clients that balance over
+    /// a headless Service re-resolve and find new replicas. `None`: never.
+    pub max_connection_age: Option<Duration>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            service: ServiceConfig::default(),
+            shutdown_grace: Duration::from_secs(10),
+            max_connection_age: None,
+        }
+    }
+}
+
 /// Serves on an already-bound listener until `shutdown` resolves, then drains.
 pub async fn run(
     listener: TcpListener,
     cache: Cache,
-    config: ServiceConfig,
-    shutdown_grace: Duration,
+    config: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -74,16 +95,30 @@ pub async fn run(
 
     let addr = listener.local_addr()?;
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-    let serve = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(age) = config.max_connection_age {
+        builder = builder
+            .max_connection_age(age)
+            .max_connection_age_grace(config.shutdown_grace);
+    }
+    let serve = builder
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(AuthzService::new(cache, config).svc())
+        .add_service(AuthzService::new(cache, config.service).svc())
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {
             let _ = drain_rx.await;
         });
     info!(%addr, "serving");
-    drain(serve, health, drain_tx, ready, shutdown_grace, shutdown).await
+    drain(
+        serve,
+        health,
+        drain_tx,
+        ready,
+        config.shutdown_grace,
+        shutdown,
+    )
+    .await
 }
 
 async fn drain(

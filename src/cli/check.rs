@@ -59,9 +59,9 @@ pub fn run(args: &CheckArgs) -> Exit {
         None => Explanation::unknown_tenant(&args.tenant, 1),
     };
     match args.output {
-        Output::Text => println!("{}", explanation.explanation),
+        Output::Text => super::say!("{}", explanation.explanation),
         Output::Json => match serde_json::to_string_pretty(&explanation) {
-            Ok(s) => println!("{s}"),
+            Ok(s) => super::say!("{s}"),
             Err(e) => {
                 eprintln!("error: {e}");
                 return Exit::Software;
@@ -96,20 +96,20 @@ pub fn list(args: &ListArgs) -> Exit {
         }
     };
     let Some(tenant) = policy.tenants.iter().find(|t| *t.id == *args.tenant) else {
-        println!("tenant `{}` does not exist", args.tenant);
+        super::say!("tenant `{}` does not exist", args.tenant);
         return Exit::Denied;
     };
     let listing = tenant.list(&args.subject, &args.scope);
     match args.output {
         Output::Json => match serde_json::to_string_pretty(&listing) {
-            Ok(s) => println!("{s}"),
+            Ok(s) => super::say!("{s}"),
             Err(e) => {
                 eprintln!("error: {e}");
                 return Exit::Software;
             }
         },
         Output::Text => {
-            println!("reason: {}", listing.reason.map_or("", |r| r.as_str()));
+            super::say!("reason: {}", listing.reason.map_or("", |r| r.as_str()));
             for (role, g) in &listing.roles {
                 let via = if g.include_chain.len() > 1 {
                     format!(" through {}", g.include_chain.join(" -> "))
@@ -121,21 +121,26 @@ pub fn list(args: &ListArgs) -> Exit {
                 } else {
                     g.source.to_owned()
                 };
-                println!("role {role}: {from} at `{}`{via}", g.scope);
+                let at = if g.scope.is_empty() {
+                    "the tenant root".to_owned()
+                } else {
+                    format!("`{}`", g.scope)
+                };
+                super::say!("role {role}: {from} at {at}{via}");
             }
-            println!("permissions: {}", listing.permissions.join(", "));
+            super::say!("permissions: {}", listing.permissions.join(", "));
             for (role, methods, path) in &listing.routes {
-                println!("rule {} {path} (role {role})", methods.join(","));
+                super::say!("rule {} {path} (role {role})", methods.join(","));
             }
             for (path, methods, public) in &listing.endpoints {
-                println!(
+                super::say!(
                     "endpoint {} {path}{}",
                     methods.join(","),
                     if *public { " (public)" } else { "" }
                 );
             }
             for (scope, roles) in &listing.scopes_below {
-                println!("below `{scope}`: {}", roles.join(", "));
+                super::say!("below `{scope}`: {}", roles.join(", "));
             }
         }
     }

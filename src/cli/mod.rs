@@ -1,5 +1,15 @@
 //! `authzd` subcommands, one file each, and the process exit codes.
 
+/// Prints a line to stdout, ignoring a closed pipe (`authzd list ... | head` must not
+/// panic the way `println!` does).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+pub(crate) use say;
+
 pub mod check;
 pub mod serve;
 pub mod validate;

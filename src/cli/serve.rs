@@ -8,7 +8,8 @@ use crate::{
     cache::Cache,
     config::ServeArgs,
     grpc::ServiceConfig,
-    server, shutdown,
+    server::{self, ServerConfig},
+    shutdown,
     store::file::{load, spawn_reloader},
 };
 
@@ -56,20 +57,16 @@ async fn serve(args: ServeArgs) -> Exit {
             text,
         )
     });
-    let config = ServiceConfig {
-        revision_wait: args.revision_wait,
-        max_batch: args.max_batch as usize,
-        max_message_bytes: args.max_message_bytes as usize,
+    let config = ServerConfig {
+        service: ServiceConfig {
+            revision_wait: args.revision_wait,
+            max_batch: args.max_batch as usize,
+            max_message_bytes: args.max_message_bytes as usize,
+        },
+        shutdown_grace: args.shutdown_grace,
+        max_connection_age: (!args.max_connection_age.is_zero()).then_some(args.max_connection_age),
     };
-    match server::run(
-        listener,
-        cache,
-        config,
-        args.shutdown_grace,
-        shutdown::signal(),
-    )
-    .await
-    {
+    match server::run(listener, cache, config, shutdown::signal()).await {
         Ok(()) => Exit::Ok,
         Err(e) => {
             error!(cause = %e, "server failed");

@@ -12,7 +12,7 @@ pub fn run(args: &ValidateArgs) -> Exit {
                 let roles: usize = policy.tenants.iter().map(|t| t.custom.len()).sum();
                 let builtin = policy.tenants.first().map_or(0, |t| t.builtins.roles.len());
                 let assignments: usize = policy.tenants.iter().map(|t| t.assignment_count()).sum();
-                println!(
+                super::say!(
                     "{}: ok ({} tenants, {} built-in and {} custom roles, {} assignments)",
                     file.display(),
                     policy.tenants.len(),

@@ -64,15 +64,15 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(server::run(
-            listener,
-            cache.clone(),
-            config,
-            Duration::from_secs(5),
-            async {
-                let _ = rx.await;
-            },
-        ));
+        let config = server::ServerConfig {
+            service: config,
+            shutdown_grace: Duration::from_secs(5),
+            max_connection_age: None,
+        };
+        let stop = async {
+            let _ = rx.await;
+        };
+        let handle = tokio::spawn(server::run(listener, cache.clone(), config, stop));
         let channel = Channel::from_shared(format!("http://{addr}"))
             .unwrap()
             .connect()

@@ -1,0 +1,208 @@
+//! The `authzd` command line: validate, check and list, their messages and exit codes.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "a test that panics has failed; that is its job"
+)]
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::*;
+
+fn authzd(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_authzd"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn validate_reports_every_problem_with_file_tenant_and_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "version: 1\nroles:\n  - id: a\n    includes: [b]\n  - id: b\n    includes: [a]\ntenants: []\n",
+    )
+    .unwrap();
+    let out = authzd(&["validate", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(65));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("bad.yaml: role `a`: include cycle `a -> b -> a`"),
+        "{err}"
+    );
+
+    std::fs::write(
+        &bad,
+        "version: 1\ntenants:\n  - id: acme\n    roles:\n      - id: r\n        routes: [{methods: [], path: /x/**/y}]\n    assignments:\n      - {subject: ghost, role: r}\n",
+    )
+    .unwrap();
+    let out = authzd(&["validate", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(65));
+    let err = text(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("tenant `acme`, role `r`, rule 1")
+                && l.contains("`**` before its last segment")),
+        "{err}"
+    );
+    assert!(lines.iter().any(|l| l.contains("tenant `acme`, role `r`, rule 1") && l.contains("empty `methods`")), "{err}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("tenant `acme`, assignment 1")
+                && l.contains("subject `ghost` is not registered")),
+        "{err}"
+    );
+
+    std::fs::write(
+        &bad,
+        "version: 1\ntenants:\n  - id: acme\n    subjets: []\n",
+    )
+    .unwrap();
+    let out = authzd(&["validate", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(65));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("bad.yaml:4:") && err.contains("unknown field `subjets`"),
+        "syntax errors carry line and column: {err}"
+    );
+
+    let out = authzd(&[
+        "validate",
+        dir.path().join("missing.yaml").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(66));
+    assert!(text(&out.stderr).contains("missing.yaml"));
+}
+
+#[test]
+fn validate_accepts_the_examples() {
+    for p in ["console.yaml", "chat-api.yaml", "gateway.yaml"] {
+        let out = authzd(&["validate", example(p).to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(0), "{p}: {}", text(&out.stderr));
+        assert!(text(&out.stdout).contains(": ok ("));
+    }
+}
+
+#[test]
+fn check_exit_codes_and_bad_values() {
+    let policy = example("chat-api.yaml");
+    let p = policy.to_str().unwrap();
+    let out = authzd(&[
+        "check",
+        "--policy",
+        p,
+        "--tenant",
+        "acme",
+        "--subject",
+        "mia",
+        "--method",
+        "GET",
+        "--path",
+        "/chats/",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stdout)
+            .starts_with("allowed, because role `alan-user`, a default role of the tenant")
+    );
+    let out = authzd(&[
+        "check",
+        "--policy",
+        p,
+        "--tenant",
+        "acme",
+        "--subject",
+        "mia",
+        "--method",
+        "POST",
+        "--path",
+        "/experts/",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "a deny is not an error");
+    for (args, field) in [
+        (vec!["--method", "get", "--path", "/x"], "--method"),
+        (vec!["--method", "GET", "--path", "x"], "--path"),
+        (vec!["--permission", "a b"], "--permission"),
+        (vec!["--scope", "/ws", "--permission", "p"], "--scope"),
+    ] {
+        let mut a = vec![
+            "check",
+            "--policy",
+            p,
+            "--tenant",
+            "acme",
+            "--subject",
+            "mia",
+        ];
+        a.extend(args);
+        let out = authzd(&a);
+        assert_eq!(out.status.code(), Some(64), "{a:?}");
+        assert!(
+            text(&out.stderr).contains(&format!("`{field}`")),
+            "{a:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    let out = authzd(&["check", "--policy", p, "--tenant", "acme"]);
+    assert_eq!(out.status.code(), Some(64), "clap usage errors exit 64");
+    let out = authzd(&["serve", "--policy", p, "--listen", "not-an-address"]);
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn list_prints_roles_and_survives_a_closed_pipe() {
+    let policy = example("console.yaml");
+    let out = authzd(&[
+        "list",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--tenant",
+        "acme",
+        "--subject",
+        "wendy",
+        "--scope",
+        "workspaces/ws-1",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let s = text(&out.stdout);
+    assert!(
+        s.contains("role workspace_admin: direct at `workspaces/ws-1`"),
+        "{s}"
+    );
+    assert!(s.contains("workspace.members.manage"), "{s}");
+    // `| head -1`: the reader goes away early; authzd must not panic.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_authzd"))
+        .args([
+            "list",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--tenant",
+            "acme",
+            "--subject",
+            "ada",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        !text(&out.stderr).contains("panicked"),
+        "{}",
+        text(&out.stderr)
+    );
+}
