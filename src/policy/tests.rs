@@ -563,6 +563,7 @@ roles:
       - {methods: [POST], path: /a/**}
       - {methods: [PATCH], path: /*/b}
       - {methods: [DELETE], path: /**}
+      - {methods: [OPTIONS], path: /*}
       - {methods: [PUT], path: /c/*}
       - {methods: [PATCH], path: /*/d}
       - {methods: [GET], path: /y}
@@ -593,6 +594,11 @@ fn most_specific_rule_wins_per_role() {
         // `**` matches zero segments; `/a/**` beats `/**` at the first segment.
         ("POST /a", g("/a/**")),
         ("DELETE /a", "method_not_allowed pattern=/a/**".into()),
+        // The first segment decides before the end: `/a/**` (literal) beats `/*`.
+        ("OPTIONS /a", "method_not_allowed pattern=/a/**".into()),
+        ("OPTIONS /y", "method_not_allowed pattern=/y".into()),
+        ("OPTIONS /q", g("/*")),
+        ("OPTIONS /q/r", "method_not_allowed pattern=/**".into()),
         // The leftmost difference decides: `/a/b` beats `/*/b`, `/c/*` beats `/*/d`.
         ("PATCH /a/b", "method_not_allowed pattern=/a/b".into()),
         ("PATCH /z/b", g("/*/b")),
@@ -1706,6 +1712,56 @@ fn list_shows_endpoints_as_resolved_after_tenant_shadowing() {
     let l = t.list("aud", "");
     assert!(l.endpoints.contains(&endpoint("/status", &["GET"], false)));
     assert!(l.endpoints.contains(&endpoint("/reports", &["GET"], false)));
+}
+
+// ---------------------------------------------------------------------------------------
+// Revision and invalid input
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn every_answer_carries_the_revision_it_was_computed_on() {
+    let doc = PolicyDocument::parse(CONSOLE, Format::Yaml, "test.yaml").unwrap();
+    let p = compile(&doc, "test.yaml", 7).unwrap();
+    let t = tenant(&p, "acme");
+    for (subject, action) in [
+        ("alice", "chat.use"),
+        ("mallory", "chat.use"),
+        ("erin", "chat.use"),
+        ("dave", "GET /x"),
+    ] {
+        let q = query(subject, "", action);
+        assert_eq!(
+            t.explain(&q, &t.check(&q)).revision,
+            7,
+            "{subject} {action}"
+        );
+    }
+    assert_eq!(t.list("alice", "").revision, 7);
+    assert_eq!(t.list("mallory", "").revision, 7);
+}
+
+#[test]
+fn invalid_input_is_rejected_before_evaluation() {
+    // The validators every request passes through before it reaches `check`.
+    assert!(Method::parse("get").is_err(), "lower-case method");
+    assert!(Method::parse("G ET").is_err());
+    assert!(
+        Method::parse("*").is_err(),
+        "`*` is for rules, not requests"
+    );
+    assert!(model::request_path("chats").is_err(), "not absolute");
+    assert!(model::request_path("/a//b").is_err(), "empty segment");
+    assert!(model::request_path("/a/./b").is_err());
+    assert!(model::request_path("/a/../b").is_err());
+    assert!(model::scope("/workspaces/ws-1").is_err());
+    assert!(model::scope("workspaces/../ws-1").is_err());
+    assert!(model::name("api keys").is_err(), "permission name");
+    assert!(model::tenant_id("").is_err(), "empty tenant");
+    assert!(
+        model::subject_id(&"s".repeat(257)).is_err(),
+        "subject over the limit"
+    );
+    assert_eq!(model::request_path("/a/b/?q=1"), Ok("/a/b"));
 }
 
 // ---------------------------------------------------------------------------------------
