@@ -313,20 +313,25 @@ impl TenantSnapshot {
                         .map(|r| format!("`{r}`"))
                         .collect::<Vec<_>>()
                         .join(", ");
+                    let needs = if roles.len() == 1 {
+                        format!("role {list}")
+                    } else {
+                        format!("one of roles {list}")
+                    };
                     ex.required_roles = roles;
                     format!(
-                        "denied, because {what} requires one of roles {list}, which subject `{subject}` does not hold {}",
+                        "denied, because {what} requires {needs}, which subject `{subject}` does not hold {}",
                         at(q.scope)
                     )
                 }
                 (Action::Permission(p), _) => {
                     format!(
-                        "denied, because no role subject `{subject}` holds {} has permission `{p}`",
+                        "denied, because no role that subject `{subject}` holds {} has permission `{p}`",
                         at(q.scope)
                     )
                 }
                 (Action::Route { .. }, _) => format!(
-                    "denied, because no role subject `{subject}` holds {} allows the route",
+                    "denied, because no role that subject `{subject}` holds {} allows the route",
                     at(q.scope)
                 ),
             },

@@ -1088,7 +1088,7 @@ fn no_grant_names_the_required_roles_in_the_order_written() {
     let ex = check(&p, "acme", "ann", "workspaces/w", "GET /groups/");
     assert_eq!(
         ex.explanation,
-        "denied, because endpoint `GET /groups/` requires one of roles `alan-admin`, which \
+        "denied, because endpoint `GET /groups/` requires role `alan-admin`, which \
          subject `ann` does not hold in `workspaces/w`"
     );
 }
@@ -1309,7 +1309,7 @@ fn named_permissions() {
     let ex = check(&p, "acme", "dave", "workspaces/ws-1", "members.manage");
     assert_eq!(
         ex.explanation,
-        "denied, because no role subject `dave` holds in `workspaces/ws-1` has permission \
+        "denied, because no role that subject `dave` holds in `workspaces/ws-1` has permission \
          `members.manage`"
     );
     // Named permissions and routes are separate: a route check never consults them.
