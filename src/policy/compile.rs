@@ -67,12 +67,58 @@ impl fmt::Display for CompileError {
     }
 }
 
+/// The compiled parts every tenant shares: the built-in roles and the endpoint table for
+/// all tenants. Compiled once; a tenant is compiled against it ([`compile_tenant`]).
+#[derive(Debug)]
+pub struct Shared {
+    /// The built-in roles.
+    pub builtins: Arc<Builtins>,
+    global: Vec<EndpointSpec>,
+    /// The global endpoint table, compiled once for every tenant without entries of
+    /// its own.
+    global_endpoints: Arc<[Endpoint]>,
+    global_matcher: Arc<Matcher<EndpointGroup>>,
+}
+
 /// Compiles a document; `file` names it in errors and `revision` is stamped on every
 /// snapshot.
 pub fn compile(doc: &PolicyDocument, file: &str, revision: u64) -> Result<Policy, CompileError> {
+    let shared = compile_shared(&doc.roles, &doc.endpoints, file)?;
+    let mut problems = Vec::new();
+    let mut seen = HashSet::new();
+    let mut tenants = Vec::with_capacity(doc.tenants.len());
+    for t in &doc.tenants {
+        if !seen.insert(t.id.as_str()) {
+            problems.push(Problem {
+                location: format!("tenant `{}`", t.id),
+                message: "duplicate tenant id".into(),
+            });
+            continue;
+        }
+        match compile_tenant(&shared, t, file, revision) {
+            Ok(s) => tenants.push(s),
+            Err(e) => problems.extend(e.problems),
+        }
+    }
+    if problems.is_empty() {
+        Ok(Policy { tenants })
+    } else {
+        Err(CompileError {
+            file: file.to_owned(),
+            problems,
+        })
+    }
+}
+
+/// Compiles the built-in roles and the endpoint table for all tenants.
+pub fn compile_shared(
+    roles: &[RoleDoc],
+    endpoints: &[EndpointDoc],
+    file: &str,
+) -> Result<Shared, CompileError> {
     let mut cx = Context::default();
-    let builtins = Arc::new(cx.builtins(&doc.roles));
-    let global = cx.endpoint_docs("", &doc.endpoints);
+    let builtins = Arc::new(cx.builtins(roles));
+    let global = cx.endpoint_docs("", endpoints);
     for spec in &global {
         for name in &spec.doc.roles {
             if !builtins.roles.iter().any(|r| *r.id == **name) {
@@ -83,37 +129,44 @@ pub fn compile(doc: &PolicyDocument, file: &str, revision: u64) -> Result<Policy
             }
         }
     }
-    // Tenants build on the built-in roles and the global table: after a problem there,
-    // their own problems would be noise.
-    if !cx.problems.is_empty() {
-        return Err(CompileError {
-            file: file.to_owned(),
-            problems: cx.problems,
-        });
-    }
-    let mut seen = HashSet::new();
-    let mut tenants = Vec::with_capacity(doc.tenants.len());
-    for t in &doc.tenants {
-        let loc = format!("tenant `{}`", t.id);
-        if let Err(e) = model::tenant_id(&t.id) {
-            cx.problem(&loc, format!("id {e}"));
-            continue;
-        }
-        if !seen.insert(t.id.as_str()) {
-            cx.problem(&loc, "duplicate tenant id".into());
-            continue;
-        }
-        if let Some(s) = cx.tenant(t, &builtins, &global, revision) {
-            tenants.push(s);
-        }
-    }
     if cx.problems.is_empty() {
-        Ok(Policy { tenants })
+        let (endpoints, matcher) =
+            cx.endpoint_table("", &[], &global, &|_| None, &builtins, builtins.roles.len());
+        Ok(Shared {
+            builtins,
+            global,
+            global_endpoints: endpoints.into(),
+            global_matcher: Arc::new(matcher),
+        })
     } else {
         Err(CompileError {
             file: file.to_owned(),
             problems: cx.problems,
         })
+    }
+}
+
+/// Compiles one tenant against the shared parts.
+pub fn compile_tenant(
+    shared: &Shared,
+    t: &TenantDoc,
+    file: &str,
+    revision: u64,
+) -> Result<TenantSnapshot, CompileError> {
+    let mut cx = Context::default();
+    let snapshot = match model::tenant_id(&t.id) {
+        Ok(_) => cx.tenant(t, shared, revision),
+        Err(e) => {
+            cx.problem(&format!("tenant `{}`", t.id), format!("id {e}"));
+            None
+        }
+    };
+    match snapshot {
+        Some(s) if cx.problems.is_empty() => Ok(s),
+        _ => Err(CompileError {
+            file: file.to_owned(),
+            problems: cx.problems,
+        }),
     }
 }
 
@@ -123,8 +176,9 @@ struct Context {
 }
 
 /// Parsed endpoint entry before role names are resolved.
-struct EndpointSpec<'d> {
-    doc: &'d EndpointDoc,
+#[derive(Debug)]
+struct EndpointSpec {
+    doc: EndpointDoc,
     pattern: Pattern,
     methods: MethodSet,
 }
@@ -138,9 +192,22 @@ impl Context {
     }
 
     fn builtins(&mut self, docs: &[RoleDoc]) -> Builtins {
-        let index = self.role_index("", docs, &HashMap::new());
+        let index = self.role_index("", docs, &Map::default());
         let roles = self.roles("", docs, &index, 0, None);
-        Builtins { roles }
+        let mut holders: Map<Box<str>, RoleSet> = Map::default();
+        for (i, role) in roles.iter().enumerate() {
+            for p in role.permissions.iter() {
+                holders
+                    .entry(p.clone())
+                    .or_insert_with(|| RoleSet::with_capacity(roles.len()))
+                    .insert(i as RoleIdx);
+            }
+        }
+        Builtins {
+            roles,
+            index,
+            holders,
+        }
     }
 
     /// Indexes role ids from `base` on, reporting bad and duplicate ids.
@@ -148,8 +215,8 @@ impl Context {
         &mut self,
         tenant_loc: &str,
         docs: &[RoleDoc],
-        builtin: &HashMap<Box<str>, RoleIdx>,
-    ) -> HashMap<Box<str>, RoleIdx> {
+        builtin: &Map<Box<str>, RoleIdx>,
+    ) -> Map<Box<str>, RoleIdx> {
         let mut index = builtin.clone();
         let base = builtin.len() as RoleIdx;
         for (i, r) in docs.iter().enumerate() {
@@ -174,7 +241,7 @@ impl Context {
         &mut self,
         tenant_loc: &str,
         docs: &[RoleDoc],
-        index: &HashMap<Box<str>, RoleIdx>,
+        index: &Map<Box<str>, RoleIdx>,
         base: RoleIdx,
         builtins: Option<&Builtins>,
     ) -> Box<[Role]> {
@@ -306,11 +373,7 @@ impl Context {
     }
 
     /// Parses endpoint entries' patterns and methods; roles are resolved per tenant.
-    fn endpoint_docs<'d>(
-        &mut self,
-        tenant_loc: &str,
-        docs: &'d [EndpointDoc],
-    ) -> Vec<EndpointSpec<'d>> {
+    fn endpoint_docs(&mut self, tenant_loc: &str, docs: &[EndpointDoc]) -> Vec<EndpointSpec> {
         let mut out = Vec::new();
         for e in docs {
             let loc = join(
@@ -329,7 +392,7 @@ impl Context {
             }
             match (Pattern::parse(&e.path), MethodSet::parse(&e.methods)) {
                 (Ok(pattern), Ok(methods)) => out.push(EndpointSpec {
-                    doc: e,
+                    doc: e.clone(),
                     pattern,
                     methods,
                 }),
@@ -365,81 +428,56 @@ impl Context {
         out
     }
 
-    fn tenant(
+    /// Builds an endpoint table: `own` entries first (they shadow `global` ones for the
+    /// methods they share). Own entries resolve role ids with `custom` then the built-in
+    /// roles; global entries only with the built-in roles (checked once, in
+    /// [`compile_shared`]).
+    fn endpoint_table(
         &mut self,
-        t: &TenantDoc,
-        builtins: &Arc<Builtins>,
-        global: &[EndpointSpec<'_>],
-        revision: u64,
-    ) -> Option<TenantSnapshot> {
-        let before = self.problems.len();
-        let loc = format!("tenant `{}`", t.id);
-        let builtin_index: HashMap<Box<str>, RoleIdx> = builtins
-            .roles
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (r.id.clone(), i as RoleIdx))
-            .collect();
-        let base = builtins.roles.len() as RoleIdx;
-        let role_index = self.role_index(&loc, &t.roles, &builtin_index);
-        let custom = self.roles(&loc, &t.roles, &role_index, base, Some(builtins));
-        let total = role_index.len();
-
-        let mut permission_holders: HashMap<Box<str>, RoleSet> = HashMap::new();
-        for (i, role) in builtins.roles.iter().chain(custom.iter()).enumerate() {
-            for p in role.permissions.iter() {
-                permission_holders
-                    .entry(p.clone())
-                    .or_insert_with(|| RoleSet::with_capacity(total))
-                    .insert(i as RoleIdx);
-            }
-        }
-
-        // Endpoint table: the tenant's own entries first, so they shadow global ones.
-        let own = self.endpoint_docs(&loc, &t.endpoints);
+        tenant_loc: &str,
+        own: &[EndpointSpec],
+        global: &[EndpointSpec],
+        custom: &dyn Fn(&str) -> Option<RoleIdx>,
+        builtins: &Builtins,
+        total: usize,
+    ) -> (Vec<Endpoint>, Matcher<EndpointGroup>) {
         let mut endpoints = Vec::new();
-        let mut endpoint_matcher = Matcher::default();
+        let mut matcher = Matcher::default();
         for (spec, is_global) in own
             .iter()
             .map(|s| (s, false))
             .chain(global.iter().map(|s| (s, true)))
         {
-            let eloc = if is_global {
-                format!(
-                    "endpoint `{} {}`",
-                    spec.doc.methods.join(","),
-                    spec.doc.path
-                )
-            } else {
-                join(
-                    &loc,
-                    &format!(
-                        "endpoint `{} {}`",
-                        spec.doc.methods.join(","),
-                        spec.doc.path
-                    ),
-                )
-            };
             let mut roles = Vec::new();
             let mut role_set = RoleSet::with_capacity(total);
             for name in &spec.doc.roles {
-                let found = if is_global {
-                    builtin_index.get(name.as_str())
-                } else {
-                    role_index.get(name.as_str())
-                };
+                let found = builtins
+                    .index
+                    .get(name.as_str())
+                    .copied()
+                    .or_else(|| if is_global { None } else { custom(name) });
                 match found {
-                    Some(&r) => {
+                    Some(r) => {
                         roles.push(r);
                         role_set.insert(r);
                     }
-                    // Report a global entry's problem once, not per tenant.
+                    // A global entry's unknown role is reported once, by compile_shared.
                     None if is_global => {}
-                    None => self.problem(&eloc, format!("names unknown role `{name}`")),
+                    None => self.problem(
+                        &join(
+                            tenant_loc,
+                            &format!(
+                                "endpoint `{} {}`",
+                                spec.doc.methods.join(","),
+                                spec.doc.path
+                            ),
+                        ),
+                        format!("names unknown role `{name}`"),
+                    ),
                 }
             }
             let idx = endpoints.len() as u32;
-            let _ = endpoint_matcher.insert(
+            let _ = matcher.insert(
                 &spec.pattern,
                 || EndpointGroup { entries: vec![idx] },
                 |g| {
@@ -455,6 +493,45 @@ impl Context {
                 public: spec.doc.public,
             });
         }
+        (endpoints, matcher)
+    }
+
+    fn tenant(&mut self, t: &TenantDoc, shared: &Shared, revision: u64) -> Option<TenantSnapshot> {
+        let builtins = &shared.builtins;
+        let before = self.problems.len();
+        let loc = format!("tenant `{}`", t.id);
+        let base = builtins.roles.len() as RoleIdx;
+        // Built-in and custom ids while compiling; the snapshot keeps only the custom ones.
+        let role_index = self.role_index(&loc, &t.roles, &builtins.index);
+        let custom = self.roles(&loc, &t.roles, &role_index, base, Some(builtins));
+        let total = role_index.len();
+
+        // Custom roles' permissions; built-in holders are shared in `Builtins`.
+        let mut permission_holders: Map<Box<str>, RoleSet> = Map::default();
+        for (i, role) in custom.iter().enumerate() {
+            for p in role.permissions.iter() {
+                permission_holders
+                    .entry(p.clone())
+                    .or_insert_with(|| RoleSet::with_capacity(total))
+                    .insert(base + i as RoleIdx);
+            }
+        }
+
+        // Endpoint table: the tenant's own entries first, so they shadow global ones. A
+        // tenant without entries of its own shares the global table compiled once.
+        let (endpoints, endpoint_matcher): (Arc<[Endpoint]>, Arc<Matcher<EndpointGroup>>) =
+            if t.endpoints.is_empty() {
+                (
+                    Arc::clone(&shared.global_endpoints),
+                    Arc::clone(&shared.global_matcher),
+                )
+            } else {
+                let own = self.endpoint_docs(&loc, &t.endpoints);
+                let custom_role = |name: &str| role_index.get(name).copied();
+                let (e, m) =
+                    self.endpoint_table(&loc, &own, &shared.global, &custom_role, builtins, total);
+                (e.into(), Arc::new(m))
+            };
 
         let mut default_roles = Vec::new();
         for name in &t.default_roles {
@@ -464,7 +541,8 @@ impl Context {
             }
         }
 
-        let mut subjects: HashMap<Box<str>, Subject> = HashMap::with_capacity(t.subjects.len());
+        let mut subjects: Map<SubjectId, Subject> =
+            Map::with_capacity_and_hasher(t.subjects.len(), Default::default());
         for s in &t.subjects {
             let sloc = join(&loc, &format!("subject `{}`", s.id));
             if let Err(e) = model::subject_id(&s.id) {
@@ -472,7 +550,7 @@ impl Context {
             }
             let subject = Subject {
                 disabled: s.disabled,
-                assignments: Box::new([]),
+                assignments: Assignments::default(),
                 groups: Box::new([]),
             };
             if subjects.insert(s.id.as_str().into(), subject).is_some() {
@@ -559,7 +637,7 @@ impl Context {
             if let Some(mut list) = direct.remove(&**id) {
                 list.sort_by_key(|a| std::cmp::Reverse(depth(&scopes, a)));
                 list.dedup();
-                subject.assignments = list.into_boxed_slice();
+                subject.assignments = list.into();
             }
             if let Some(groups) = member_of.remove(&**id) {
                 subject.groups = groups.into_boxed_slice();
@@ -575,7 +653,7 @@ impl Context {
                 Group {
                     id: g.id.as_str().into(),
                     members: g.members.iter().map(|m| m.as_str().into()).collect(),
-                    assignments: list.into_boxed_slice(),
+                    assignments: list.into(),
                 }
             })
             .collect();
@@ -587,13 +665,13 @@ impl Context {
             id: t.id.as_str().into(),
             revision,
             builtins: Arc::clone(builtins),
-            custom,
-            role_index,
-            permission_holders,
-            endpoints: endpoints.into_boxed_slice(),
+            custom: custom.into(),
+            role_index: Arc::new(role_index.into_iter().filter(|(_, i)| *i >= base).collect()),
+            permission_holders: Arc::new(permission_holders),
+            endpoints,
             endpoint_matcher,
-            default_roles: default_roles.into_boxed_slice(),
-            subjects,
+            default_roles: default_roles.into(),
+            subjects: Members::new(subjects),
             groups: groups.into_boxed_slice(),
             scopes: scopes.into_boxed_slice(),
         })

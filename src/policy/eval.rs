@@ -8,7 +8,8 @@
 
 use super::{
     decision::{Decision, GrantRef, Matched, Reason, Source},
-    snapshot::{Role, RoleIdx, ScopeIdx, Subject, TenantSnapshot},
+    pattern::PathSegments,
+    snapshot::{Role, RoleIdx, RoleSet, ScopeIdx, SubjectRef, TenantSnapshot},
 };
 use crate::model::{Method, scope_covers};
 
@@ -44,9 +45,14 @@ impl TenantSnapshot {
         // whose pattern matches and whose methods contain the method.
         let mut entry: Option<u32> = None;
         let mut entry_on_path: Option<u32> = None;
-        if let Action::Route { method, path } = q.action {
+        // Split once for all tries; permission checks need no path at all.
+        let segments = match q.action {
+            Action::Route { path, .. } => Some(PathSegments::new(path)),
+            Action::Permission(_) => None,
+        };
+        if let (Action::Route { method, .. }, Some(segments)) = (q.action, &segments) {
             if !self.endpoint_matcher.is_empty() {
-                self.endpoint_matcher.find(path, |group| {
+                self.endpoint_matcher.find_in(segments, |group| {
                     for &e in &group.entries {
                         entry_on_path.get_or_insert(e);
                         if self
@@ -77,17 +83,27 @@ impl TenantSnapshot {
 
         match q.action {
             Action::Permission(p) => {
-                let Some(holders) = self.permission_holders.get(p) else {
-                    return Decision::deny(Reason::NoGrant);
+                // Built-in holders are shared by all tenants; custom ones are the tenant's.
+                let builtin = self.builtins.holders.get(p);
+                let custom = if self.permission_holders.is_empty() {
+                    None
+                } else {
+                    self.permission_holders.get(p)
                 };
+                if builtin.is_none() && custom.is_none() {
+                    return Decision::deny(Reason::NoGrant);
+                }
+                let holds =
+                    |set: Option<&RoleSet>, f: &dyn Fn(&RoleSet) -> bool| set.is_some_and(f);
                 let grant = self.first_grant(subject, q.scope, |role| {
-                    if !role.closure_set.intersects(holders) {
+                    let any = |h: &RoleSet| role.closure_set.intersects(h);
+                    if !holds(builtin, &any) && !holds(custom, &any) {
                         return None;
                     }
-                    let pos = role
-                        .closure
-                        .iter()
-                        .position(|(g, _)| holders.contains(*g))?;
+                    let pos = role.closure.iter().position(|&(g, _)| {
+                        let has = |h: &RoleSet| h.contains(g);
+                        holds(builtin, &has) || holds(custom, &has)
+                    })?;
                     Some((pos as u32, None))
                 });
                 match grant {
@@ -95,7 +111,10 @@ impl TenantSnapshot {
                     None => Decision::deny(Reason::NoGrant),
                 }
             }
-            Action::Route { method, path } => {
+            Action::Route { method, .. } => {
+                let Some(segments) = &segments else {
+                    return Decision::deny(Reason::NoMatchingRule);
+                };
                 if let Some(e) = entry {
                     let ep = self.endpoints.get(e as usize);
                     let grant = ep.and_then(|ep| {
@@ -119,7 +138,7 @@ impl TenantSnapshot {
                 let grant = self.first_grant(subject, q.scope, |role| {
                     role.closure.iter().enumerate().find_map(|(pos, &(g, _))| {
                         let granting = self.role(g)?;
-                        let group = granting.matcher.find(path, |_| true)?;
+                        let group = granting.matcher.find_in(segments, |_| true)?;
                         let allowed = group.rules.iter().find(|&&r| {
                             granting
                                 .rules
@@ -158,7 +177,7 @@ impl TenantSnapshot {
     /// closure and what matched.
     fn first_grant(
         &self,
-        subject: &Subject,
+        subject: SubjectRef<'_>,
         scope: &str,
         mut f: impl FnMut(&Role) -> Option<(u32, Option<Matched>)>,
     ) -> Option<(GrantRef, Option<Matched>)> {
@@ -179,7 +198,7 @@ impl TenantSnapshot {
     /// scope first within each (the compiler sorted them). Stops at the first `Some`.
     pub(crate) fn for_each_applicable<T>(
         &self,
-        subject: &Subject,
+        subject: SubjectRef<'_>,
         scope: &str,
         mut f: impl FnMut(RoleIdx, ScopeIdx, Source) -> Option<T>,
     ) -> Option<T> {

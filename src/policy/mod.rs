@@ -11,6 +11,7 @@ pub mod snapshot;
 pub mod source;
 #[cfg(test)]
 mod tests;
+pub mod update;
 
 pub use compile::{CompileError, Policy, compile};
 pub use decision::{Decision, Explanation, Reason};

@@ -164,6 +164,30 @@ fn is_parameter(s: &str) -> bool {
         .is_some_and(|name| !name.is_empty() && !name.contains(['{', '}', '*']))
 }
 
+/// A normalized request path split into its segments once, on the stack (no
+/// allocation), to be searched in many tries.
+#[derive(Clone, Debug)]
+pub struct PathSegments<'p> {
+    segments: arrayvec::ArrayVec<&'p str, { crate::model::limits::SEGMENTS }>,
+    /// More segments than any valid path has: such a path matches nothing.
+    overflow: bool,
+}
+
+impl<'p> PathSegments<'p> {
+    /// Splits a normalized path ([`crate::model::request_path`]).
+    pub fn new(path: &'p str) -> Self {
+        let mut segments = arrayvec::ArrayVec::new();
+        let mut overflow = false;
+        for seg in path_segments(path) {
+            if segments.try_push(seg).is_err() {
+                overflow = true;
+                break;
+            }
+        }
+        PathSegments { segments, overflow }
+    }
+}
+
 /// The segments of a normalized request path (`/` has none).
 pub fn path_segments(path: &str) -> impl Iterator<Item = &str> {
     path.strip_prefix('/')
@@ -300,29 +324,37 @@ impl<T> Matcher<T> {
     /// The most specific value whose pattern matches `path` and that `accept` takes.
     /// `accept` sees candidates from most to least specific; the first it takes is
     /// returned. `path` must be normalized ([`crate::model::request_path`]).
-    pub fn find<'s>(&'s self, path: &str, mut accept: impl FnMut(&'s T) -> bool) -> Option<&'s T> {
-        let rest = path.strip_prefix('/').filter(|r| !r.is_empty());
-        self.search(0, rest, &mut accept)
+    pub fn find<'s>(&'s self, path: &str, accept: impl FnMut(&'s T) -> bool) -> Option<&'s T> {
+        self.find_in(&PathSegments::new(path), accept)
+    }
+
+    /// [`Matcher::find`] on a path already split (split once, search many tries).
+    pub fn find_in<'s>(
+        &'s self,
+        path: &PathSegments<'_>,
+        mut accept: impl FnMut(&'s T) -> bool,
+    ) -> Option<&'s T> {
+        if path.overflow {
+            // Longer than any validated path: match nothing rather than a prefix of it.
+            return None;
+        }
+        self.search(0, &path.segments, &mut accept)
     }
 
     fn search<'s>(
         &'s self,
         node: usize,
-        rest: Option<&str>,
+        segments: &[&str],
         accept: &mut impl FnMut(&'s T) -> bool,
     ) -> Option<&'s T> {
         let n = self.nodes.get(node)?;
-        match rest {
+        match segments.split_first() {
             None => {
                 // The path is consumed: end of pattern beats `**` (zero segments).
                 self.take(n.end, accept)
                     .or_else(|| self.take(n.rest, accept))
             }
-            Some(rest) => {
-                let (seg, tail) = match rest.split_once('/') {
-                    Some((seg, tail)) => (seg, Some(tail)),
-                    None => (rest, None),
-                };
+            Some((seg, tail)) => {
                 // literal > wildcard > `**` (end of pattern cannot match: segments remain).
                 if let Ok(i) = n.literals.binary_search_by(|(s, _)| (**s).cmp(seg))
                     && let Some((_, child)) = n.literals.get(i)

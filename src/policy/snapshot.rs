@@ -8,6 +8,11 @@
 
 use std::{collections::HashMap, sync::Arc};
 
+/// The hash map of snapshots: foldhash instead of SipHash. Keys are policy data (ids
+/// written by administrators), never inserted from requests, so a fast hasher with a
+/// per-process random seed is enough; it cuts a permission check's hashing by half.
+pub type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 use super::pattern::{Matcher, Pattern};
 use crate::model::MethodSet;
 
@@ -120,26 +125,192 @@ pub struct Assignment {
     pub scope: ScopeIdx,
 }
 
-/// A registered member.
-#[derive(Debug)]
+/// A subject's or group's assignments.
+pub type Assignments = Box<[Assignment]>;
+
+/// A subject id.
+pub type SubjectId = Box<str>;
+
+/// A registered member in its owned, editable form (compiling, incremental changes);
+/// stored flat in [`Members`].
+#[derive(Clone, Debug)]
 pub struct Subject {
     /// A disabled subject holds nothing.
     pub disabled: bool,
     /// Direct assignments, nearest (deepest) scope first, then as written.
-    pub assignments: Box<[Assignment]>,
+    pub assignments: Assignments,
     /// Groups the subject is a member of, as written in the policy.
     pub groups: Box<[GroupIdx]>,
 }
 
+/// A registered member as stored: borrowed from a tenant's [`Members`].
+#[derive(Clone, Copy, Debug)]
+pub struct SubjectRef<'a> {
+    /// A disabled subject holds nothing.
+    pub disabled: bool,
+    /// Direct assignments, nearest (deepest) scope first, then as written.
+    pub assignments: &'a [Assignment],
+    /// Groups the subject is a member of, as written in the policy.
+    pub groups: &'a [GroupIdx],
+}
+
+/// A tenant's registered members, flat: every id in one string, every assignment and
+/// group membership in one array each, and per member a 16-byte entry of end offsets,
+/// sorted by id. Lookup is a binary search, with no per-member heap blocks: at a million
+/// assignments, a map of boxed members spent more on table slack, allocator headers and
+/// pointers than on the data (see docs/benchmarks.md).
+#[derive(Clone, Debug, Default)]
+pub struct Members {
+    ids: Box<str>,
+    entries: Box<[MemberEntry]>,
+    assignments: Box<[Assignment]>,
+    groups: Box<[GroupIdx]>,
+    /// Positions in `entries`, hashed by id: 4 bytes a slot, so lookups cost a hash and
+    /// one comparison instead of a binary search's many.
+    index: hashbrown::HashTable<u32>,
+    hasher: foldhash::fast::RandomState,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct MemberEntry {
+    id_end: u32,
+    assignments_end: u32,
+    groups_end: u32,
+    disabled: bool,
+}
+
+impl Members {
+    /// Builds the flat form from members keyed by id.
+    pub fn new<K: AsRef<str>>(members: impl IntoIterator<Item = (K, Subject)>) -> Self {
+        let mut sorted: Vec<(K, Subject)> = members.into_iter().collect();
+        sorted.sort_by(|a, b| a.0.as_ref().cmp(b.0.as_ref()));
+        let mut ids = String::with_capacity(sorted.iter().map(|(k, _)| k.as_ref().len()).sum());
+        let mut assignments =
+            Vec::with_capacity(sorted.iter().map(|(_, s)| s.assignments.len()).sum());
+        let mut groups = Vec::new();
+        let mut entries = Vec::with_capacity(sorted.len());
+        for (id, s) in &sorted {
+            ids.push_str(id.as_ref());
+            assignments.extend_from_slice(&s.assignments);
+            groups.extend_from_slice(&s.groups);
+            // INVARIANT: ids are at most 256 bytes and a tenant's totals stay far below
+            // u32::MAX (a tenant of 10 million members would use 2.6 GB of ids alone).
+            entries.push(MemberEntry {
+                id_end: ids.len() as u32,
+                assignments_end: assignments.len() as u32,
+                groups_end: groups.len() as u32,
+                disabled: s.disabled,
+            });
+        }
+        let mut members = Members {
+            ids: ids.into(),
+            entries: entries.into(),
+            assignments: assignments.into(),
+            groups: groups.into(),
+            index: hashbrown::HashTable::new(),
+            hasher: foldhash::fast::RandomState::default(),
+        };
+        let mut index = hashbrown::HashTable::with_capacity(members.entries.len());
+        for i in 0..members.entries.len() {
+            let hash = members.hash(members.id_at(i));
+            index.insert_unique(hash, i as u32, |&j| members.hash(members.id_at(j as usize)));
+        }
+        members.index = index;
+        members
+    }
+
+    fn hash(&self, id: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(id)
+    }
+
+    /// The id at position `i` (empty if out of range, which never matches a valid id).
+    fn id_at(&self, i: usize) -> &str {
+        let start = match i.checked_sub(1).and_then(|p| self.entries.get(p)) {
+            Some(p) => p.id_end as usize,
+            None => 0,
+        };
+        let end = self.entries.get(i).map_or(start, |e| e.id_end as usize);
+        self.ids.get(start..end).unwrap_or("")
+    }
+
+    /// Number of members.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The member at position `i` (in id order), with its id.
+    fn at(&self, i: usize) -> Option<(&str, SubjectRef<'_>)> {
+        let e = self.entries.get(i)?;
+        let prev = i.checked_sub(1).and_then(|p| self.entries.get(p));
+        let (id0, a0, g0) = prev.map_or((0, 0, 0), |p| (p.id_end, p.assignments_end, p.groups_end));
+        let id = self.ids.get(id0 as usize..e.id_end as usize)?;
+        Some((
+            id,
+            SubjectRef {
+                disabled: e.disabled,
+                assignments: self
+                    .assignments
+                    .get(a0 as usize..e.assignments_end as usize)?,
+                groups: self.groups.get(g0 as usize..e.groups_end as usize)?,
+            },
+        ))
+    }
+
+    /// A member by id.
+    pub fn get(&self, id: &str) -> Option<SubjectRef<'_>> {
+        let &i = self
+            .index
+            .find(self.hash(id), |&i| self.id_at(i as usize) == id)?;
+        self.at(i as usize).map(|(_, s)| s)
+    }
+
+    /// Whether a member has this id.
+    pub fn contains_key(&self, id: &str) -> bool {
+        self.get(id).is_some()
+    }
+
+    /// Every member with its id, in id order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, SubjectRef<'_>)> {
+        (0..self.entries.len()).filter_map(|i| self.at(i))
+    }
+
+    /// Every id, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.iter().map(|(id, _)| id)
+    }
+
+    /// The members in their editable form (for incremental changes).
+    pub fn to_map(&self) -> Map<SubjectId, Subject> {
+        self.iter()
+            .map(|(id, s)| {
+                (
+                    id.into(),
+                    Subject {
+                        disabled: s.disabled,
+                        assignments: s.assignments.into(),
+                        groups: s.groups.into(),
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
 /// A group.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Group {
     /// Group id.
     pub id: Box<str>,
     /// Members, as written.
     pub members: Box<[Box<str>]>,
     /// Assignments to the group, nearest scope first, then as written.
-    pub assignments: Box<[Assignment]>,
+    pub assignments: Assignments,
 }
 
 /// The roles every tenant shares, compiled once.
@@ -147,9 +318,17 @@ pub struct Group {
 pub struct Builtins {
     /// The roles; their indexes are the same in every tenant.
     pub roles: Box<[Role]>,
+    /// Role id → index.
+    pub index: Map<Box<str>, RoleIdx>,
+    /// Permission → built-in roles holding it themselves.
+    pub holders: Map<Box<str>, RoleSet>,
 }
 
 /// One tenant's compiled policy.
+///
+/// The role-level parts (custom roles, indexes, the endpoint table) sit behind `Arc`s:
+/// a change to members, groups or assignments builds a new snapshot that shares them and
+/// copies only the member data.
 #[derive(Debug)]
 pub struct TenantSnapshot {
     /// Tenant id.
@@ -159,19 +338,22 @@ pub struct TenantSnapshot {
     /// Built-in roles (shared by all tenants), indexes `0..builtins.roles.len()`.
     pub builtins: Arc<Builtins>,
     /// Custom roles, indexes following the built-in ones.
-    pub custom: Box<[Role]>,
-    /// Role id → index, built-in and custom.
-    pub role_index: HashMap<Box<str>, RoleIdx>,
-    /// Permission → roles holding it themselves (not through includes).
-    pub permission_holders: HashMap<Box<str>, RoleSet>,
-    /// Endpoint entries: the tenant's own, then global ones.
-    pub endpoints: Box<[Endpoint]>,
+    pub custom: Arc<[Role]>,
+    /// Custom role id → index (built-in ids are in [`Builtins::index`]; see
+    /// [`TenantSnapshot::role_named`]).
+    pub role_index: Arc<Map<Box<str>, RoleIdx>>,
+    /// Permission → custom roles holding it themselves (built-in holders are in
+    /// [`Builtins::holders`]).
+    pub permission_holders: Arc<Map<Box<str>, RoleSet>>,
+    /// Endpoint entries: the tenant's own, then global ones. A tenant without entries of
+    /// its own shares the compiled global table.
+    pub endpoints: Arc<[Endpoint]>,
     /// The entries in a trie.
-    pub endpoint_matcher: Matcher<EndpointGroup>,
+    pub endpoint_matcher: Arc<Matcher<EndpointGroup>>,
     /// Roles every enabled member holds at the root.
-    pub default_roles: Box<[RoleIdx]>,
+    pub default_roles: Arc<[RoleIdx]>,
     /// Registered members.
-    pub subjects: HashMap<Box<str>, Subject>,
+    pub subjects: Members,
     /// Groups.
     pub groups: Box<[Group]>,
     /// Scopes used by assignments; index 0 is the root `""`.
@@ -188,6 +370,14 @@ impl TenantSnapshot {
         } else {
             self.custom.get(i - b)
         }
+    }
+
+    /// A role's index by id, custom or built-in.
+    pub fn role_named(&self, id: &str) -> Option<RoleIdx> {
+        self.role_index
+            .get(id)
+            .or_else(|| self.builtins.index.get(id))
+            .copied()
     }
 
     /// A role's id, or `?` for an index that does not exist (never for compiled data).
@@ -212,10 +402,11 @@ impl TenantSnapshot {
 
     /// The number of role assignments (direct and to groups).
     pub fn assignment_count(&self) -> usize {
-        self.subjects
-            .values()
-            .map(|s| s.assignments.len())
-            .chain(self.groups.iter().map(|g| g.assignments.len()))
-            .sum()
+        self.subjects.assignments.len()
+            + self
+                .groups
+                .iter()
+                .map(|g| g.assignments.len())
+                .sum::<usize>()
     }
 }
