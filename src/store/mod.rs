@@ -1,4 +1,8 @@
-//! Where the policy comes from. Today: a policy file ([`file`]), loaded at start and
-//! reloaded when it changes.
+//! Where the policy comes from: a policy file ([`file`]), loaded at start and reloaded
+//! when it changes, or PostgreSQL ([`postgres`]), loaded at start and followed through
+//! its change log.
 
 pub mod file;
+pub mod follow;
+pub mod postgres;
+pub mod sync;

@@ -1,0 +1,190 @@
+//! `authzd policy apply` and `authzd policy export`: policy documents in and out of
+//! PostgreSQL (see [`crate::store::sync`]).
+
+use std::{io::Write as _, path::PathBuf};
+
+use clap::{Args, Subcommand, ValueEnum};
+
+use super::{
+    Exit,
+    migrate::{block_on, report},
+};
+use crate::{
+    policy::{
+        PolicyDocument, compile,
+        source::{Format, SourceError},
+    },
+    store::{
+        postgres::connect,
+        sync::{self, SyncError},
+    },
+};
+
+/// `authzd policy`.
+#[derive(Clone, Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Make the database match a policy document, writing only what differs.
+    ///
+    /// The built-in roles, the global endpoint table and every tenant the document names
+    /// (created if missing) are made to match it, in one transaction; tenants it does
+    /// not name are left alone. Applying the same file twice changes nothing.
+    Apply(ApplyArgs),
+    /// Write the policy in the database as a document that applies cleanly.
+    Export(ExportArgs),
+}
+
+/// `authzd policy apply`.
+#[derive(Clone, Debug, Args)]
+pub struct ApplyArgs {
+    /// Policy file (YAML, or JSON if it ends in `.json`).
+    pub file: PathBuf,
+    /// PostgreSQL URL, e.g. `postgres://user@host:5432/authz`.
+    #[arg(long, env = "AUTHZ_DATABASE_URL")]
+    pub database_url: String,
+}
+
+/// Document formats `export` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// YAML.
+    Yaml,
+    /// JSON.
+    Json,
+}
+
+/// `authzd policy export`.
+#[derive(Clone, Debug, Args)]
+pub struct ExportArgs {
+    /// PostgreSQL URL, e.g. `postgres://user@host:5432/authz`.
+    #[arg(long, env = "AUTHZ_DATABASE_URL")]
+    pub database_url: String,
+    /// Export only this tenant (repeatable); the built-in roles and the global endpoint
+    /// table are always exported. Default: every tenant.
+    #[arg(long = "tenant", value_name = "TENANT")]
+    pub tenants: Vec<String>,
+    /// Write to this file instead of stdout.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Output format (default: JSON if `--output` ends in `.json`, else YAML).
+    #[arg(long, value_enum)]
+    pub format: Option<ExportFormat>,
+}
+
+/// Runs a `policy` subcommand.
+pub fn run(command: &PolicyCommand) -> Exit {
+    match command {
+        PolicyCommand::Apply(args) => apply(args),
+        PolicyCommand::Export(args) => export(args),
+    }
+}
+
+fn apply(args: &ApplyArgs) -> Exit {
+    let file = args.file.display().to_string();
+    let doc = match PolicyDocument::read(&args.file) {
+        Ok(doc) => doc,
+        Err(e) => {
+            eprintln!("{e}");
+            return match e {
+                SourceError::Io { .. } => Exit::NoInput,
+                SourceError::Syntax { .. } => Exit::DataErr,
+            };
+        }
+    };
+    // Refused before the database is even contacted (`sync::apply` checks again).
+    if let Err(e) = compile(&doc, &file, 0) {
+        eprintln!("{e}");
+        return Exit::DataErr;
+    }
+    block_on(async {
+        let mut client = match connect(&args.database_url).await {
+            Ok(c) => c,
+            Err(e) => return report(&SyncError::from(e)),
+        };
+        match sync::apply(&mut client, &doc, &file).await {
+            Ok(r) => {
+                let t = r.total();
+                match r.revision {
+                    Some(rev) => super::say!(
+                        "applied {file}: revision {rev} ({} rows inserted, {} updated, {} deleted)",
+                        t.inserted,
+                        t.updated,
+                        t.deleted
+                    ),
+                    None => super::say!("{file}: no changes (revision {})", r.previous_revision),
+                }
+                Exit::Ok
+            }
+            Err(SyncError::Invalid(e)) => {
+                eprintln!("{e}");
+                Exit::DataErr
+            }
+            Err(e @ SyncError::Rejected { .. }) => {
+                eprintln!("{file}: {e}");
+                Exit::DataErr
+            }
+            Err(e) => report(&e),
+        }
+    })
+}
+
+fn export(args: &ExportArgs) -> Exit {
+    let format = args.format.unwrap_or_else(|| match &args.output {
+        Some(p) if Format::from_path(p) == Format::Json => ExportFormat::Json,
+        _ => ExportFormat::Yaml,
+    });
+    block_on(async {
+        let mut client = match connect(&args.database_url).await {
+            Ok(c) => c,
+            Err(e) => return report(&SyncError::from(e)),
+        };
+        let only = (!args.tenants.is_empty()).then_some(args.tenants.as_slice());
+        let (revision, doc) = match sync::export(&mut client, only).await {
+            Ok(x) => x,
+            Err(e) => return report(&e),
+        };
+        for t in &args.tenants {
+            if !doc.tenants.iter().any(|d| d.id == *t) {
+                eprintln!("warning: tenant `{t}` does not exist");
+            }
+        }
+        let text = match format {
+            ExportFormat::Yaml => doc
+                .to_yaml()
+                .map(|y| {
+                    format!("# exported by `authzd policy export` at revision {revision}\n{y}")
+                })
+                .map_err(|e| e.to_string()),
+            ExportFormat::Json => serde_json::to_string_pretty(&doc)
+                .map(|j| j + "\n")
+                .map_err(|e| e.to_string()),
+        };
+        let text = match text {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: cannot render the document: {e}");
+                return Exit::Software;
+            }
+        };
+        match &args.output {
+            None => {
+                // A closed pipe (`... | head`) is not an error.
+                let _ = std::io::stdout().lock().write_all(text.as_bytes());
+                Exit::Ok
+            }
+            Some(path) => match std::fs::write(path, text) {
+                Ok(()) => {
+                    super::say!(
+                        "exported revision {revision} to {} ({} tenants)",
+                        path.display(),
+                        doc.tenants.len()
+                    );
+                    Exit::Ok
+                }
+                Err(e) => {
+                    eprintln!("error: {}: {e}", path.display());
+                    Exit::Software
+                }
+            },
+        }
+    })
+}

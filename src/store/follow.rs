@@ -1,0 +1,558 @@
+//! Following PostgreSQL: load everything, then keep the cache current from the change
+//! log.
+//!
+//! One background task owns one connection. It LISTENs on `authz_changes`, then catches
+//! up from the change log: after the first connection by a full load, after every
+//! reconnect from the last applied revision (NOTIFYs sent while disconnected are lost,
+//! the change log is not). A notification, or the poll interval as a safety net, triggers
+//! another catch-up. Changes are applied in revision order, each exactly once: member
+//! changes (subjects, memberships, assignments) incrementally on a copy of the tenant's
+//! member data; anything touching roles, endpoints, default roles or groups by reloading
+//! that tenant; built-in roles by reloading everything. A periodic consistency check
+//! compares per-tenant counts with the database and reloads any tenant that differs.
+//!
+//! During an outage the cache keeps answering; [`crate::cache::Cache::staleness`] grows
+//! and, with `--max-staleness`, checks fail closed past it. Reconnects back off
+//! exponentially. A tenant whose rows do not compile is never published: the last good
+//! snapshot stays, and the error is logged and kept in [`FollowStatus`].
+
+use std::{collections::HashMap, convert::Infallible, time::Duration};
+
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tracing::{error, info, warn};
+
+use super::{
+    file::AbortOnDrop,
+    postgres::{
+        CHANNEL, StoreError, Tenants, read_document, read_document_in, read_revision,
+        snapshot_transaction, tenant_ids,
+    },
+};
+use crate::{
+    cache::Cache,
+    policy::{
+        compile::{Shared, compile_shared, compile_tenant},
+        update::{AssignmentChange, MemberChange},
+    },
+};
+
+/// How the follower talks to the database.
+#[derive(Clone, Debug)]
+pub struct FollowConfig {
+    /// The database URL.
+    pub url: String,
+    /// How often to look for changes without a notification (safety net, and the clock
+    /// staleness is measured against).
+    pub poll_interval: Duration,
+    /// How often to compare per-tenant counts with the database.
+    pub consistency_interval: Duration,
+    /// Longest wait between reconnect attempts.
+    pub max_backoff: Duration,
+}
+
+impl FollowConfig {
+    /// Defaults for a URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        FollowConfig {
+            url: url.into(),
+            poll_interval: Duration::from_secs(1),
+            consistency_interval: Duration::from_secs(300),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the follower is doing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FollowStatus {
+    /// Whether the listening connection is up.
+    pub connected: bool,
+    /// Full loads done.
+    pub full_loads: u64,
+    /// Single-tenant reloads done.
+    pub tenant_reloads: u64,
+    /// Changes applied incrementally.
+    pub incremental_changes: u64,
+    /// Tenants found different by the consistency check (and reloaded).
+    pub inconsistencies: u64,
+    /// The last error (connection or data), if the last attempt failed.
+    pub last_error: Option<String>,
+    /// When a change from the database was last applied (the first load included).
+    pub applied_at: Option<std::time::SystemTime>,
+    /// Lost connections, failed loads and tenants that did not compile.
+    pub failures: u64,
+}
+
+/// The running follower; dropping it stops it.
+#[derive(Debug)]
+pub struct Follower {
+    _task: AbortOnDrop,
+    /// Status updates.
+    pub status: watch::Receiver<FollowStatus>,
+}
+
+/// Starts following the database into `cache`.
+pub fn spawn_follower(config: FollowConfig, cache: Cache) -> Follower {
+    let (tx, status) = watch::channel(FollowStatus::default());
+    let task = tokio::spawn(async move {
+        let mut f = Follow {
+            config,
+            cache,
+            status: tx,
+            shared: None,
+        };
+        f.run().await;
+    });
+    Follower {
+        _task: AbortOnDrop(task),
+        status,
+    }
+}
+
+struct Follow {
+    config: FollowConfig,
+    cache: Cache,
+    status: watch::Sender<FollowStatus>,
+    /// Compiled built-in roles and global endpoints, once loaded.
+    shared: Option<Shared>,
+}
+
+enum Event {
+    Notify,
+    Closed(String),
+}
+
+/// A row of `authz_changes`.
+struct Change {
+    revision: u64,
+    tenant: String,
+    entity: String,
+    op: String,
+    old: Option<Value>,
+    new: Option<Value>,
+}
+
+const MEMBER_ENTITIES: [&str; 3] = ["subjects", "group_members", "assignments"];
+
+impl Follow {
+    async fn run(&mut self) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let started = tokio::time::Instant::now();
+            let Err(e) = self.session().await;
+            self.status.send_modify(|s| {
+                s.connected = false;
+                s.failures += 1;
+                s.last_error = Some(e.to_string());
+            });
+            // A session that ran a while was healthy: start backing off afresh.
+            if started.elapsed() > self.config.max_backoff {
+                backoff = Duration::from_millis(100);
+            }
+            let staleness = self.cache.staleness();
+            if e.is_retryable() {
+                warn!(cause = %e, retry_in = ?backoff, ?staleness, "database connection lost; answering from the cache");
+            } else {
+                error!(cause = %e, retry_in = ?backoff, ?staleness, "cannot load from the database; answering from the cache");
+            }
+            tokio::time::sleep(jitter(backoff)).await;
+            backoff = (backoff * 2).min(self.config.max_backoff);
+        }
+    }
+
+    /// One connection's life: returns only with the error that ended it.
+    async fn session(&mut self) -> Result<Infallible, StoreError> {
+        let mut pg: tokio_postgres::Config = self.config.url.parse()?;
+        // So operators can find the listener in pg_stat_activity.
+        if pg.get_application_name().is_none() {
+            pg.application_name("authzd");
+        }
+        let (mut client, mut connection) = pg.connect(NoTls).await?;
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let _driver = AbortOnDrop(tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(m) = messages.next().await {
+                match m {
+                    Ok(AsyncMessage::Notification(_)) => {
+                        let _ = tx.send(Event::Notify);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let _ = tx.send(Event::Closed(e.to_string()));
+                        return;
+                    }
+                }
+            }
+            let _ = tx.send(Event::Closed("connection closed".into()));
+        }));
+        client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+        // Listening first, then catching up: nothing committed after this point can be
+        // missed, and anything before it is in the change log.
+        match self.shared {
+            None => self.full_load(&mut client).await?,
+            Some(_) => self.catch_up(&mut client).await?,
+        }
+        self.status.send_modify(|s| {
+            s.connected = true;
+            s.last_error = None;
+        });
+        info!(
+            revision = self.cache.revision(),
+            tenants = self.cache.tenant_count(),
+            "following the database"
+        );
+        let mut poll = tokio::time::interval(self.config.poll_interval);
+        let mut consistency = tokio::time::interval(self.config.consistency_interval);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        consistency.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        poll.tick().await;
+        consistency.tick().await;
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(Event::Notify) => {
+                        // Several notifications may be queued: one catch-up covers them.
+                        while let Ok(Event::Notify) = events.try_recv() {}
+                        self.catch_up(&mut client).await?;
+                    }
+                    Some(Event::Closed(why)) => return Err(closed(why)),
+                    None => return Err(closed("connection task ended".into())),
+                },
+                _ = poll.tick() => self.catch_up(&mut client).await?,
+                _ = consistency.tick() => self.consistency_check(&mut client).await?,
+            }
+        }
+    }
+
+    /// Loads every tenant and publishes the revision read with them. Tenants are read in
+    /// batches from one snapshot, and each batch compiled before the next is read, so only
+    /// one batch's rows are ever held as a document.
+    async fn full_load(&mut self, client: &mut Client) -> Result<(), StoreError> {
+        const BATCH: usize = 250;
+        let started = std::time::Instant::now();
+        let tx = snapshot_transaction(client).await?;
+        let revision = read_revision(&tx).await?;
+        let ids = tenant_ids(&tx).await?;
+        let none: [String; 0] = [];
+        let shared_doc = read_document_in(&tx, Tenants::Only(&none)).await?;
+        let shared = compile_shared(&shared_doc.roles, &shared_doc.endpoints, "database")?;
+        let mut failed = 0usize;
+        for batch in ids.chunks(BATCH) {
+            let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+                continue;
+            };
+            let doc = read_document_in(&tx, Tenants::Between(first, last)).await?;
+            for t in &doc.tenants {
+                match compile_tenant(&shared, t, "database", revision) {
+                    Ok(s) => self.cache.store(s),
+                    Err(e) => {
+                        failed += 1;
+                        error!(tenant = %t.id, cause = %e, "tenant does not compile; keeping its last good policy");
+                        self.status
+                            .send_modify(|s| s.last_error = Some(e.to_string()));
+                    }
+                }
+            }
+        }
+        tx.commit().await?;
+        let seen: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+        self.cache.retain(|id| seen.contains(id));
+        self.shared = Some(shared);
+        self.cache.publish(revision);
+        self.status.send_modify(|s| {
+            s.full_loads += 1;
+            s.applied_at = Some(std::time::SystemTime::now());
+        });
+        info!(revision, tenants = ids.len(), failed, elapsed = ?started.elapsed(), "loaded from the database");
+        Ok(())
+    }
+
+    /// Rebuilds one tenant from the database (or removes it, if it is gone).
+    async fn reload_tenant(&mut self, client: &mut Client, tenant: &str) -> Result<(), StoreError> {
+        let only = [tenant.to_owned()];
+        let (revision, doc) = read_document(client, Tenants::Only(&only)).await?;
+        let Some(shared) = &self.shared else {
+            return self.full_load(client).await;
+        };
+        match doc.tenants.iter().find(|t| t.id == tenant) {
+            None => self.cache.remove(tenant),
+            Some(t) => match compile_tenant(shared, t, "database", revision) {
+                Ok(s) => self.cache.store(s),
+                Err(e) => {
+                    error!(tenant, cause = %e, "tenant does not compile; keeping its last good policy");
+                    self.status
+                        .send_modify(|s| s.last_error = Some(e.to_string()));
+                }
+            },
+        }
+        self.status.send_modify(|s| s.tenant_reloads += 1);
+        Ok(())
+    }
+
+    /// Applies every change after the cache's revision, in order, then publishes.
+    async fn catch_up(&mut self, client: &mut Client) -> Result<(), StoreError> {
+        loop {
+            let from = self.cache.revision();
+            let target = db_revision(client).await?;
+            if target <= from {
+                self.cache.confirm();
+                return Ok(());
+            }
+            // The change log may have been pruned past what this replica has applied.
+            let oldest: Option<i64> = client
+                .query_one("SELECT min(revision) FROM authz_changes", &[])
+                .await?
+                .get(0);
+            if oldest.is_none_or(|o| o > to_i64(from) + 1) {
+                warn!(
+                    from,
+                    target,
+                    "the change log no longer reaches back to the cache's revision; reloading everything"
+                );
+                return self.full_load(client).await;
+            }
+            // Bounded batches: a long outage does not become one huge result.
+            let upto = target.min(from + 500);
+            let rows = client
+                .query(
+                    "SELECT revision, tenant_id, entity, op, old, new FROM authz_changes
+                      WHERE revision > $1 AND revision <= $2 ORDER BY revision, seq",
+                    &[&to_i64(from), &to_i64(upto)],
+                )
+                .await?;
+            let changes: Vec<Change> = rows
+                .iter()
+                .map(|r| Change {
+                    revision: u64::try_from(r.get::<_, i64>(0)).unwrap_or(0),
+                    tenant: r.get(1),
+                    entity: r.get(2),
+                    op: r.get(3),
+                    old: r.get(4),
+                    new: r.get(5),
+                })
+                .collect();
+            if self.apply(client, &changes).await? {
+                // Everything was reloaded at a newer revision.
+                continue;
+            }
+            self.cache.publish(upto);
+            self.status
+                .send_modify(|s| s.applied_at = Some(std::time::SystemTime::now()));
+        }
+    }
+
+    /// Applies a batch; returns true if it did a full load instead.
+    async fn apply(&mut self, client: &mut Client, changes: &[Change]) -> Result<bool, StoreError> {
+        if changes.iter().any(|c| c.tenant.is_empty()) {
+            info!("built-in roles or global endpoints changed; reloading everything");
+            self.full_load(client).await?;
+            return Ok(true);
+        }
+        // Per tenant, in order of first appearance.
+        let mut order: Vec<&str> = Vec::new();
+        let mut by_tenant: HashMap<&str, Vec<&Change>> = HashMap::new();
+        for c in changes {
+            by_tenant
+                .entry(&c.tenant)
+                .or_insert_with(|| {
+                    order.push(&c.tenant);
+                    Vec::new()
+                })
+                .push(c);
+        }
+        for tenant in order {
+            let list = by_tenant.remove(tenant).unwrap_or_default();
+            let current = self.cache.tenant(tenant);
+            // Skip what the tenant's snapshot already reflects (it may have been reloaded
+            // at a newer revision than this batch).
+            let applied = current.as_ref().map_or(0, |s| s.revision);
+            let pending: Vec<&Change> = list.into_iter().filter(|c| c.revision > applied).collect();
+            let Some(last) = pending.last().map(|c| c.revision) else {
+                continue;
+            };
+            let member_only = pending
+                .iter()
+                .all(|c| MEMBER_ENTITIES.contains(&c.entity.as_str()));
+            let updated = match (&current, member_only) {
+                (Some(snapshot), true) => {
+                    let member_changes: Vec<MemberChange> =
+                        pending.iter().flat_map(|c| member_changes(c)).collect();
+                    match snapshot.with_member_changes(&member_changes, last) {
+                        Ok(s) => {
+                            self.status.send_modify(|st| {
+                                st.incremental_changes += member_changes.len() as u64
+                            });
+                            Some(s)
+                        }
+                        Err(e) => {
+                            info!(tenant, cause = %e, "reloading the tenant");
+                            None
+                        }
+                    }
+                }
+                _ => None,
+            };
+            match updated {
+                Some(s) => self.cache.store(s),
+                None => {
+                    drop(current);
+                    self.reload_tenant(client, tenant).await?;
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Compares per-tenant counts with the database at the cache's revision; reloads
+    /// tenants that differ.
+    async fn consistency_check(&mut self, client: &mut Client) -> Result<(), StoreError> {
+        self.catch_up(client).await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let revision: i64 = tx
+            .query_one("SELECT revision FROM authz_state", &[])
+            .await?
+            .get(0);
+        if u64::try_from(revision).unwrap_or(0) != self.cache.revision() {
+            // A write landed since the catch-up; check again next time.
+            return Ok(());
+        }
+        let rows = tx
+            .query(
+                "SELECT t.id,
+                        (SELECT count(*) FROM subjects s WHERE s.tenant_id = t.id),
+                        (SELECT count(*) FROM assignments a WHERE a.tenant_id = t.id),
+                        (SELECT count(*) FROM groups g WHERE g.tenant_id = t.id),
+                        (SELECT count(*) FROM roles r WHERE r.tenant_id = t.id)
+                   FROM tenants t WHERE t.id <> ''",
+                &[],
+            )
+            .await?;
+        tx.commit().await?;
+        let mut differ: Vec<String> = Vec::new();
+        let mut in_db = std::collections::HashSet::new();
+        for r in &rows {
+            let id: String = r.get(0);
+            let counts: [i64; 4] = [r.get(1), r.get(2), r.get(3), r.get(4)];
+            let same = self.cache.tenant(&id).is_some_and(|s| {
+                let mine = [
+                    s.subjects.len(),
+                    s.assignment_count(),
+                    s.groups.len(),
+                    s.custom.len(),
+                ];
+                mine.iter().zip(counts).all(|(&m, d)| to_i64(m as u64) == d)
+            });
+            if !same {
+                differ.push(id.clone());
+            }
+            in_db.insert(id);
+        }
+        let mut gone = Vec::new();
+        self.cache.for_each_tenant(|id| {
+            if !in_db.contains(id) {
+                gone.push(id.to_owned());
+            }
+        });
+        for id in &gone {
+            warn!(tenant = %id, "consistency check: tenant is gone from the database; removing it");
+            self.cache.remove(id);
+        }
+        for id in &differ {
+            warn!(tenant = %id, "consistency check: cache differs from the database; reloading the tenant");
+            self.reload_tenant(client, id).await?;
+        }
+        let n = (differ.len() + gone.len()) as u64;
+        if n > 0 {
+            self.status.send_modify(|s| s.inconsistencies += n);
+        }
+        Ok(())
+    }
+}
+
+/// The member-level changes a change-log row stands for.
+fn member_changes(c: &Change) -> Vec<MemberChange> {
+    let s = |v: &Option<Value>, k: &str| -> Option<String> {
+        v.as_ref()?.get(k)?.as_str().map(str::to_owned)
+    };
+    let assignment = |v: &Option<Value>| -> Option<AssignmentChange> {
+        Some(AssignmentChange {
+            subject: s(v, "subject_id"),
+            group: s(v, "group_id"),
+            role: s(v, "role_id")?,
+            scope: s(v, "scope").unwrap_or_default(),
+        })
+    };
+    let mut out = Vec::new();
+    match c.entity.as_str() {
+        "subjects" => match c.op.as_str() {
+            "DELETE" => out.extend(s(&c.old, "id").map(|id| MemberChange::DeleteSubject { id })),
+            _ => out.extend(s(&c.new, "id").map(|id| {
+                MemberChange::UpsertSubject {
+                    id,
+                    disabled: c
+                        .new
+                        .as_ref()
+                        .and_then(|v| v.get("disabled"))
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false),
+                }
+            })),
+        },
+        "group_members" => {
+            if c.op != "INSERT"
+                && let (Some(group), Some(subject)) =
+                    (s(&c.old, "group_id"), s(&c.old, "subject_id"))
+            {
+                out.push(MemberChange::RemoveMember { group, subject });
+            }
+            if c.op != "DELETE"
+                && let (Some(group), Some(subject)) =
+                    (s(&c.new, "group_id"), s(&c.new, "subject_id"))
+            {
+                out.push(MemberChange::AddMember { group, subject });
+            }
+        }
+        "assignments" => {
+            if c.op != "INSERT" {
+                out.extend(assignment(&c.old).map(MemberChange::Revoke));
+            }
+            if c.op != "DELETE" {
+                out.extend(assignment(&c.new).map(MemberChange::Grant));
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+async fn db_revision(client: &Client) -> Result<u64, StoreError> {
+    let r: i64 = client
+        .query_one("SELECT revision FROM authz_state", &[])
+        .await?
+        .get(0);
+    Ok(u64::try_from(r).unwrap_or(0))
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn closed(why: String) -> StoreError {
+    StoreError::Closed(why)
+}
+
+/// Up to +25%, so replicas that lost the database together do not reconnect in lockstep.
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.subsec_nanos());
+    d + d.mul_f64(f64::from(nanos % 1000) / 4000.0)
+}

@@ -1,0 +1,395 @@
+//! PostgreSQL as the source of truth: schema migrations, loading, and the connection
+//! helpers the loader, the listener and the policy sync share.
+//!
+//! The schema (`migrations/`) captures every committed write in `authz_changes` under a
+//! revision, in commit order, and NOTIFYs `authz_changes`; see `migrations/V1__schema.sql`
+//! for why revisions can never commit out of order.
+
+use std::{collections::HashMap, time::Duration};
+
+use futures_util::{TryStreamExt, pin_mut};
+use tokio_postgres::{Client, NoTls};
+use tracing::warn;
+
+use crate::policy::{
+    PolicyDocument,
+    source::{AssignmentDoc, EndpointDoc, GroupDoc, RoleDoc, RouteDoc, SubjectDoc, TenantDoc},
+};
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// The channel writers NOTIFY with the new revision.
+pub const CHANNEL: &str = "authz_changes";
+
+/// Why a database operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database refused or failed a statement, or the connection broke.
+    #[error("database: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    /// The connection pool could not hand out a connection.
+    #[error("database pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// The pool could not be built from the URL.
+    #[error("database pool: {0}")]
+    CreatePool(#[from] deadpool_postgres::CreatePoolError),
+    /// A migration failed.
+    #[error("migration: {0}")]
+    Migrate(#[from] refinery::Error),
+    /// A tenant's data in the database does not compile (a row the constraints did not
+    /// catch).
+    #[error(transparent)]
+    Compile(#[from] crate::policy::CompileError),
+    /// The database URL is invalid.
+    #[error("invalid database URL: {0}")]
+    Url(String),
+    /// The connection closed.
+    #[error("database connection closed: {0}")]
+    Closed(String),
+}
+
+impl StoreError {
+    /// Whether retrying later may succeed (connection trouble), as opposed to a fault
+    /// in the data or the request that retrying cannot fix.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::Db(e) => {
+                e.is_closed()
+                    || e.as_db_error().is_none_or(|db| {
+                        let c = db.code().code();
+                        // Class 08: connection exceptions; 57P: operator intervention
+                        // (admin shutdown, terminated backend); 53: insufficient resources.
+                        c.starts_with("08") || c.starts_with("57P") || c.starts_with("53")
+                    })
+            }
+            StoreError::Pool(_) | StoreError::Closed(_) => true,
+            StoreError::CreatePool(_)
+            | StoreError::Migrate(_)
+            | StoreError::Compile(_)
+            | StoreError::Url(_) => false,
+        }
+    }
+}
+
+/// Opens one connection; the connection's driver runs on a spawned task.
+pub async fn connect(url: &str) -> Result<Client, StoreError> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            warn!(cause = %e, "database connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// A connection pool for request-driven work (policy sync, admin writes).
+pub fn pool(url: &str, size: usize) -> Result<deadpool_postgres::Pool, StoreError> {
+    let config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| StoreError::Url(e.to_string()))?;
+    let manager = deadpool_postgres::Manager::from_config(
+        config,
+        NoTls,
+        deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        },
+    );
+    deadpool_postgres::Pool::builder(manager)
+        .max_size(size)
+        .wait_timeout(Some(Duration::from_secs(10)))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|e| StoreError::Url(e.to_string()))
+}
+
+/// Brings the schema up to date; returns the versions applied now.
+pub async fn migrate(url: &str) -> Result<Vec<String>, StoreError> {
+    let mut client = connect(url).await?;
+    let report = embedded::migrations::runner()
+        .run_async(&mut client)
+        .await?;
+    Ok(report
+        .applied_migrations()
+        .iter()
+        .map(|m| format!("V{}__{}", m.version(), m.name()))
+        .collect())
+}
+
+/// Which tenants to read (the built-in roles and global endpoints are always read).
+#[derive(Clone, Copy, Debug)]
+pub enum Tenants<'a> {
+    /// Every tenant.
+    All,
+    /// Only these.
+    Only(&'a [String]),
+    /// Tenants whose ids sort between these two, both included: one index range scan
+    /// per table, for loading in batches.
+    Between(&'a str, &'a str),
+}
+
+impl Tenants<'_> {
+    /// The SQL condition on `column`, with its parameters from `$1`.
+    fn condition(&self, column: &str) -> String {
+        match self {
+            Tenants::All => "true".to_owned(),
+            Tenants::Only(_) => format!("({column} = '' OR {column} = ANY($1))"),
+            Tenants::Between(..) => format!("({column} = '' OR {column} BETWEEN $1 AND $2)"),
+        }
+    }
+}
+
+/// Reads the built-in roles, the global endpoint table and the chosen tenants as a policy
+/// document, with the revision it reflects, from one consistent snapshot (REPEATABLE
+/// READ). Rows are decoded as they stream in; no table is buffered whole in the client.
+pub async fn read_document(
+    client: &mut Client,
+    tenants: Tenants<'_>,
+) -> Result<(u64, PolicyDocument), StoreError> {
+    let tx = snapshot_transaction(client).await?;
+    let revision = read_revision(&tx).await?;
+    let doc = read_document_in(&tx, tenants).await?;
+    tx.commit().await?;
+    Ok((revision, doc))
+}
+
+/// Starts a read-only REPEATABLE READ transaction: every read in it sees one snapshot.
+pub async fn snapshot_transaction(
+    client: &mut Client,
+) -> Result<tokio_postgres::Transaction<'_>, StoreError> {
+    Ok(client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?)
+}
+
+/// The revision the transaction's snapshot reflects.
+pub async fn read_revision(tx: &tokio_postgres::Transaction<'_>) -> Result<u64, StoreError> {
+    let r: i64 = tx
+        .query_one("SELECT revision FROM authz_state", &[])
+        .await?
+        .get(0);
+    Ok(u64::try_from(r).unwrap_or(0))
+}
+
+/// Every tenant id, sorted.
+pub async fn tenant_ids(tx: &tokio_postgres::Transaction<'_>) -> Result<Vec<String>, StoreError> {
+    Ok(tx
+        .query("SELECT id FROM tenants WHERE id <> '' ORDER BY id", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// [`read_document`] within a transaction the caller controls (several reads of one
+/// snapshot, e.g. a load in batches of tenants).
+pub async fn read_document_in(
+    tx: &tokio_postgres::Transaction<'_>,
+    tenants: Tenants<'_>,
+) -> Result<PolicyDocument, StoreError> {
+    let filter = tenants;
+    let mut doc = PolicyDocument {
+        version: 1,
+        ..PolicyDocument::default()
+    };
+    // Tenant id → index in doc.tenants.
+    let mut index: HashMap<String, usize> = HashMap::new();
+    {
+        let rows = stream(
+            tx,
+            "SELECT id FROM tenants WHERE id <> '' AND $ID ORDER BY id",
+            &filter,
+        )
+        .await?;
+        pin_mut!(rows);
+        while let Some(row) = rows.try_next().await? {
+            let id: String = row.get(0);
+            index.insert(id.clone(), doc.tenants.len());
+            doc.tenants.push(TenantDoc {
+                id,
+                ..TenantDoc::default()
+            });
+        }
+    }
+    // Roles, then their parts, attached by (tenant, role) → position in the role list.
+    let mut role_at: HashMap<(String, String), usize> = HashMap::new();
+    {
+        let rows = stream(
+            tx,
+            "SELECT tenant_id, id, description FROM roles WHERE $F ORDER BY tenant_id, position",
+            &filter,
+        )
+        .await?;
+        pin_mut!(rows);
+        while let Some(row) = rows.try_next().await? {
+            let (tenant, id): (String, String) = (row.get(0), row.get(1));
+            let role = RoleDoc {
+                id: id.clone(),
+                description: row.get(2),
+                ..RoleDoc::default()
+            };
+            if let Some(list) = roles_of(&mut doc, &index, &tenant) {
+                role_at.insert((tenant, id), list.len());
+                list.push(role);
+            }
+        }
+    }
+    macro_rules! each_role_row {
+        ($sql:expr, |$role:ident, $row:ident| $body:block) => {{
+            let rows = stream(&tx, $sql, &filter).await?;
+            pin_mut!(rows);
+            while let Some($row) = rows.try_next().await? {
+                let (tenant, id): (String, String) = ($row.get(0), $row.get(1));
+                let Some(&at) = role_at.get(&(tenant.clone(), id)) else { continue };
+                if let Some($role) = roles_of(&mut doc, &index, &tenant).and_then(|l| l.get_mut(at)) $body
+            }
+        }};
+    }
+    each_role_row!(
+        "SELECT tenant_id, role_id, included FROM role_includes WHERE $F ORDER BY tenant_id, role_id, position",
+        |role, row| {
+            role.includes.push(row.get(2));
+        }
+    );
+    each_role_row!(
+        "SELECT tenant_id, role_id, permission FROM role_permissions WHERE $F ORDER BY tenant_id, role_id, permission",
+        |role, row| {
+            role.permissions.push(row.get(2));
+        }
+    );
+    each_role_row!(
+        "SELECT tenant_id, role_id, methods, path FROM role_routes WHERE $F ORDER BY tenant_id, role_id, position",
+        |role, row| {
+            role.routes.push(RouteDoc {
+                methods: row.get(2),
+                path: row.get(3),
+            });
+        }
+    );
+    {
+        let rows = stream(
+            tx,
+            "SELECT tenant_id, path, methods, roles, public FROM endpoints WHERE $F ORDER BY tenant_id, position",
+            &filter,
+        )
+        .await?;
+        pin_mut!(rows);
+        while let Some(row) = rows.try_next().await? {
+            let tenant: String = row.get(0);
+            let e = EndpointDoc {
+                path: row.get(1),
+                methods: row.get(2),
+                roles: row.get(3),
+                public: row.get(4),
+            };
+            if tenant.is_empty() {
+                doc.endpoints.push(e);
+            } else if let Some(t) = index.get(&tenant).and_then(|&i| doc.tenants.get_mut(i)) {
+                t.endpoints.push(e);
+            }
+        }
+    }
+    macro_rules! each_tenant_row {
+        ($sql:expr, |$t:ident, $row:ident| $body:block) => {{
+            let rows = stream(&tx, $sql, &filter).await?;
+            pin_mut!(rows);
+            while let Some($row) = rows.try_next().await? {
+                let tenant: String = $row.get(0);
+                if let Some($t) = index.get(&tenant).and_then(|&i| doc.tenants.get_mut(i)) $body
+            }
+        }};
+    }
+    each_tenant_row!(
+        "SELECT tenant_id, role_id FROM default_roles WHERE $F ORDER BY tenant_id, position",
+        |t, row| {
+            t.default_roles.push(row.get(1));
+        }
+    );
+    each_tenant_row!(
+        "SELECT tenant_id, id, disabled FROM subjects WHERE $F ORDER BY tenant_id, id",
+        |t, row| {
+            t.subjects.push(SubjectDoc {
+                id: row.get(1),
+                disabled: row.get(2),
+            });
+        }
+    );
+    let mut group_at: HashMap<(String, String), usize> = HashMap::new();
+    each_tenant_row!(
+        "SELECT tenant_id, id FROM groups WHERE $F ORDER BY tenant_id, position",
+        |t, row| {
+            let id: String = row.get(1);
+            group_at.insert((t.id.clone(), id.clone()), t.groups.len());
+            t.groups.push(GroupDoc {
+                id,
+                members: Vec::new(),
+            });
+        }
+    );
+    each_tenant_row!(
+        "SELECT tenant_id, group_id, subject_id FROM group_members WHERE $F ORDER BY tenant_id, group_id, subject_id",
+        |t, row| {
+            let group: String = row.get(1);
+            if let Some(g) = group_at
+                .get(&(t.id.clone(), group))
+                .and_then(|&i| t.groups.get_mut(i))
+            {
+                g.members.push(row.get(2));
+            }
+        }
+    );
+    each_tenant_row!(
+        "SELECT tenant_id, subject_id, group_id, role_id, scope FROM assignments WHERE $F ORDER BY tenant_id, id",
+        |t, row| {
+            t.assignments.push(AssignmentDoc {
+                subject: row.get(1),
+                group: row.get(2),
+                role: row.get(3),
+                scope: row.get(4),
+            });
+        }
+    );
+    Ok(doc)
+}
+
+/// The role list a row of `tenant` belongs to: the built-in roles for `""`.
+fn roles_of<'d>(
+    doc: &'d mut PolicyDocument,
+    index: &HashMap<String, usize>,
+    tenant: &str,
+) -> Option<&'d mut Vec<RoleDoc>> {
+    if tenant.is_empty() {
+        Some(&mut doc.roles)
+    } else {
+        index
+            .get(tenant)
+            .and_then(|&i| doc.tenants.get_mut(i))
+            .map(|t| &mut t.roles)
+    }
+}
+
+/// Streams a query; `$F` (or `$ID` for the `tenants` table) in `sql` becomes the tenant
+/// condition.
+async fn stream(
+    tx: &tokio_postgres::Transaction<'_>,
+    sql: &str,
+    filter: &Tenants<'_>,
+) -> Result<tokio_postgres::RowStream, StoreError> {
+    let sql = sql
+        .replace("$F", &filter.condition("tenant_id"))
+        .replace("$ID", &filter.condition("id"));
+    let list;
+    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = match filter {
+        Tenants::All => Vec::new(),
+        Tenants::Only(t) => {
+            list = t.to_vec();
+            vec![&list]
+        }
+        Tenants::Between(a, b) => vec![a, b],
+    };
+    Ok(tx.query_raw(&sql, params).await?)
+}
