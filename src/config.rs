@@ -23,7 +23,7 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve the gRPC API (query service, health, reflection).
+    /// Serve the gRPC API (query service, Envoy ext_authz, health, reflection).
     Serve(ServeArgs),
     /// Check policy files and report every problem.
     Validate(ValidateArgs),
@@ -31,14 +31,43 @@ pub enum Command {
     Check(CheckArgs),
     /// List what a subject may do at a scope, offline, as ListPermissions would.
     List(ListArgs),
+    /// Bring the PostgreSQL schema up to date.
+    Migrate(crate::cli::migrate::MigrateArgs),
+    /// Policy documents in PostgreSQL: apply one, export them.
+    #[command(subcommand)]
+    Policy(crate::cli::policy::PolicyCommand),
+    /// Fill an empty database with a large synthetic policy (load tests; needs a superuser).
+    GenDataset(crate::cli::dataset::GenDatasetArgs),
 }
 
 /// `authzd serve`.
 #[derive(Clone, Debug, Args)]
 pub struct ServeArgs {
     /// Policy file (YAML or JSON) to serve; reloaded when it changes.
-    #[arg(long, env = "AUTHZ_POLICY")]
-    pub policy: PathBuf,
+    #[arg(
+        long,
+        env = "AUTHZ_POLICY",
+        required_unless_present = "database_url",
+        conflicts_with = "database_url"
+    )]
+    pub policy: Option<PathBuf>,
+    /// PostgreSQL URL to load the policy from and follow (instead of `--policy`), e.g.
+    /// `postgres://authz@db:5432/authz`.
+    #[arg(long, env = "AUTHZ_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Run schema migrations at start (with `--database-url`).
+    #[arg(long, env = "AUTHZ_MIGRATE")]
+    pub migrate: bool,
+    /// With a database: how often to look for changes without a notification.
+    #[arg(long, env = "AUTHZ_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub poll_interval: Duration,
+    /// With a database: how often to compare the cache with the database, tenant by tenant.
+    #[arg(long, env = "AUTHZ_CONSISTENCY_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub consistency_interval: Duration,
+    /// Fail closed (UNAVAILABLE) when the source has not confirmed the cache current for
+    /// longer than this (`0s`: never; answer from the cache however old).
+    #[arg(long, env = "AUTHZ_MAX_STALENESS", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub max_staleness: Duration,
     /// Address to listen on for gRPC.
     #[arg(long, env = "AUTHZ_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
@@ -61,6 +90,35 @@ pub struct ServeArgs {
     /// How long in-flight requests may finish after SIGTERM/SIGINT.
     #[arg(long, env = "AUTHZ_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+    /// Address to serve Prometheus metrics on, over HTTP at `/metrics` (off unless set).
+    #[arg(long, env = "AUTHZ_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Envoy ext_authz: the request header naming the tenant.
+    #[arg(long, env = "AUTHZ_ENVOY_TENANT_HEADER", default_value = "x-tenant-id", value_parser = header_name)]
+    pub envoy_tenant_header: String,
+    /// Envoy ext_authz: the request header naming the subject (absent: anonymous). Not
+    /// read when `--envoy-jwt-payload-header` is set.
+    #[arg(long, env = "AUTHZ_ENVOY_SUBJECT_HEADER", default_value = "x-subject-id", value_parser = header_name)]
+    pub envoy_subject_header: String,
+    /// Envoy ext_authz: the header in which Envoy's jwt_authn forwards the verified JWT
+    /// payload (base64url JSON); tenant and subject then come from its claims.
+    #[arg(long, env = "AUTHZ_ENVOY_JWT_PAYLOAD_HEADER", value_parser = header_name)]
+    pub envoy_jwt_payload_header: Option<String>,
+    /// Envoy ext_authz: the JWT claim naming the tenant (empty: the tenant header does).
+    #[arg(long, env = "AUTHZ_ENVOY_TENANT_CLAIM", default_value = "tenant")]
+    pub envoy_tenant_claim: String,
+    /// Envoy ext_authz: the JWT claim naming the subject.
+    #[arg(long, env = "AUTHZ_ENVOY_SUBJECT_CLAIM", default_value = "sub", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub envoy_subject_claim: String,
+}
+
+/// An HTTP header name (an RFC 9110 token), lower-cased as Envoy passes headers.
+fn header_name(s: &str) -> Result<String, String> {
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if s.is_empty() || !s.bytes().all(token) {
+        return Err(format!("`{s}` is not an HTTP header name"));
+    }
+    Ok(s.to_ascii_lowercase())
 }
 
 /// `authzd validate`.
@@ -178,11 +236,66 @@ mod tests {
             &["authzd", "serve", "--policy", "p", "--max-batch", "0"],
             &["authzd", "serve"],
             &[
+                "authzd",
+                "serve",
+                "--policy",
+                "p",
+                "--database-url",
+                "postgres://x",
+            ],
+            &[
                 "authzd", "check", "--policy", "p", "--tenant", "t", "--method", "GET",
             ],
             &["authzd", "check", "--policy", "p", "--tenant", "t"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn metrics_and_envoy_flags() {
+        let serve = |extra: &[&str]| {
+            let mut args = vec!["authzd", "serve", "--policy", "p"];
+            args.extend_from_slice(extra);
+            Cli::try_parse_from(args).map(|cli| match cli.command {
+                Command::Serve(a) => a,
+                _ => panic!(),
+            })
+        };
+        let a = serve(&[]).unwrap();
+        assert_eq!(a.metrics_listen, None);
+        assert_eq!(a.envoy_tenant_header, "x-tenant-id");
+        assert_eq!(a.envoy_subject_header, "x-subject-id");
+        assert_eq!(a.envoy_jwt_payload_header, None);
+        assert_eq!(
+            (&*a.envoy_tenant_claim, &*a.envoy_subject_claim),
+            ("tenant", "sub")
+        );
+        let a = serve(&[
+            "--metrics-listen",
+            "127.0.0.1:9090",
+            "--envoy-tenant-header",
+            "X-Org",
+            "--envoy-jwt-payload-header",
+            "x-jwt-payload",
+            "--envoy-tenant-claim",
+            "",
+        ])
+        .unwrap();
+        assert_eq!(a.metrics_listen, Some("127.0.0.1:9090".parse().unwrap()));
+        assert_eq!(
+            a.envoy_tenant_header, "x-org",
+            "lower-cased as Envoy sends it"
+        );
+        assert_eq!(a.envoy_jwt_payload_header.as_deref(), Some("x-jwt-payload"));
+        assert_eq!(a.envoy_tenant_claim, "");
+        for bad in [
+            &["--metrics-listen", "9090"][..],
+            &["--envoy-tenant-header", "x tenant"],
+            &["--envoy-subject-header", ""],
+            &["--envoy-subject-claim", ""],
+        ] {
+            assert!(serve(bad).is_err(), "{bad:?}");
         }
     }
 }

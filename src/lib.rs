@@ -10,8 +10,10 @@
 //! - [`cache`]: the shared in-memory policy: tenant slots swapped atomically, and the
 //!   applied revision.
 //! - [`store`]: where policies come from (a file, reloaded on change).
-//! - [`grpc`]: the `authz.v1.AuthorizationService` implementation; [`pb`] the generated
+//! - [`grpc`]: the `authz.v1.AuthorizationService` implementation, and Envoy's
+//!   `envoy.service.auth.v3.Authorization` ([`grpc::envoy`]); [`pb`] the generated
 //!   bindings.
+//! - [`metrics`]: Prometheus metrics and their `/metrics` endpoint.
 //! - [`server`]: one listener with the query service, health and reflection; graceful
 //!   shutdown. [`config`] and [`cli`]: the `authzd` command line.
 //!
@@ -26,6 +28,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod grpc;
+pub mod metrics;
 pub mod model;
 pub mod pb;
 pub mod policy;

@@ -26,5 +26,8 @@ fn main() -> Exit {
         Command::Validate(args) => cli::validate::run(&args),
         Command::Check(args) => cli::check::run(&args),
         Command::List(args) => cli::check::list(&args),
+        Command::Migrate(args) => cli::migrate::run(&args),
+        Command::Policy(command) => cli::policy::run(&command),
+        Command::GenDataset(args) => cli::dataset::run(&args),
     }
 }

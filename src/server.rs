@@ -1,9 +1,11 @@
-//! The gRPC server: query service, health and reflection on one listener, with graceful
-//! shutdown.
+//! The gRPC server: query service, Envoy external authorization, health and reflection
+//! on one listener, with graceful shutdown.
 //!
-//! Health: `""` and `authz.v1.AuthorizationService` turn SERVING once the cache holds a
-//! policy, and NOT_SERVING when shutdown begins; then in-flight requests get
-//! `shutdown_grace` to finish.
+//! Health: `""`, `authz.v1.AuthorizationService` and
+//! `envoy.service.auth.v3.Authorization` turn SERVING once the cache holds a policy, and
+//! NOT_SERVING when shutdown begins; then in-flight requests get `shutdown_grace` to
+//! finish. Reflection lists `authz.v1` and health, not the Envoy service (the
+//! `envoy-types` crate exposes no descriptor set to register).
 
 use std::{future::Future, time::Duration};
 
@@ -14,9 +16,12 @@ use tracing::{info, warn};
 
 use crate::{
     cache::Cache,
-    grpc::{AuthzService, ServiceConfig},
+    grpc::{AuthzService, EnvoyAuthzService, EnvoyConfig, ServiceConfig},
+    metrics::Metrics,
     pb::authorization_service_server::AuthorizationServiceServer,
 };
+
+type EnvoyServer = envoy_types::ext_authz::v3::pb::AuthorizationServer<EnvoyAuthzService>;
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +49,10 @@ pub struct ServerConfig {
     /// Close connections older than this (after a grace), so clients that balance over
     /// a headless Service re-resolve and find new replicas. `None`: never.
     pub max_connection_age: Option<Duration>,
+    /// Where the Envoy authorization service finds tenant and subject.
+    pub envoy: EnvoyConfig,
+    /// Where requests and decisions are recorded; `None`: nowhere.
+    pub metrics: Option<Metrics>,
 }
 
 impl Default for ServerConfig {
@@ -52,6 +61,8 @@ impl Default for ServerConfig {
             service: ServiceConfig::default(),
             shutdown_grace: Duration::from_secs(10),
             max_connection_age: None,
+            envoy: EnvoyConfig::default(),
+            metrics: None,
         }
     }
 }
@@ -70,17 +81,19 @@ pub async fn run(
     health
         .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
         .await;
+    health.set_not_serving::<EnvoyServer>().await;
     // Readiness: SERVING after the first full load, and it never goes back until
     // shutdown.
     let ready = {
         let health = health.clone();
         let mut rx = cache.subscribe();
         tokio::spawn(async move {
-            if rx.wait_for(|r| *r > 0).await.is_ok() {
+            if rx.wait_for(Option::is_some).await.is_ok() {
                 health.set_service_status("", ServingStatus::Serving).await;
                 health
                     .set_serving::<AuthorizationServiceServer<AuthzService>>()
                     .await;
+                health.set_serving::<EnvoyServer>().await;
             }
         })
     };
@@ -105,7 +118,16 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(AuthzService::new(cache, config.service).svc())
+        .add_service(
+            EnvoyAuthzService::new(cache.clone(), config.envoy, config.metrics.clone())
+                .fail_when_stale(config.service.max_staleness)
+                .svc(config.service.max_message_bytes),
+        )
+        .add_service(
+            AuthzService::new(cache, config.service)
+                .with_metrics(config.metrics)
+                .svc(),
+        )
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {
             let _ = drain_rx.await;
         });
@@ -145,6 +167,7 @@ async fn drain(
     health
         .set_not_serving::<AuthorizationServiceServer<AuthzService>>()
         .await;
+    health.set_not_serving::<EnvoyServer>().await;
     let _ = drain_tx.send(());
     match tokio::time::timeout(grace, serve).await {
         Ok(res) => {

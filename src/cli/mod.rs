@@ -11,6 +11,9 @@ macro_rules! say {
 pub(crate) use say;
 
 pub mod check;
+pub mod dataset;
+pub mod migrate;
+pub mod policy;
 pub mod serve;
 pub mod validate;
 

@@ -1,4 +1,5 @@
-//! `authzd serve`: load the policy, bind, serve until SIGTERM/SIGINT.
+//! `authzd serve`: load the policy (file or database), bind, serve until
+//! SIGTERM/SIGINT.
 
 use tokio::net::TcpListener;
 use tracing::{error, info};
@@ -7,10 +8,15 @@ use super::{Exit, load_exit};
 use crate::{
     cache::Cache,
     config::ServeArgs,
-    grpc::ServiceConfig,
+    grpc::{EnvoyConfig, ServiceConfig},
+    metrics::{self, Freshness, Metrics, PolicySource},
     server::{self, ServerConfig},
     shutdown,
-    store::file::{load, spawn_reloader},
+    store::{
+        file::{Reloader, load, spawn_reloader},
+        follow::{FollowConfig, Follower, spawn_follower},
+        postgres,
+    },
 };
 
 /// Runs the server on a new multi-threaded runtime.
@@ -28,19 +34,55 @@ pub fn run(args: ServeArgs) -> Exit {
     runtime.block_on(serve(args))
 }
 
+/// The task keeping the cache current; dropped (and stopped) when serving ends.
+#[allow(dead_code, reason = "held for its Drop")]
+enum Source {
+    File(Option<Reloader>),
+    Database(Follower),
+}
+
 async fn serve(args: ServeArgs) -> Exit {
-    // Load before binding: a bad policy never opens a port.
-    let (policy, text) = match load(&args.policy, 1) {
-        Ok(p) => p,
-        Err(e) => {
-            error!(file = %args.policy.display(), "cannot load the policy:\n{e}");
-            return load_exit(&e);
-        }
-    };
     let cache = Cache::new();
-    let tenants = policy.tenants.len();
-    cache.replace_all(policy, 1);
-    info!(file = %args.policy.display(), tenants, revision = 1, "policy loaded");
+    let _source =
+        match (&args.policy, &args.database_url) {
+            (Some(path), None) => {
+                // Load before binding: a bad policy never opens a port.
+                let (policy, text) = match load(path, 1) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        error!(file = %path.display(), "cannot load the policy:\n{e}");
+                        return load_exit(&e);
+                    }
+                };
+                let tenants = policy.tenants.len();
+                cache.replace_all(policy, 1);
+                info!(file = %path.display(), tenants, revision = 1, "policy loaded");
+                Source::File((!args.reload_interval.is_zero()).then(|| {
+                    spawn_reloader(path.clone(), cache.clone(), args.reload_interval, text)
+                }))
+            }
+            (None, Some(url)) => {
+                if args.migrate {
+                    match postgres::migrate(url).await {
+                        Ok(applied) => info!(?applied, "schema migrated"),
+                        Err(e) => {
+                            error!(cause = %e, "cannot migrate the schema");
+                            return Exit::Unavailable;
+                        }
+                    }
+                }
+                // The server binds at once and reports NOT_SERVING until the first full load;
+                // the follower retries with backoff while the database is unreachable.
+                let mut config = FollowConfig::new(url.clone());
+                config.poll_interval = args.poll_interval;
+                config.consistency_interval = args.consistency_interval;
+                Source::Database(spawn_follower(config, cache.clone()))
+            }
+            _ => {
+                error!("give exactly one of `--policy` and `--database-url`");
+                return Exit::Usage;
+            }
+        };
 
     let listener = match TcpListener::bind(args.listen).await {
         Ok(l) => l,
@@ -49,22 +91,52 @@ async fn serve(args: ServeArgs) -> Exit {
             return Exit::Unavailable;
         }
     };
-    let _reloader = (!args.reload_interval.is_zero()).then(|| {
-        spawn_reloader(
-            args.policy.clone(),
-            cache.clone(),
-            args.reload_interval,
-            text,
-        )
-    });
+    // Metrics are recorded only when they are served.
+    let (metrics, _metrics_server) = match args.metrics_listen {
+        Some(addr) => {
+            let metrics_listener = match TcpListener::bind(addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    error!(%addr, cause = %e, "cannot listen for metrics");
+                    return Exit::Unavailable;
+                }
+            };
+            let m = Metrics::new(cache.clone(), policy_source(&_source));
+            let server = metrics::http::spawn(metrics_listener, m.clone());
+            if let Source::Database(follower) = &_source {
+                // `authz_db_connected` follows the follower's connection.
+                let (m, mut status) = (m.clone(), follower.status.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let connected = status.borrow_and_update().connected;
+                        m.set_db_connected(connected);
+                        if status.changed().await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            (Some(m), Some(server))
+        }
+        None => (None, None),
+    };
     let config = ServerConfig {
         service: ServiceConfig {
             revision_wait: args.revision_wait,
             max_batch: args.max_batch as usize,
             max_message_bytes: args.max_message_bytes as usize,
+            max_staleness: (!args.max_staleness.is_zero()).then_some(args.max_staleness),
         },
         shutdown_grace: args.shutdown_grace,
         max_connection_age: (!args.max_connection_age.is_zero()).then_some(args.max_connection_age),
+        envoy: EnvoyConfig {
+            tenant_header: args.envoy_tenant_header.clone(),
+            subject_header: args.envoy_subject_header.clone(),
+            jwt_payload_header: args.envoy_jwt_payload_header.clone(),
+            tenant_claim: args.envoy_tenant_claim.clone(),
+            subject_claim: args.envoy_subject_claim.clone(),
+        },
+        metrics,
     };
     match server::run(listener, cache, config, shutdown::signal()).await {
         Ok(()) => Exit::Ok,
@@ -72,5 +144,18 @@ async fn serve(args: ServeArgs) -> Exit {
             error!(cause = %e, "server failed");
             Exit::Unavailable
         }
+    }
+}
+
+/// What the metrics report about the source's reloads: the file reloader's status, or
+/// the start-up load when nothing reloads, or the database follower's status.
+fn policy_source(source: &Source) -> Option<Box<dyn PolicySource>> {
+    match source {
+        Source::File(Some(reloader)) => Some(Box::new(reloader.status.clone())),
+        Source::File(None) => Some(Box::new(Freshness {
+            reloaded_at: Some(std::time::SystemTime::now()),
+            reload_failures: 0,
+        })),
+        Source::Database(follower) => Some(Box::new(follower.status.clone())),
     }
 }

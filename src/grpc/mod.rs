@@ -1,8 +1,11 @@
-//! The gRPC query service: translate the request, delegate to the evaluator, translate
-//! back. Wire types stay here; the domain never sees them.
+//! The gRPC services: translate the request, delegate to the evaluator, translate back.
+//! Wire types stay here; the domain never sees them. [`service`] is `authz.v1`;
+//! [`envoy`] is Envoy's external authorization API over the same cache.
 
 pub mod convert;
+pub mod envoy;
 pub mod service;
 pub mod status;
 
+pub use envoy::{EnvoyAuthzService, EnvoyConfig};
 pub use service::{AuthzService, ServiceConfig};

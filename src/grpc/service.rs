@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 use super::convert::{self, FieldError};
 use crate::{
     cache::Cache,
+    metrics::{InFlight, Metrics, Rpc},
     model::InputError,
     pb::{self, authorization_service_server::AuthorizationServiceServer},
     policy::{Explanation, Query},
@@ -21,6 +22,9 @@ pub struct ServiceConfig {
     pub max_batch: usize,
     /// Largest request or response message, in bytes.
     pub max_message_bytes: usize,
+    /// Fail closed (UNAVAILABLE) when the source has not confirmed the cache current for
+    /// longer than this; `None`: answer from the cache however old.
+    pub max_staleness: Option<Duration>,
 }
 
 impl Default for ServiceConfig {
@@ -29,6 +33,7 @@ impl Default for ServiceConfig {
             revision_wait: Duration::from_secs(1),
             max_batch: 1000,
             max_message_bytes: 4 * 1024 * 1024,
+            max_staleness: None,
         }
     }
 }
@@ -38,12 +43,22 @@ impl Default for ServiceConfig {
 pub struct AuthzService {
     cache: Cache,
     config: ServiceConfig,
+    metrics: Option<Metrics>,
 }
 
 impl AuthzService {
     /// A service answering from `cache`.
     pub fn new(cache: Cache, config: ServiceConfig) -> Self {
-        AuthzService { cache, config }
+        AuthzService {
+            cache,
+            config,
+            metrics: None,
+        }
+    }
+
+    /// The same service, recording requests and decisions in `metrics` if given.
+    pub fn with_metrics(self, metrics: Option<Metrics>) -> Self {
+        AuthzService { metrics, ..self }
     }
 
     /// The service wrapped in its generated server, with message size limits.
@@ -56,16 +71,60 @@ impl AuthzService {
 
     /// Decides a validated query in `tenant`.
     pub fn decide(&self, tenant: &str, q: &Query<'_>) -> pb::CheckResponse {
-        let explanation = match self.cache.tenant(tenant) {
-            Some(snapshot) => snapshot.explain(q, &snapshot.check(q)),
-            None => Explanation::unknown_tenant(tenant, self.cache.revision()),
-        };
+        convert::explanation_to_pb(self.explain(tenant, q))
+    }
+
+    /// Decides a validated query in `tenant` and explains the decision.
+    pub fn explain(&self, tenant: &str, q: &Query<'_>) -> Explanation {
+        // Read the applied revision before the snapshot: the snapshot loaded afterwards
+        // reflects at least that revision (a tenant untouched by recent changes keeps an
+        // older snapshot revision, but its state is current as of this one).
+        let revision = self.cache.revision();
+        match self.cache.tenant(tenant) {
+            Some(snapshot) => {
+                let mut ex = snapshot.explain(q, &snapshot.check(q));
+                ex.revision = ex.revision.max(revision);
+                ex
+            }
+            None => Explanation::unknown_tenant(tenant, revision),
+        }
+    }
+
+    /// [`Self::decide`], counting the decision under `rpc`.
+    fn decide_counted(&self, rpc: Rpc, tenant: &str, q: &Query<'_>) -> pb::CheckResponse {
+        let explanation = self.explain(tenant, q);
+        if let Some(m) = &self.metrics {
+            m.decision(rpc, explanation.reason);
+        }
         convert::explanation_to_pb(explanation)
+    }
+
+    /// Starts timing a request of `rpc`; it ends when the guard drops.
+    fn start(&self, rpc: Rpc) -> Option<InFlight<'_>> {
+        self.metrics.as_ref().map(|m| m.start(rpc))
+    }
+
+    /// Counts a request (or batch item) of `rpc` that failed with `code`.
+    fn count_error(&self, rpc: Rpc, code: tonic::Code) {
+        if let Some(m) = &self.metrics {
+            m.error(rpc, code);
+        }
+    }
+
+    /// Passes a handler's result through, counting it if it is an error.
+    fn counted<T>(&self, rpc: Rpc, result: Result<T, Status>) -> Result<T, Status> {
+        if let Err(status) = &result {
+            self.count_error(rpc, status.code());
+        }
+        result
     }
 
     /// Waits for `min_revision` (or fails); without one, only checks that a policy is
     /// loaded, without waiting.
     async fn fresh(&self, min_revision: u64) -> Result<(), Status> {
+        if let Some(max) = self.config.max_staleness {
+            self.cache.check_staleness(max)?;
+        }
         if min_revision == 0 && self.cache.is_loaded() {
             return Ok(());
         }
@@ -76,23 +135,49 @@ impl AuthzService {
     }
 }
 
+// The trait methods time the request and count errors; the handlers below do the work.
 #[tonic::async_trait]
 impl pb::authorization_service_server::AuthorizationService for AuthzService {
     async fn check(
         &self,
         request: Request<pb::CheckRequest>,
     ) -> Result<Response<pb::CheckResponse>, Status> {
-        let req = request.into_inner();
-        let (tenant, query) = convert::check_request(&req, "", "", "")?;
-        self.fresh(req.min_revision).await?;
-        Ok(Response::new(self.decide(tenant, &query)))
+        let _in_flight = self.start(Rpc::Check);
+        let result = self.check_one(request.into_inner()).await;
+        self.counted(Rpc::Check, result).map(Response::new)
     }
 
     async fn batch_check(
         &self,
         request: Request<pb::BatchCheckRequest>,
     ) -> Result<Response<pb::BatchCheckResponse>, Status> {
-        let req = request.into_inner();
+        let _in_flight = self.start(Rpc::BatchCheck);
+        let result = self.batch_check_many(request.into_inner()).await;
+        self.counted(Rpc::BatchCheck, result).map(Response::new)
+    }
+
+    async fn list_permissions(
+        &self,
+        request: Request<pb::ListPermissionsRequest>,
+    ) -> Result<Response<pb::ListPermissionsResponse>, Status> {
+        let _in_flight = self.start(Rpc::ListPermissions);
+        let result = self.list(request.into_inner()).await;
+        self.counted(Rpc::ListPermissions, result)
+            .map(Response::new)
+    }
+}
+
+impl AuthzService {
+    async fn check_one(&self, req: pb::CheckRequest) -> Result<pb::CheckResponse, Status> {
+        let (tenant, query) = convert::check_request(&req, "", "", "")?;
+        self.fresh(req.min_revision).await?;
+        Ok(self.decide_counted(Rpc::Check, tenant, &query))
+    }
+
+    async fn batch_check_many(
+        &self,
+        req: pb::BatchCheckRequest,
+    ) -> Result<pb::BatchCheckResponse, Status> {
         if req.checks.len() > self.config.max_batch {
             return Err(FieldError {
                 field: "checks".into(),
@@ -112,38 +197,45 @@ impl pb::authorization_service_server::AuthorizationService for AuthzService {
                 let prefix = format!("checks[{i}]");
                 let result =
                     match convert::check_request(item, &prefix, &req.tenant_id, &req.subject_id) {
-                        Ok((tenant, query)) => {
-                            pb::batch_check_result::Result::Response(self.decide(tenant, &query))
+                        Ok((tenant, query)) => pb::batch_check_result::Result::Response(
+                            self.decide_counted(Rpc::BatchCheck, tenant, &query),
+                        ),
+                        Err(e) => {
+                            self.count_error(Rpc::BatchCheck, tonic::Code::InvalidArgument);
+                            pb::batch_check_result::Result::Error(pb::ItemError {
+                                code: tonic::Code::InvalidArgument as i32,
+                                message: e.to_string(),
+                                field: e.field,
+                            })
                         }
-                        Err(e) => pb::batch_check_result::Result::Error(pb::ItemError {
-                            code: tonic::Code::InvalidArgument as i32,
-                            message: e.to_string(),
-                            field: e.field,
-                        }),
                     };
                 pb::BatchCheckResult {
                     result: Some(result),
                 }
             })
             .collect();
-        Ok(Response::new(pb::BatchCheckResponse { results, revision }))
+        Ok(pb::BatchCheckResponse { results, revision })
     }
 
-    async fn list_permissions(
+    async fn list(
         &self,
-        request: Request<pb::ListPermissionsRequest>,
-    ) -> Result<Response<pb::ListPermissionsResponse>, Status> {
-        let req = request.into_inner();
+        req: pb::ListPermissionsRequest,
+    ) -> Result<pb::ListPermissionsResponse, Status> {
         let (tenant, subject, scope) = convert::list_request(&req)?;
         self.fresh(req.min_revision).await?;
+        let revision = self.cache.revision();
         let response = match self.cache.tenant(tenant) {
-            Some(snapshot) => convert::listing_to_pb(snapshot.list(subject, scope)),
+            Some(snapshot) => {
+                let mut listing = snapshot.list(subject, scope);
+                listing.revision = listing.revision.max(revision);
+                convert::listing_to_pb(listing)
+            }
             None => pb::ListPermissionsResponse {
                 reason: pb::Reason::UnknownTenant as i32,
-                revision: self.cache.revision(),
+                revision,
                 ..Default::default()
             },
         };
-        Ok(Response::new(response))
+        Ok(response)
     }
 }

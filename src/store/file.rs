@@ -6,7 +6,10 @@
 //! simple and always right. A new version that does not compile is never published: the
 //! server keeps the last good policy and logs the error once per bad version.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::PathBuf,
+    time::{Duration, SystemTime},
+};
 
 use tokio::{sync::watch, task::JoinHandle};
 use tracing::{error, info};
@@ -72,6 +75,10 @@ pub struct ReloadStatus {
     /// Why the newest version was rejected or could not be read; `None` once a version
     /// is published.
     pub last_error: Option<String>,
+    /// When a version was last applied (the one loaded at start until a change is).
+    pub reloaded_at: Option<SystemTime>,
+    /// Versions rejected, plus read outages (each counted once, as logged).
+    pub failures: u64,
 }
 
 /// The running reload loop; dropping it stops the loop.
@@ -84,17 +91,22 @@ pub struct Reloader {
 
 /// Starts the reload loop: every `interval` (and on SIGHUP) the file is read, and a
 /// changed, valid version replaces the policy at the next revision. `current` is the
-/// text already loaded.
+/// text already loaded, just now.
 pub fn spawn_reloader(
     path: PathBuf,
     cache: Cache,
     interval: Duration,
     current: String,
 ) -> Reloader {
-    let (status_tx, status) = watch::channel(ReloadStatus::default());
+    let (status_tx, status) = watch::channel(ReloadStatus {
+        reloaded_at: Some(SystemTime::now()),
+        ..ReloadStatus::default()
+    });
     let task = tokio::spawn(async move {
         let mut last = current;
         let mut read_failing = false;
+        // Whether `last` is a version that was rejected (the cache holds an older one).
+        let mut rejected = false;
         let mut hangup = hangup_signal();
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -114,7 +126,8 @@ pub fn spawn_reloader(
                     if !read_failing {
                         error!(file = %path.display(), cause = %e, "cannot read the policy file; keeping the last good policy");
                         status_tx.send_modify(|s| {
-                            s.last_error = Some(format!("{}: {e}", path.display()))
+                            s.last_error = Some(format!("{}: {e}", path.display()));
+                            s.failures += 1;
                         });
                         read_failing = true;
                     }
@@ -122,6 +135,11 @@ pub fn spawn_reloader(
                 }
             };
             if text == last {
+                // The cache still holds the file's content, unless that content was
+                // rejected (then the cache holds an older version and is not current).
+                if !rejected {
+                    cache.confirm();
+                }
                 continue;
             }
             let revision = cache.revision() + 1;
@@ -148,8 +166,14 @@ pub fn spawn_reloader(
                     Some(e.to_string())
                 }
             };
+            rejected = error.is_some();
             status_tx.send_modify(|s| {
                 s.versions += 1;
+                if rejected {
+                    s.failures += 1;
+                } else {
+                    s.reloaded_at = Some(SystemTime::now());
+                }
                 s.last_error = error;
             });
             last = text;

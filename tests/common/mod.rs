@@ -7,6 +7,9 @@
     reason = "each test crate uses part of the harness"
 )]
 
+pub mod chat;
+pub mod pg;
+
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -16,10 +19,11 @@ use std::{
 use authz::{
     cache::Cache,
     grpc::ServiceConfig,
+    metrics::{Freshness, Metrics, PolicySource},
     pb::{self, authorization_service_client::AuthorizationServiceClient},
     policy::Explanation,
     server::{self, ServerError},
-    store::file::{self, Reloader},
+    store::file::{self, AbortOnDrop, Reloader},
 };
 use serde::Deserialize;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
@@ -42,6 +46,9 @@ pub struct TestServer {
     shutdown: Option<oneshot::Sender<()>>,
     handle: JoinHandle<Result<(), ServerError>>,
     pub reloader: Option<Reloader>,
+    /// Where `/metrics` is served, when started with metrics.
+    pub metrics_addr: Option<SocketAddr>,
+    _metrics_server: Option<AbortOnDrop>,
 }
 
 impl TestServer {
@@ -60,14 +67,68 @@ impl TestServer {
         cache.replace_all(compiled, 1);
         let reloader =
             reload.map(|i| file::spawn_reloader(policy.to_owned(), cache.clone(), i, text));
+        Self::serve(cache, config, reloader).await
+    }
+
+    /// Starts a server following the database, once it has loaded.
+    pub async fn start_db(
+        follow: authz::store::follow::FollowConfig,
+        config: ServiceConfig,
+    ) -> (Self, authz::store::follow::Follower) {
+        let cache = Cache::new();
+        let follower = authz::store::follow::spawn_follower(follow, cache.clone());
+        let mut loaded = cache.subscribe();
+        tokio::time::timeout(Duration::from_secs(30), loaded.wait_for(Option::is_some))
+            .await
+            .expect("the follower loaded the database within 30s")
+            .unwrap();
+        (Self::serve(cache, config, None).await, follower)
+    }
+
+    /// Starts a server on `policy` (not reloaded) with full server settings (Envoy
+    /// headers, ...); with `serve_metrics`, also `/metrics` on 127.0.0.1:0.
+    pub async fn start_configured(
+        policy: &Path,
+        config: server::ServerConfig,
+        serve_metrics: bool,
+    ) -> Self {
+        let (compiled, _) = file::load(policy, 1).unwrap();
+        let cache = Cache::new();
+        cache.replace_all(compiled, 1);
+        Self::serve_configured(cache, config, None, serve_metrics).await
+    }
+
+    async fn serve(cache: Cache, config: ServiceConfig, reloader: Option<Reloader>) -> Self {
+        let config = server::ServerConfig {
+            service: config,
+            shutdown_grace: Duration::from_secs(5),
+            ..server::ServerConfig::default()
+        };
+        Self::serve_configured(cache, config, reloader, false).await
+    }
+
+    async fn serve_configured(
+        cache: Cache,
+        mut config: server::ServerConfig,
+        reloader: Option<Reloader>,
+        serve_metrics: bool,
+    ) -> Self {
         // Bound before the server task starts: no sleep, no race.
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let config = server::ServerConfig {
-            service: config,
-            shutdown_grace: Duration::from_secs(5),
-            max_connection_age: None,
+        let (metrics_addr, metrics_server) = if serve_metrics {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let metrics_addr = l.local_addr().unwrap();
+            let source: Box<dyn PolicySource> = match &reloader {
+                Some(r) => Box::new(r.status.clone()),
+                None => Box::new(Freshness::default()),
+            };
+            let m = Metrics::new(cache.clone(), Some(source));
+            config.metrics = Some(m.clone());
+            (Some(metrics_addr), Some(authz::metrics::http::spawn(l, m)))
+        } else {
+            (None, None)
         };
         let stop = async {
             let _ = rx.await;
@@ -86,7 +147,19 @@ impl TestServer {
             shutdown: Some(tx),
             handle,
             reloader,
+            metrics_addr,
+            _metrics_server: metrics_server,
         }
+    }
+
+    /// A client of the Envoy authorization service on the same connection.
+    pub fn envoy_client(
+        &self,
+    ) -> envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient<Channel>
+    {
+        envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::new(
+            self.channel.clone(),
+        )
     }
 
     pub async fn stop(mut self) {
@@ -99,6 +172,38 @@ impl TestServer {
             .unwrap()
             .unwrap();
     }
+}
+
+/// `GET path` over HTTP/1.1 on a fresh connection: status code, content type, body.
+/// Bounded by a timeout.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        conn.read_to_end(&mut response).await.unwrap();
+        String::from_utf8(response).unwrap()
+    };
+    let response = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .expect("HTTP answer within 10s");
+    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP head and body");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("HTTP status line");
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-type")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap_or_default();
+    (status, content_type, body.to_owned())
 }
 
 /// An expectations file (`examples/policies/*.expect.yaml`).

@@ -1,0 +1,156 @@
+//! Metrics end to end: a server with `/metrics` on 127.0.0.1:0 answers Checks over
+//! gRPC, and a scrape over HTTP shows the counters moved under the right labels.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "a test that panics has failed; that is its job"
+)]
+
+mod common;
+
+use authz::{grpc::envoy::http_request, pb, server::ServerConfig};
+use common::*;
+
+fn route(tenant: &str, subject: &str, method: &str, path: &str) -> pb::CheckRequest {
+    pb::CheckRequest {
+        tenant_id: tenant.into(),
+        subject_id: subject.into(),
+        action: Some(pb::check_request::Action::Route(pb::HttpRoute {
+            method: method.into(),
+            path: path.into(),
+        })),
+        ..Default::default()
+    }
+}
+
+/// The value of one series in a scrape; `None` if the series is absent.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn checks_move_the_counters_a_scrape_shows() {
+    let server =
+        TestServer::start_configured(&example("chat-api.yaml"), ServerConfig::default(), true)
+            .await;
+    let metrics = server.metrics_addr.unwrap();
+    let mut c = server.client.clone();
+
+    let (status, content_type, before) = http_get(metrics, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    let granted = "authz_decisions_total{rpc=\"check\",result=\"allowed\",reason=\"granted\"}";
+    assert_eq!(sample(&before, granted), Some(0.0), "{before}");
+
+    // Two grants, a public allow, a deny, an invalid request.
+    for _ in 0..2 {
+        let r = c.check(route("acme", "erin", "PUT", "/experts/e-1")).await;
+        assert!(r.unwrap().into_inner().allowed);
+    }
+    c.check(route("acme", "", "GET", "/health/")).await.unwrap();
+    c.check(route("acme", "adam", "POST", "/experts/"))
+        .await
+        .unwrap();
+    let err = c
+        .check(route("acme", "erin", "PUT", "experts"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    // A batch of two decisions and a bad item.
+    c.batch_check(pb::BatchCheckRequest {
+        tenant_id: "acme".into(),
+        subject_id: "mia".into(),
+        checks: vec![
+            route("", "", "GET", "/chats/"),
+            route("", "", "DELETE", "/experts/e-1"),
+            route("", "", "GET", ""),
+        ],
+        min_revision: 0,
+    })
+    .await
+    .unwrap();
+    // One unknown tenant through Envoy.
+    server
+        .envoy_client()
+        .check(http_request(
+            "GET",
+            "/chats/",
+            [("x-tenant-id".to_owned(), "nope".to_owned())],
+        ))
+        .await
+        .unwrap();
+
+    let (status, _, text) = http_get(metrics, "/metrics").await;
+    assert_eq!(status, 200);
+    for (series, want) in [
+        (granted, 2.0),
+        (
+            "authz_decisions_total{rpc=\"check\",result=\"allowed\",reason=\"public\"}",
+            1.0,
+        ),
+        (
+            "authz_decisions_total{rpc=\"check\",result=\"denied\",reason=\"no_grant\"}",
+            1.0,
+        ),
+        (
+            "authz_request_errors_total{rpc=\"check\",code=\"invalid_argument\"}",
+            1.0,
+        ),
+        (
+            "authz_decisions_total{rpc=\"batch_check\",result=\"allowed\",reason=\"granted\"}",
+            1.0,
+        ),
+        (
+            "authz_decisions_total{rpc=\"batch_check\",result=\"denied\",reason=\"no_grant\"}",
+            1.0,
+        ),
+        (
+            "authz_request_errors_total{rpc=\"batch_check\",code=\"invalid_argument\"}",
+            1.0,
+        ),
+        (
+            "authz_decisions_total{rpc=\"envoy_check\",result=\"denied\",reason=\"unknown_tenant\"}",
+            1.0,
+        ),
+        (
+            "authz_decisions_total{rpc=\"check\",result=\"denied\",reason=\"unknown_tenant\"}",
+            0.0,
+        ),
+        ("authz_request_duration_seconds_count{rpc=\"check\"}", 5.0),
+        (
+            "authz_request_duration_seconds_count{rpc=\"batch_check\"}",
+            1.0,
+        ),
+        (
+            "authz_request_duration_seconds_count{rpc=\"envoy_check\"}",
+            1.0,
+        ),
+        (
+            "authz_request_duration_seconds_bucket{le=\"+Inf\",rpc=\"check\"}",
+            5.0,
+        ),
+        ("authz_requests_in_flight{rpc=\"check\"}", 0.0),
+        ("authz_policy_revision", 1.0),
+        ("authz_policy_tenants", 2.0),
+        ("authz_policy_reload_failures_total", 0.0),
+    ] {
+        assert_eq!(sample(&text, series), Some(want), "{series} in\n{text}");
+    }
+    let staleness = sample(&text, "authz_policy_staleness_seconds").unwrap();
+    assert!((0.0..60.0).contains(&staleness), "{staleness}");
+    assert!(
+        !text.contains("authz_db_connected"),
+        "no database, no connection gauge"
+    );
+    assert!(text.ends_with("# EOF\n"));
+
+    let (status, _, _) = http_get(metrics, "/other").await;
+    assert_eq!(status, 404);
+    server.stop().await;
+}
