@@ -1,5 +1,6 @@
 //! `authzd`: parses the command line, sets up logging, and dispatches. All logic lives in
 //! the library.
+#![forbid(unsafe_code)]
 
 use authz::{
     cli::{self, Exit},
