@@ -139,9 +139,9 @@ pub enum Output {
     Json,
 }
 
-/// `authzd check`.
+/// The policy, tenant, subject and scope that `check` and `list` ask about.
 #[derive(Clone, Debug, Args)]
-pub struct CheckArgs {
+pub struct Target {
     /// Policy file.
     #[arg(long, env = "AUTHZ_POLICY")]
     pub policy: PathBuf,
@@ -154,6 +154,14 @@ pub struct CheckArgs {
     /// Scope ("" is the tenant root).
     #[arg(long, default_value = "")]
     pub scope: String,
+}
+
+/// `authzd check`.
+#[derive(Clone, Debug, Args)]
+pub struct CheckArgs {
+    /// Policy, tenant, subject, scope.
+    #[command(flatten)]
+    pub target: Target,
     /// A named permission to check.
     #[arg(long, conflicts_with_all = ["method", "path"], required_unless_present = "path")]
     pub permission: Option<String>,
@@ -171,18 +179,9 @@ pub struct CheckArgs {
 /// `authzd list`.
 #[derive(Clone, Debug, Args)]
 pub struct ListArgs {
-    /// Policy file.
-    #[arg(long, env = "AUTHZ_POLICY")]
-    pub policy: PathBuf,
-    /// Tenant id.
-    #[arg(long)]
-    pub tenant: String,
-    /// Subject id.
-    #[arg(long, default_value = "")]
-    pub subject: String,
-    /// Scope ("" is the tenant root).
-    #[arg(long, default_value = "")]
-    pub scope: String,
+    /// Policy, tenant, subject, scope.
+    #[command(flatten)]
+    pub target: Target,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,

@@ -19,9 +19,8 @@ use std::{collections::BTreeMap, future::Future, path::Path, process::Output, ti
 
 use authz::{
     cli::dataset::{DatasetError, DatasetOptions, generate},
-    model::{self, Method},
     policy::{
-        Action, Explanation, Policy, PolicyDocument, Query, compile,
+        PolicyDocument, compile,
         source::{AssignmentDoc, Format, RoleDoc},
     },
     store::{
@@ -117,27 +116,6 @@ async fn changes_after(c: &Client, revision: u64) -> BTreeMap<(i64, String, Stri
     .collect()
 }
 
-/// The explanation a compiled policy gives for an expectations case, as in tests/seeds.rs.
-fn explain(policy: &Policy, case: &common::Case) -> Explanation {
-    let action = match (&case.permission, &case.method, &case.path) {
-        (Some(p), _, _) => Action::Permission(model::name(p).unwrap()),
-        (None, Some(m), Some(p)) => Action::Route {
-            method: Method::parse(m).unwrap(),
-            path: model::request_path(p).unwrap(),
-        },
-        _ => panic!("case `{}` has no action", case.name),
-    };
-    let q = Query {
-        subject: &case.subject,
-        scope: model::scope(&case.scope).unwrap(),
-        action,
-    };
-    match policy.tenants.iter().find(|t| *t.id == *case.tenant) {
-        Some(t) => t.explain(&q, &t.check(&q)),
-        None => Explanation::unknown_tenant(&case.tenant, 1),
-    }
-}
-
 /// `compile(got)` answers every case of `seed`'s expectations exactly as
 /// `compile(want)` does (decision, reason, grant and wording).
 fn same_decisions(seed: &str, want: &PolicyDocument, got: &PolicyDocument) {
@@ -146,7 +124,7 @@ fn same_decisions(seed: &str, want: &PolicyDocument, got: &PolicyDocument) {
     let got = compile(got, "exported", 1).unwrap();
     let mut failures = Vec::new();
     for case in &e.cases {
-        let (w, g) = (explain(&want, case), explain(&got, case));
+        let (w, g) = (case.explain(&want), case.explain(&got));
         if w != g {
             failures.push(format!("case `{}`:\n  want {w:?}\n  got  {g:?}", case.name));
         }

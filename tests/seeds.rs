@@ -10,11 +10,7 @@
 
 mod common;
 
-use authz::{
-    model::{self, Method},
-    policy::{Action, Explanation, Query},
-    store::file,
-};
+use authz::store::file;
 use common::*;
 
 const SEEDS: [&str; 3] = ["console", "chat-api", "gateway"];
@@ -24,23 +20,7 @@ fn library(seed: &str) {
     let (policy, _) = file::load(&example(&e.policy), 1).unwrap();
     let mut failures = Vec::new();
     for case in &e.cases {
-        let action = match (&case.permission, &case.method, &case.path) {
-            (Some(p), _, _) => Action::Permission(model::name(p).unwrap()),
-            (None, Some(m), Some(p)) => Action::Route {
-                method: Method::parse(m).unwrap(),
-                path: model::request_path(p).unwrap(),
-            },
-            _ => panic!("case `{}` has no action", case.name),
-        };
-        let q = Query {
-            subject: &case.subject,
-            scope: model::scope(&case.scope).unwrap(),
-            action,
-        };
-        let got = match policy.tenants.iter().find(|t| *t.id == *case.tenant) {
-            Some(t) => t.explain(&q, &t.check(&q)),
-            None => Explanation::unknown_tenant(&case.tenant, 1),
-        };
+        let got = case.explain(&policy);
         if let Some(m) = case.mismatch(&Observed::from(&got)) {
             failures.push(m);
         }

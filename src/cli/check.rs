@@ -3,15 +3,31 @@
 
 use super::{Exit, load_exit};
 use crate::{
-    config::{CheckArgs, ListArgs, Output},
+    config::{CheckArgs, ListArgs, Output, Target},
     model::{self, Method},
-    policy::{Action, Explanation, Query},
+    policy::{Action, Explanation, Policy, Query},
     store::file::load,
 };
 
 fn usage(field: &str, e: model::InputError) -> Exit {
     eprintln!("error: invalid `--{field}`: {e}");
     Exit::Usage
+}
+
+/// Validates the target's values, then loads its policy.
+fn load_target(t: &Target) -> Result<Policy, Exit> {
+    model::tenant_id(&t.tenant).map_err(|e| usage("tenant", e))?;
+    if !t.subject.is_empty() {
+        model::subject_id(&t.subject).map_err(|e| usage("subject", e))?;
+    }
+    model::scope(&t.scope).map_err(|e| usage("scope", e))?;
+    match load(&t.policy, 1) {
+        Ok((p, _)) => Ok(p),
+        Err(e) => {
+            eprintln!("{e}");
+            Err(load_exit(&e))
+        }
+    }
 }
 
 /// Runs `check`.
@@ -31,32 +47,19 @@ pub fn run(args: &CheckArgs) -> Exit {
             return Exit::Usage;
         }
     };
-    if let Err(e) = model::tenant_id(&args.tenant) {
-        return usage("tenant", e);
-    }
-    if !args.subject.is_empty()
-        && let Err(e) = model::subject_id(&args.subject)
-    {
-        return usage("subject", e);
-    }
-    if let Err(e) = model::scope(&args.scope) {
-        return usage("scope", e);
-    }
-    let policy = match load(&args.policy, 1) {
-        Ok((p, _)) => p,
-        Err(e) => {
-            eprintln!("{e}");
-            return load_exit(&e);
-        }
+    let t = &args.target;
+    let policy = match load_target(t) {
+        Ok(p) => p,
+        Err(exit) => return exit,
     };
     let query = Query {
-        subject: &args.subject,
-        scope: &args.scope,
+        subject: &t.subject,
+        scope: &t.scope,
         action,
     };
-    let explanation = match policy.tenants.iter().find(|t| *t.id == *args.tenant) {
+    let explanation = match policy.tenants.iter().find(|s| *s.id == *t.tenant) {
         Some(t) => t.explain(&query, &t.check(&query)),
-        None => Explanation::unknown_tenant(&args.tenant, 1),
+        None => Explanation::unknown_tenant(&t.tenant, 1),
     };
     match args.output {
         Output::Text => super::say!("{}", explanation.explanation),
@@ -77,29 +80,16 @@ pub fn run(args: &CheckArgs) -> Exit {
 
 /// Runs `list`.
 pub fn list(args: &ListArgs) -> Exit {
-    if let Err(e) = model::tenant_id(&args.tenant) {
-        return usage("tenant", e);
-    }
-    if !args.subject.is_empty()
-        && let Err(e) = model::subject_id(&args.subject)
-    {
-        return usage("subject", e);
-    }
-    if let Err(e) = model::scope(&args.scope) {
-        return usage("scope", e);
-    }
-    let policy = match load(&args.policy, 1) {
-        Ok((p, _)) => p,
-        Err(e) => {
-            eprintln!("{e}");
-            return load_exit(&e);
-        }
+    let t = &args.target;
+    let policy = match load_target(t) {
+        Ok(p) => p,
+        Err(exit) => return exit,
     };
-    let Some(tenant) = policy.tenants.iter().find(|t| *t.id == *args.tenant) else {
-        super::say!("tenant `{}` does not exist", args.tenant);
+    let Some(tenant) = policy.tenants.iter().find(|s| *s.id == *t.tenant) else {
+        super::say!("tenant `{}` does not exist", t.tenant);
         return Exit::Denied;
     };
-    let listing = tenant.list(&args.subject, &args.scope);
+    let listing = tenant.list(&t.subject, &t.scope);
     match args.output {
         Output::Json => match serde_json::to_string_pretty(&listing) {
             Ok(s) => super::say!("{s}"),

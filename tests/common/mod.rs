@@ -341,6 +341,31 @@ impl Case {
         }
     }
 
+    /// The explanation a compiled policy gives for this case, through the library.
+    pub fn explain(&self, policy: &authz::policy::Policy) -> Explanation {
+        use authz::{
+            model::{self, Method},
+            policy::{Action, Query},
+        };
+        let action = match (&self.permission, &self.method, &self.path) {
+            (Some(p), _, _) => Action::Permission(model::name(p).unwrap()),
+            (None, Some(m), Some(p)) => Action::Route {
+                method: Method::parse(m).unwrap(),
+                path: model::request_path(p).unwrap(),
+            },
+            _ => panic!("case `{}` has no action", self.name),
+        };
+        let q = Query {
+            subject: &self.subject,
+            scope: model::scope(&self.scope).unwrap(),
+            action,
+        };
+        match policy.tenants.iter().find(|t| *t.id == *self.tenant) {
+            Some(t) => t.explain(&q, &t.check(&q)),
+            None => Explanation::unknown_tenant(&self.tenant, 1),
+        }
+    }
+
     pub fn cli_args(&self) -> Vec<String> {
         let mut a = vec![
             "--tenant".into(),
