@@ -533,3 +533,37 @@ async fn an_outage_keeps_answering_until_max_staleness_then_fails_closed() {
     drop(follower);
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn the_consistency_check_repairs_a_write_the_change_log_never_saw() {
+    let db = TestDb::create("consistency").await;
+    write(&db, SEED).await;
+    let mut follow = fast(&db.url);
+    follow.consistency_interval = Duration::from_millis(300);
+    let (server, follower) = TestServer::start_db(follow, service()).await;
+    assert!(!check(&server, "bob", "", "docs.read", 0).await.allowed);
+
+    // Behind the follower's back: with triggers off there is no change row, no NOTIFY.
+    let c = db.client().await;
+    c.batch_execute(
+        "SET session_replication_role = replica;
+         INSERT INTO assignments (tenant_id, subject_id, role_id) VALUES ('acme', 'bob', 'viewer');",
+    )
+    .await
+    .unwrap();
+    let mut status = follower.status.clone();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        status.wait_for(|s| s.inconsistencies > 0),
+    )
+    .await
+    .expect("the consistency check found the difference")
+    .unwrap();
+    assert!(
+        check(&server, "bob", "", "docs.read", 0).await.allowed,
+        "the tenant was rebuilt from the database"
+    );
+    server.stop().await;
+    drop(follower);
+    db.drop_db().await;
+}
