@@ -6,10 +6,13 @@
 //!   ([`policy::compile`]) into immutable per-tenant snapshots ([`policy::snapshot`]),
 //!   route patterns and the most-specific-match trie ([`policy::pattern`]), the pure
 //!   evaluator ([`policy::eval`]), decisions and their explanations
-//!   ([`policy::decision`]) and listings ([`policy::list`]).
+//!   ([`policy::decision`]), listings ([`policy::list`]) and incremental member changes
+//!   ([`policy::update`]).
 //! - [`cache`]: the shared in-memory policy: tenant slots swapped atomically, and the
 //!   applied revision.
-//! - [`store`]: where policies come from (a file, reloaded on change).
+//! - [`store`]: where policies come from: a file, reloaded on change
+//!   ([`store::file`]), or PostgreSQL ([`store::postgres`] schema and reads,
+//!   [`store::follow`] the live follower, [`store::sync`] apply/export).
 //! - [`grpc`]: the `authz.v1.AuthorizationService` implementation, and Envoy's
 //!   `envoy.service.auth.v3.Authorization` ([`grpc::envoy`]); [`pb`] the generated
 //!   bindings.
@@ -19,8 +22,8 @@
 //!
 //! # The path a Check takes
 //! `grpc::service` validates the request (`grpc::convert`, INVALID_ARGUMENT naming the
-//! field), finds the tenant's snapshot in the [`cache::Cache`] (`ArcSwap::load`, no lock
-//! held), calls [`policy::TenantSnapshot::check`] (pure, no allocation), then explains
+//! field), finds the tenant's snapshot in the [`cache::Cache`] (a DashMap shard read
+//! lock to find the slot, then `ArcSwap::load`; no lock held while evaluating), calls [`policy::TenantSnapshot::check`] (pure, no allocation), then explains
 //! the [`policy::Decision`] in words and returns it.
 #![forbid(unsafe_code)]
 
