@@ -3,7 +3,7 @@
 //! # Layout
 //! - [`model`]: validated request values (ids, scopes, methods, paths) and limits.
 //! - [`policy`]: the policy document ([`policy::source`]), its compiler
-//!   ([`policy::compile`]) into immutable per-tenant snapshots ([`policy::snapshot`]),
+//!   ([`mod@policy::compile`]) into immutable per-tenant snapshots ([`policy::snapshot`]),
 //!   route patterns and the most-specific-match trie ([`policy::pattern`]), the pure
 //!   evaluator ([`policy::eval`]), decisions and their explanations
 //!   ([`policy::decision`]), listings ([`policy::list`]) and incremental member changes

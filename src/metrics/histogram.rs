@@ -40,7 +40,7 @@ const BOUNDS_NS: [u64; 16] = [
     2_500_000_000,
 ];
 
-/// A histogram of durations in seconds, with fixed buckets ([`BOUNDS_NS`] and `+Inf`).
+/// A histogram of durations in seconds, with fixed buckets (`BOUNDS_NS` and `+Inf`).
 /// Clones share the same counts.
 #[derive(Clone, Debug, Default)]
 pub struct LatencyHistogram {

@@ -1,4 +1,4 @@
-//! Policies: the document as written ([`source`]), compiled ([`compile`]) into immutable
+//! Policies: the document as written ([`source`]), compiled ([`mod@compile`]) into immutable
 //! per-tenant snapshots ([`snapshot`]) that the evaluator ([`eval`]) reads to make
 //! [`decision::Decision`]s, and listings of what a subject may do ([`list`]).
 

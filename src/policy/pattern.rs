@@ -223,7 +223,7 @@ struct Node {
 }
 
 /// A trie from patterns to values `T`. Patterns that are equally specific (same kind at
-/// every position, same literals) share one value: [`MatcherBuilder::insert`] hands the
+/// every position, same literals) share one value: [`Matcher::insert`] hands the
 /// existing value to a merge function.
 #[derive(Clone, Debug)]
 pub struct Matcher<T> {

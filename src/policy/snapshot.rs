@@ -1,6 +1,6 @@
 //! The compiled, immutable form of one tenant's policy: what Check reads.
 //!
-//! Built by [`super::compile`], never mutated after that: a change builds a new snapshot
+//! Built by [`super::compile()`], never mutated after that: a change builds a new snapshot
 //! and swaps it in (see [`crate::cache`]). Everything the evaluator needs is precomputed
 //! here: role ids interned to indexes, each role's `includes` closure (as a bit set and in
 //! breadth-first order, for explanations), each permission's holders, and tries for the

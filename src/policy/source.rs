@@ -1,7 +1,7 @@
 //! The policy document as written: YAML or JSON, deserialized with serde.
 //!
 //! This module owns the document's shape and its parsing, nothing more: ids, patterns and
-//! references are checked by [`super::compile`]. Unknown fields are errors, so a typo is
+//! references are checked by [`super::compile()`]. Unknown fields are errors, so a typo is
 //! reported rather than silently ignored.
 
 use std::path::Path;
