@@ -236,15 +236,18 @@ $$;
 -- then its references), but never commit one.
 CREATE FUNCTION authz_validate() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    t text;
-    done text := coalesce(current_setting('authz.validated', true), '');
+    t text := authz_row_tenant(TG_TABLE_NAME, CASE WHEN TG_OP = 'DELETE' THEN to_jsonb(OLD) ELSE to_jsonb(NEW) END);
 BEGIN
-    t := authz_row_tenant(TG_TABLE_NAME, CASE WHEN TG_OP = 'DELETE' THEN to_jsonb(OLD) ELSE to_jsonb(NEW) END);
-    IF position(('|' || t || '|') IN done) > 0 THEN
+    -- The tenants validated in this transaction: a keyed set, so a transaction touching
+    -- thousands of tenants pays one lookup per row, not a scan of everything so far.
+    IF to_regclass('pg_temp.authz_validated') IS NULL THEN
+        CREATE TEMP TABLE authz_validated (tenant_id text PRIMARY KEY) ON COMMIT DELETE ROWS;
+    END IF;
+    INSERT INTO authz_validated VALUES (t) ON CONFLICT DO NOTHING;
+    IF NOT FOUND THEN
         RETURN NULL;
     END IF;
     PERFORM authz_validate_tenant(t);
-    PERFORM set_config('authz.validated', done || '|' || t || '|', true);
     RETURN NULL;
 END
 $$;
