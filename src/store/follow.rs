@@ -153,7 +153,9 @@ impl Follow {
                 backoff = Duration::from_millis(100);
             }
             let staleness = self.cache.staleness();
-            if e.is_retryable() {
+            if !self.cache.is_loaded() {
+                warn!(cause = %e, retry_in = ?backoff, "cannot load from the database yet; not serving until the first load");
+            } else if e.is_retryable() {
                 warn!(cause = %e, retry_in = ?backoff, ?staleness, "database connection lost; answering from the cache");
             } else {
                 error!(cause = %e, retry_in = ?backoff, ?staleness, "cannot load from the database; answering from the cache");
