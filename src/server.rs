@@ -1,6 +1,8 @@
 //! The gRPC server: query service, Envoy external authorization, health and reflection
 //! on one listener, with graceful shutdown.
 //!
+//! The admin service (`authz.v1.PolicyAdminService`) is added only when configured.
+//!
 //! Health: `""`, `authz.v1.AuthorizationService` and
 //! `envoy.service.auth.v3.Authorization` turn SERVING once the cache holds a policy, and
 //! NOT_SERVING when shutdown begins; then in-flight requests get `shutdown_grace` to
@@ -16,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::{
     cache::Cache,
-    grpc::{AuthzService, EnvoyAuthzService, EnvoyConfig, ServiceConfig},
+    grpc::{AuthzService, EnvoyAuthzService, EnvoyConfig, PolicyAdmin, ServiceConfig},
     metrics::Metrics,
     pb::authorization_service_server::AuthorizationServiceServer,
 };
@@ -53,6 +55,8 @@ pub struct ServerConfig {
     pub envoy: EnvoyConfig,
     /// Where requests and decisions are recorded; `None`: nowhere.
     pub metrics: Option<Metrics>,
+    /// The admin service; `None`: not served (its calls are UNIMPLEMENTED).
+    pub admin: Option<PolicyAdmin>,
 }
 
 impl Default for ServerConfig {
@@ -63,6 +67,7 @@ impl Default for ServerConfig {
             max_connection_age: None,
             envoy: EnvoyConfig::default(),
             metrics: None,
+            admin: None,
         }
     }
 }
@@ -122,6 +127,11 @@ pub async fn run(
             EnvoyAuthzService::new(cache.clone(), config.envoy, config.metrics.clone())
                 .fail_when_stale(config.service.max_staleness)
                 .svc(config.service.max_message_bytes),
+        )
+        .add_optional_service(
+            config
+                .admin
+                .map(|admin| admin.svc(config.service.max_message_bytes)),
         )
         .add_service(
             AuthzService::new(cache, config.service)
