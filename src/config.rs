@@ -69,9 +69,11 @@ pub struct ServeArgs {
     /// `postgres://authz@db:5432/authz`.
     #[arg(long, env = "AUTHZ_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
-    /// Admin API bearer tokens, one `sha256:<hex> [TENANTS] [NAME]` a line (with
-    /// `--database-url`). The admin API is off without it, or when the file is missing.
-    #[arg(long, env = "AUTHZ_ADMIN_TOKENS_FILE", requires = "database_url")]
+    /// Admin API bearer tokens, one `sha256:<hex> [TENANTS] [NAME]` a line; needs
+    /// `--database-url`. The admin API is off without it, or when the file is missing.
+    // Not a clap `requires`: deploy/kubernetes sets the variable for an optional Secret
+    // whether or not a database is configured; a missing file must not stop the server.
+    #[arg(long, env = "AUTHZ_ADMIN_TOKENS_FILE")]
     pub admin_tokens_file: Option<PathBuf>,
     /// Run schema migrations at start (with `--database-url`).
     #[arg(long, env = "AUTHZ_MIGRATE")]

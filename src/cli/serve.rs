@@ -25,7 +25,7 @@ const ADMIN_POOL_SIZE: usize = 4;
 
 /// The admin service, if `--admin-tokens-file` names a readable file of tokens.
 fn admin_service(args: &ServeArgs) -> Result<Option<PolicyAdmin>, Exit> {
-    let (Some(path), Some(url)) = (&args.admin_tokens_file, &args.database_url) else {
+    let Some(path) = &args.admin_tokens_file else {
         return Ok(None);
     };
     let tokens = match AdminTokens::load(path) {
@@ -39,6 +39,10 @@ fn admin_service(args: &ServeArgs) -> Result<Option<PolicyAdmin>, Exit> {
             error!(cause = %e, "cannot read the admin tokens file");
             return Err(Exit::Usage);
         }
+    };
+    let Some(url) = &args.database_url else {
+        error!("the admin API (`--admin-tokens-file`) needs `--database-url`");
+        return Err(Exit::Usage);
     };
     let pool = postgres::pool(url, ADMIN_POOL_SIZE).map_err(|e| {
         error!(cause = %e, "cannot set up the admin API's database pool");
