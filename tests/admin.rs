@@ -1190,3 +1190,123 @@ fn admin_token_command_prints_a_token_and_its_line() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(64));
 }
+
+/// Runs `authzd serve ARGS` and returns its JSON log lines until one has `message`
+/// (then stops the process), or its exit code if it exits first. Bounded by 30s.
+fn serve_until(args: &[&str], message: &str) -> (Vec<serde_json::Value>, Option<i32>) {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_authzd"))
+        .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+            Ok(line) => {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+                let found = v["message"] == message;
+                lines.push(v);
+                if found {
+                    child.kill().unwrap();
+                    child.wait().unwrap();
+                    return (lines, None);
+                }
+            }
+            // The process exited (stderr closed) or the time is up.
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait().unwrap();
+                return (lines, status.code());
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn serve_admin_tokens_file_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let policy = common::example("console.yaml");
+    let policy = policy.to_str().unwrap();
+
+    // A missing file (an absent optional Secret): served without the admin API.
+    let (lines, code) = serve_until(
+        &[
+            "--policy",
+            policy,
+            "--admin-tokens-file",
+            missing.to_str().unwrap(),
+        ],
+        "serving",
+    );
+    assert_eq!(code, None, "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"] == "admin API off: the tokens file does not exist"),
+        "{lines:?}"
+    );
+
+    // An existing file without a database, or a malformed file: refused before binding.
+    let file = dir.path().join("tokens");
+    std::fs::write(&file, format!("{}\n", file_line(ROOT, "*", Some("root")))).unwrap();
+    let (lines, code) = serve_until(
+        &[
+            "--policy",
+            policy,
+            "--admin-tokens-file",
+            file.to_str().unwrap(),
+        ],
+        "serving",
+    );
+    assert_eq!(code, Some(64), "{lines:?}");
+    let bad = dir.path().join("bad");
+    std::fs::write(&bad, "sha256:nothex *\n").unwrap();
+    let db = TestDb::create("admin_flag").await;
+    let (lines, code) = serve_until(
+        &[
+            "--database-url",
+            &db.url,
+            "--admin-tokens-file",
+            bad.to_str().unwrap(),
+        ],
+        "serving",
+    );
+    assert_eq!(code, Some(64), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l["cause"]
+            .as_str()
+            .is_some_and(|c| c.contains("bad:1: expected"))),
+        "{lines:?}"
+    );
+
+    // With a database and a good file: on.
+    let (lines, code) = serve_until(
+        &[
+            "--database-url",
+            &db.url,
+            "--admin-tokens-file",
+            file.to_str().unwrap(),
+        ],
+        "serving",
+    );
+    assert_eq!(code, None, "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l["message"] == "admin API on"),
+        "{lines:?}"
+    );
+    db.drop_db().await;
+}
