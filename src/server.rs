@@ -113,6 +113,11 @@ pub async fn run(
 
     let addr = listener.local_addr()?;
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    // Ends the admin service's Watch streams at shutdown; they never end by themselves.
+    let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
+    let admin = config
+        .admin
+        .map(|admin| admin.with_signals(cache.subscribe(), stopping_rx));
     let mut builder = tonic::transport::Server::builder();
     if let Some(age) = config.max_connection_age {
         builder = builder
@@ -128,11 +133,7 @@ pub async fn run(
                 .fail_when_stale(config.service.max_staleness)
                 .svc(config.service.max_message_bytes),
         )
-        .add_optional_service(
-            config
-                .admin
-                .map(|admin| admin.svc(config.service.max_message_bytes)),
-        )
+        .add_optional_service(admin.map(|admin| admin.svc(config.service.max_message_bytes)))
         .add_service(
             AuthzService::new(cache, config.service)
                 .with_metrics(config.metrics)
@@ -145,7 +146,7 @@ pub async fn run(
     drain(
         serve,
         health,
-        drain_tx,
+        (drain_tx, stopping_tx),
         ready,
         config.shutdown_grace,
         shutdown,
@@ -156,7 +157,10 @@ pub async fn run(
 async fn drain(
     serve: impl Future<Output = Result<(), tonic::transport::Error>>,
     health: tonic_health::server::HealthReporter,
-    drain_tx: tokio::sync::oneshot::Sender<()>,
+    (drain_tx, stopping_tx): (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::sync::watch::Sender<bool>,
+    ),
     ready: tokio::task::JoinHandle<()>,
     grace: Duration,
     shutdown: impl Future<Output = ()>,
@@ -178,6 +182,7 @@ async fn drain(
         .set_not_serving::<AuthorizationServiceServer<AuthzService>>()
         .await;
     health.set_not_serving::<EnvoyServer>().await;
+    let _ = stopping_tx.send(true);
     let _ = drain_tx.send(());
     match tokio::time::timeout(grace, serve).await {
         Ok(res) => {

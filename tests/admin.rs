@@ -1310,3 +1310,136 @@ async fn serve_admin_tokens_file_flag() {
     );
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn watch_streams_committed_changes_from_a_revision() {
+    let env = Env::start("admin_watch").await;
+    let mut admin = env.admin();
+    let r0 = admin
+        .register_subject(root(register("alice")))
+        .await
+        .unwrap()
+        .into_inner()
+        .revision;
+    let watch = |after: u64, tenant: &str, token: &str| {
+        let mut admin = env.admin();
+        let req = authed(
+            token,
+            pb::WatchRequest {
+                tenant_id: tenant.into(),
+                after_revision: after,
+            },
+        );
+        async move { admin.watch(req).await }
+    };
+    let mut stream = watch(r0, "acme", ROOT).await.unwrap().into_inner();
+    let next = async |s: &mut tonic::Streaming<pb::WatchResponse>| {
+        tokio::time::timeout(Duration::from_secs(10), s.message())
+            .await
+            .expect("a change within 10s")
+            .unwrap()
+            .expect("the stream is open")
+    };
+
+    // A billing system learns when someone gains and loses a role.
+    let r1 = admin
+        .grant_role(root(grant("alice", "", "viewer", "")))
+        .await
+        .unwrap()
+        .into_inner()
+        .revision;
+    admin
+        .register_subject(root(pb::RegisterSubjectRequest {
+            tenant_id: "globex".into(),
+            subject_id: "gus".into(),
+            disabled: false,
+        }))
+        .await
+        .unwrap();
+    let r2 = admin
+        .revoke_role(root(pb::RevokeRoleRequest {
+            tenant_id: "acme".into(),
+            assignment: Some(assignment("alice", "", "viewer", "")),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .revision;
+    let m = next(&mut stream).await;
+    assert_eq!(m.revision, r1);
+    assert_eq!(m.changes.len(), 1);
+    let c = &m.changes[0];
+    assert_eq!(
+        (&*c.tenant_id, &*c.entity, c.operation()),
+        ("acme", "assignments", pb::ChangeOperation::Insert)
+    );
+    let row: serde_json::Value = serde_json::from_str(&c.new_json).unwrap();
+    assert_eq!(
+        (&row["subject_id"], &row["role_id"]),
+        (&"alice".into(), &"viewer".into())
+    );
+    let m = next(&mut stream).await;
+    assert_eq!(m.revision, r2, "globex's change is not in acme's stream");
+    assert_eq!(m.changes[0].operation(), pb::ChangeOperation::Delete);
+    assert!(m.changes[0].old_json.contains("alice") && m.changes[0].new_json.is_empty());
+    drop(stream);
+
+    // From an older revision it replays what followed, then goes on.
+    let mut all = watch(r0 - 1, "", ROOT).await.unwrap().into_inner();
+    let m = next(&mut all).await;
+    assert_eq!(m.revision, r0);
+    assert_eq!(m.changes[0].entity, "subjects");
+    let revisions = [
+        next(&mut all).await,
+        next(&mut all).await,
+        next(&mut all).await,
+    ]
+    .map(|m| m.revision);
+    assert_eq!(revisions[0], r1);
+    assert_eq!(revisions[2], r2, "every tenant's changes: {revisions:?}");
+    drop(all);
+
+    // Tenant limits apply.
+    assert_code(
+        watch(0, "", ACME).await,
+        Code::PermissionDenied,
+        "all tenants",
+    );
+    assert_code(
+        watch(0, "globex", ACME).await,
+        Code::PermissionDenied,
+        "tenant `globex`",
+    );
+    assert!(watch(r2, "acme", ACME).await.is_ok());
+
+    // A revision older than the retained change log is refused, with what to do.
+    env.db
+        .client()
+        .await
+        .execute(
+            "DELETE FROM authz_changes WHERE revision <= $1",
+            &[&(r1 as i64)],
+        )
+        .await
+        .unwrap();
+    assert_code(
+        watch(r0, "acme", ROOT).await,
+        Code::OutOfRange,
+        &format!("revision {r0} is older than the retained change log"),
+    );
+    let mut from_r1 = watch(r1, "acme", ROOT).await.unwrap().into_inner();
+    assert_eq!(next(&mut from_r1).await.revision, r2);
+
+    // An open stream does not hold up shutdown for the grace period.
+    let started = std::time::Instant::now();
+    env.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "stopped in {:?}",
+        started.elapsed()
+    );
+    let end = tokio::time::timeout(Duration::from_secs(5), from_r1.message())
+        .await
+        .unwrap();
+    assert!(!matches!(end, Ok(Some(_))), "the stream ended: {end:?}");
+}

@@ -9,9 +9,11 @@
 //!    operations need a token for every tenant);
 //! 3. runs the store operation; its errors are mapped in `grpc/status.rs`.
 
-use std::sync::Arc;
+use std::{pin::Pin, sync::Arc, time::Duration};
 
 use base64::Engine as _;
+use futures_util::Stream;
+use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, service::interceptor::InterceptedService};
 use tracing::{info, warn};
 
@@ -24,8 +26,14 @@ use crate::{
         pattern::Pattern,
         source::{AssignmentDoc, Format, RoleDoc, RouteDoc},
     },
-    store::admin::{AdminError, AdminStore},
+    store::admin::{AdminError, AdminStore, ChangeRow},
 };
+
+/// Revisions a Watch reads from the change log per query.
+const WATCH_BATCH: u64 = 500;
+/// How often an idle Watch looks for new changes when the cache's revision does not
+/// move (a server without a database follower, or one whose follower is behind).
+const WATCH_POLL: Duration = Duration::from_millis(500);
 
 /// Items per page when the request asks for none.
 const DEFAULT_PAGE: usize = 100;
@@ -69,6 +77,12 @@ fn input<T>(field: &str, r: std::result::Result<T, InputError>) -> Result<T> {
 pub struct PolicyAdmin {
     store: AdminStore,
     tokens: Arc<AdminTokens>,
+    /// The cache's applied revision: wakes idle Watch streams as soon as the follower
+    /// applies a change, instead of waiting for the next poll.
+    revisions: Option<watch::Receiver<Option<u64>>>,
+    /// Turns true when the server shuts down: Watch streams end then, so they do not
+    /// hold the drain for the whole grace period.
+    stopping: watch::Receiver<bool>,
 }
 
 impl PolicyAdmin {
@@ -77,7 +91,22 @@ impl PolicyAdmin {
         PolicyAdmin {
             store,
             tokens: Arc::new(tokens),
+            revisions: None,
+            // A sender dropped at once reads as "not stopping" until replaced.
+            stopping: watch::channel(false).1,
         }
+    }
+
+    /// Wakes Watch streams when `revisions` (the cache's) moves, and ends them when
+    /// `stopping` turns true.
+    pub fn with_signals(
+        mut self,
+        revisions: watch::Receiver<Option<u64>>,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
+        self.revisions = Some(revisions);
+        self.stopping = stopping;
+        self
     }
 
     /// The generated server, behind the token interceptor.
@@ -726,4 +755,131 @@ impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
             .await,
         )
     }
+    type WatchStream =
+        Pin<Box<dyn Stream<Item = std::result::Result<pb::WatchResponse, Status>> + Send>>;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> std::result::Result<Response<Self::WatchStream>, Status> {
+        let admin = caller(&request)?;
+        let m = request.into_inner();
+        let tenant = if m.tenant_id.is_empty() {
+            unlimited(&admin, "watching every tenant")?;
+            None
+        } else {
+            Some(tenant(&admin, &m.tenant_id)?.to_owned())
+        };
+        // The first read happens before the stream starts, so a revision older than the
+        // change log is the call's status (OUT_OF_RANGE), not a stream item.
+        let first = self
+            .store
+            .changes_after(tenant.as_deref(), m.after_revision, WATCH_BATCH)
+            .await
+            .map_err(Status::from)?;
+        info!(token = %admin.name, tenant = tenant.as_deref().unwrap_or("*"), after = m.after_revision, "watch started");
+        let (tx, mut rx) = mpsc::channel(16);
+        tokio::spawn(watch_task(
+            self.store.clone(),
+            tenant,
+            first,
+            tx,
+            self.revisions.clone(),
+            self.stopping.clone(),
+        ));
+        let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+type WatchItem = std::result::Result<pb::WatchResponse, Status>;
+
+/// Feeds one Watch stream until the client goes away, the server stops, or reading
+/// the change log fails (sent as the stream's final status).
+async fn watch_task(
+    store: AdminStore,
+    tenant: Option<String>,
+    mut batch: crate::store::admin::Changes,
+    tx: mpsc::Sender<WatchItem>,
+    mut revisions: Option<watch::Receiver<Option<u64>>>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    loop {
+        for response in group_by_revision(std::mem::take(&mut batch.rows)) {
+            if tx.send(Ok(response)).await.is_err() {
+                return;
+            }
+        }
+        if !batch.more {
+            let moved = async {
+                match revisions.as_mut() {
+                    Some(r) => {
+                        if r.changed().await.is_err() {
+                            // The cache is gone; polling alone from now on.
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            // `wait_for`'s guard must not live across the send below (it is not Send).
+            let stop = async {
+                if stopping.wait_for(|s| *s).await.is_err() {
+                    // No server to stop it (the sender is gone): never.
+                    std::future::pending::<()>().await;
+                }
+            };
+            let stopped = tokio::select! {
+                _ = tx.closed() => return,
+                _ = stop => true,
+                _ = moved => false,
+                _ = tokio::time::sleep(WATCH_POLL) => false,
+            };
+            if stopped {
+                let _ = tx
+                    .send(Err(Status::unavailable(
+                        "the server is shutting down; watch again from the last revision received",
+                    )))
+                    .await;
+                return;
+            }
+        }
+        batch = match store
+            .changes_after(tenant.as_deref(), batch.upto, WATCH_BATCH)
+            .await
+        {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = tx.send(Err(Status::from(e))).await;
+                return;
+            }
+        };
+    }
+}
+
+/// One response per revision, in order; rows arrive sorted by revision.
+fn group_by_revision(rows: Vec<ChangeRow>) -> Vec<pb::WatchResponse> {
+    let mut out: Vec<pb::WatchResponse> = Vec::new();
+    for row in rows {
+        let change = pb::Change {
+            tenant_id: row.tenant_id,
+            entity: row.entity,
+            operation: match row.op.as_str() {
+                "INSERT" => pb::ChangeOperation::Insert,
+                "UPDATE" => pb::ChangeOperation::Update,
+                "DELETE" => pb::ChangeOperation::Delete,
+                _ => pb::ChangeOperation::Unspecified,
+            } as i32,
+            old_json: row.old.unwrap_or_default(),
+            new_json: row.new.unwrap_or_default(),
+        };
+        match out.last_mut() {
+            Some(last) if last.revision == row.revision => last.changes.push(change),
+            _ => out.push(pb::WatchResponse {
+                revision: row.revision,
+                changes: vec![change],
+            }),
+        }
+    }
+    out
 }

@@ -18,7 +18,8 @@
 //! | row to change or delete missing | NOT_FOUND |
 //! | row to create exists (unique violation, 23505) | ALREADY_EXISTS |
 //! | built-in role, keys, checks and validation triggers (23xxx) | FAILED_PRECONDITION, with the database's message |
-//! | database unreachable or not migrated | UNAVAILABLE |
+//! | Watch from a revision older than the retained change log | OUT_OF_RANGE |
+//! | database unreachable or not migrated; Watch ended by shutdown | UNAVAILABLE |
 //! | anything else | INTERNAL (logged) |
 //!
 //! Missing or wrong credentials are UNAUTHENTICATED, from [`super::auth::AdminAuth`].
@@ -68,6 +69,7 @@ impl From<AdminError> for Status {
             AdminError::AlreadyExists(m) => Status::already_exists(m),
             AdminError::Precondition(m) => Status::failed_precondition(m),
             AdminError::Invalid(m) => Status::invalid_argument(m),
+            AdminError::OutOfRange(m) => Status::out_of_range(m),
             AdminError::Unavailable(_) => {
                 error!(cause = %e, "admin request failed");
                 Status::unavailable(e.to_string())

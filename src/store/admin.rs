@@ -42,6 +42,9 @@ pub enum AdminError {
     /// A policy document does not compile; nothing was written.
     #[error("{0}")]
     Invalid(String),
+    /// A watch asked for changes older than the retained change log.
+    #[error("{0}")]
+    OutOfRange(String),
     /// The database cannot be reached, or the schema is missing.
     #[error("database unavailable: {0}")]
     Unavailable(String),
@@ -137,6 +140,34 @@ pub struct AuditEvent {
     pub detail: String,
     /// The revision the write committed.
     pub revision: u64,
+}
+
+/// One row of the change log (`authz_changes`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChangeRow {
+    /// The revision it committed under.
+    pub revision: u64,
+    /// The row's tenant; empty for built-in roles and global endpoints.
+    pub tenant_id: String,
+    /// The table.
+    pub entity: String,
+    /// `INSERT`, `UPDATE` or `DELETE`.
+    pub op: String,
+    /// The row before, as JSON text.
+    pub old: Option<String>,
+    /// The row after, as JSON text.
+    pub new: Option<String>,
+}
+
+/// Changes after a revision, read by [`AdminStore::changes_after`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Changes {
+    /// Every row of the revisions after the one asked for, up to and including `upto`.
+    pub rows: Vec<ChangeRow>,
+    /// The last revision these rows cover (the one asked for, when nothing is new).
+    pub upto: u64,
+    /// More revisions are already committed after `upto`.
+    pub more: bool,
 }
 
 /// A page of items and whether more follow.
@@ -900,6 +931,82 @@ impl AdminStore {
             })
             .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
         Ok(Page::of(items, size))
+    }
+
+    /// The changes committed after revision `after`, at most `max_revisions` revisions
+    /// of them, only `tenant`'s (and the shared built-in section's) when given; fails
+    /// with [`AdminError::OutOfRange`] when the change log no longer reaches back to
+    /// `after` (rows were pruned).
+    pub async fn changes_after(
+        &self,
+        tenant: Option<&str>,
+        after: u64,
+        max_revisions: u64,
+    ) -> Result<Changes, AdminError> {
+        let mut conn = self.pool.get().await?;
+        // One snapshot: the revision, the oldest retained row and the rows agree.
+        let tx = read_tx(&mut conn).await?;
+        let current = to_u64(
+            tx.query_one("SELECT revision FROM authz_state", &[])
+                .await?
+                .try_get(0)?,
+        );
+        if current <= after {
+            tx.commit().await?;
+            return Ok(Changes {
+                rows: Vec::new(),
+                upto: after,
+                more: false,
+            });
+        }
+        // Every revision has change rows (the capture trigger writes them as it takes
+        // the revision), so the log reaches back to `after` iff it holds `after + 1`.
+        let oldest: Option<i64> = tx
+            .query_one("SELECT min(revision) FROM authz_changes", &[])
+            .await?
+            .try_get(0)?;
+        let oldest = oldest.map(to_u64);
+        if oldest.is_none_or(|o| o > after.saturating_add(1)) {
+            let retained = match oldest {
+                Some(o) => format!("the oldest retained change is at revision {o}"),
+                None => "no changes are retained".to_owned(),
+            };
+            return Err(AdminError::OutOfRange(format!(
+                "revision {after} is older than the retained change log ({retained}); \
+                 read the current state (ExportPolicy or the List calls) and watch from \
+                 the revision it reflects"
+            )));
+        }
+        let upto = current.min(after.saturating_add(max_revisions.max(1)));
+        let to_i64 = |r: u64| i64::try_from(r).unwrap_or(i64::MAX);
+        let rows = tx
+            .query(
+                "SELECT revision, tenant_id, entity, op, old::text, new::text FROM authz_changes \
+                 WHERE revision > $1 AND revision <= $2 \
+                   AND ($3::text IS NULL OR tenant_id IN ('', $3)) \
+                 ORDER BY revision, seq",
+                &[&to_i64(after), &to_i64(upto), &tenant],
+            )
+            .await?;
+        tx.commit().await?;
+        let rows = rows
+            .iter()
+            .map(|r| {
+                Ok(ChangeRow {
+                    revision: to_u64(r.try_get(0)?),
+                    tenant_id: r.try_get(1)?,
+                    entity: r.try_get(2)?,
+                    op: r.try_get(3)?,
+                    old: r.try_get(4)?,
+                    new: r.try_get(5)?,
+                })
+            })
+            .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
+        Ok(Changes {
+            rows,
+            upto,
+            more: upto < current,
+        })
     }
 
     /// Audit events with ids below `before`, newest first; only `tenant`'s when given.
