@@ -9,10 +9,12 @@
 //!   ([`policy::decision`]) and listings ([`policy::list`]).
 //! - [`cache`]: the shared in-memory policy: tenant slots swapped atomically, and the
 //!   applied revision.
-//! - [`store`]: where policies come from (a file, reloaded on change).
+//! - [`store`]: where policies come from (a file, reloaded on change; or PostgreSQL,
+//!   followed through its change log), and the admin API's writes ([`store::admin`]).
 //! - [`grpc`]: the `authz.v1.AuthorizationService` implementation, and Envoy's
-//!   `envoy.service.auth.v3.Authorization` ([`grpc::envoy`]); [`pb`] the generated
-//!   bindings.
+//!   `envoy.service.auth.v3.Authorization` ([`grpc::envoy`]), the admin API
+//!   `authz.v1.PolicyAdminService` ([`grpc::admin`], behind [`grpc::auth`]'s bearer
+//!   tokens); [`pb`] the generated bindings.
 //! - [`metrics`]: Prometheus metrics and their `/metrics` endpoint.
 //! - [`server`]: one listener with the query service, health and reflection; graceful
 //!   shutdown. [`config`] and [`cli`]: the `authzd` command line.

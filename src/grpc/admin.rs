@@ -286,7 +286,8 @@ macro_rules! write_rpc {
         let $s: &AdminStore = $store;
         let r: Result<u64> = async { Ok($body) }.await;
         if let Ok(revision) = &r {
-            info!(token = %$admin.name, rpc = stringify!($resp), revision, "admin write");
+            let rpc = stringify!($resp).trim_end_matches("Response");
+            info!(token = %$admin.name, rpc, revision, "admin write");
         }
         done(r.map(|revision| pb::$resp { revision }))
     }};
