@@ -5,7 +5,9 @@ use std::{env, fs, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let fds = protox::compile(["authz/v1/authz.proto"], ["proto"])?;
+    // refinery embeds `migrations/` at compile time; a new migration must rebuild the crate.
+    println!("cargo:rerun-if-changed=migrations");
+    let fds = protox::compile(["authz/v1/authz.proto", "authz/v1/admin.proto"], ["proto"])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(
         out.join("authz_descriptor.bin"),

@@ -24,7 +24,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the gRPC API (query service, Envoy ext_authz, health, reflection).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Check policy files and report every problem.
     Validate(ValidateArgs),
     /// Decide one request offline against a policy file, as the server would.
@@ -38,6 +38,20 @@ pub enum Command {
     Policy(crate::cli::policy::PolicyCommand),
     /// Fill an empty database with a large synthetic policy (load tests; needs a superuser).
     GenDataset(crate::cli::dataset::GenDatasetArgs),
+    /// Generate an admin API token and its line for the tokens file.
+    AdminToken(AdminTokenArgs),
+}
+
+/// `authzd admin-token`.
+#[derive(Clone, Debug, Args)]
+pub struct AdminTokenArgs {
+    /// Tenants the token may manage: `*` (all, and whole-policy operations) or a
+    /// comma-separated list.
+    #[arg(long, default_value = "*")]
+    pub tenants: String,
+    /// Name of the token, recorded in the audit log (no spaces).
+    #[arg(long)]
+    pub name: Option<String>,
 }
 
 /// `authzd serve`.
@@ -55,6 +69,12 @@ pub struct ServeArgs {
     /// `postgres://authz@db:5432/authz`.
     #[arg(long, env = "AUTHZ_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// Admin API bearer tokens, one `sha256:<hex> [TENANTS] [NAME]` a line; needs
+    /// `--database-url`. The admin API is off without it, or when the file is missing.
+    // Not a clap `requires`: deploy/kubernetes sets the variable for an optional Secret
+    // whether or not a database is configured; a missing file must not stop the server.
+    #[arg(long, env = "AUTHZ_ADMIN_TOKENS_FILE")]
+    pub admin_tokens_file: Option<PathBuf>,
     /// Run schema migrations at start (with `--database-url`).
     #[arg(long, env = "AUTHZ_MIGRATE")]
     pub migrate: bool,

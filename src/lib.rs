@@ -12,10 +12,12 @@
 //!   applied revision.
 //! - [`store`]: where policies come from: a file, reloaded on change
 //!   ([`store::file`]), or PostgreSQL ([`store::postgres`] schema and reads,
-//!   [`store::follow`] the live follower, [`store::sync`] apply/export).
+//!   [`store::follow`] the live follower, [`store::sync`] apply/export), and the admin
+//!   API's writes ([`store::admin`]).
 //! - [`grpc`]: the `authz.v1.AuthorizationService` implementation, and Envoy's
-//!   `envoy.service.auth.v3.Authorization` ([`grpc::envoy`]); [`pb`] the generated
-//!   bindings.
+//!   `envoy.service.auth.v3.Authorization` ([`grpc::envoy`]), the admin API
+//!   `authz.v1.PolicyAdminService` ([`grpc::admin`], behind [`grpc::auth`]'s bearer
+//!   tokens); [`pb`] the generated bindings.
 //! - [`metrics`]: Prometheus metrics and their `/metrics` endpoint.
 //! - [`server`]: one listener with the query service, health and reflection; graceful
 //!   shutdown. [`config`] and [`cli`]: the `authzd` command line.

@@ -23,12 +23,13 @@ fn main() -> Exit {
     };
     telemetry::init(cli.log_format);
     match cli.command {
-        Command::Serve(args) => cli::serve::run(args),
+        Command::Serve(args) => cli::serve::run(*args),
         Command::Validate(args) => cli::validate::run(&args),
         Command::Check(args) => cli::check::run(&args),
         Command::List(args) => cli::check::list(&args),
         Command::Migrate(args) => cli::migrate::run(&args),
         Command::Policy(command) => cli::policy::run(&command),
         Command::GenDataset(args) => cli::dataset::run(&args),
+        Command::AdminToken(args) => cli::admin_token::run(&args),
     }
 }

@@ -1,6 +1,8 @@
 //! The gRPC server: query service, Envoy external authorization, health and reflection
 //! on one listener, with graceful shutdown.
 //!
+//! The admin service (`authz.v1.PolicyAdminService`) is added only when configured.
+//!
 //! Health: `""`, `authz.v1.AuthorizationService` and
 //! `envoy.service.auth.v3.Authorization` turn SERVING once the cache holds a policy, and
 //! NOT_SERVING when shutdown begins; then in-flight requests get `shutdown_grace` to
@@ -16,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::{
     cache::Cache,
-    grpc::{AuthzService, EnvoyAuthzService, EnvoyConfig, ServiceConfig},
+    grpc::{AuthzService, EnvoyAuthzService, EnvoyConfig, PolicyAdmin, ServiceConfig},
     metrics::Metrics,
     pb::authorization_service_server::AuthorizationServiceServer,
 };
@@ -53,6 +55,8 @@ pub struct ServerConfig {
     pub envoy: EnvoyConfig,
     /// Where requests and decisions are recorded; `None`: nowhere.
     pub metrics: Option<Metrics>,
+    /// The admin service; `None`: not served (its calls are UNIMPLEMENTED).
+    pub admin: Option<PolicyAdmin>,
 }
 
 impl Default for ServerConfig {
@@ -63,6 +67,7 @@ impl Default for ServerConfig {
             max_connection_age: None,
             envoy: EnvoyConfig::default(),
             metrics: None,
+            admin: None,
         }
     }
 }
@@ -108,6 +113,11 @@ pub async fn run(
 
     let addr = listener.local_addr()?;
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    // Ends the admin service's Watch streams at shutdown; they never end by themselves.
+    let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
+    let admin = config
+        .admin
+        .map(|admin| admin.with_signals(cache.subscribe(), stopping_rx));
     let mut builder = tonic::transport::Server::builder();
     if let Some(age) = config.max_connection_age {
         builder = builder
@@ -123,6 +133,7 @@ pub async fn run(
                 .fail_when_stale(config.service.max_staleness)
                 .svc(config.service.max_message_bytes),
         )
+        .add_optional_service(admin.map(|admin| admin.svc(config.service.max_message_bytes)))
         .add_service(
             AuthzService::new(cache, config.service)
                 .with_metrics(config.metrics)
@@ -135,7 +146,7 @@ pub async fn run(
     drain(
         serve,
         health,
-        drain_tx,
+        (drain_tx, stopping_tx),
         ready,
         config.shutdown_grace,
         shutdown,
@@ -146,7 +157,10 @@ pub async fn run(
 async fn drain(
     serve: impl Future<Output = Result<(), tonic::transport::Error>>,
     health: tonic_health::server::HealthReporter,
-    drain_tx: tokio::sync::oneshot::Sender<()>,
+    (drain_tx, stopping_tx): (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::sync::watch::Sender<bool>,
+    ),
     ready: tokio::task::JoinHandle<()>,
     grace: Duration,
     shutdown: impl Future<Output = ()>,
@@ -168,6 +182,7 @@ async fn drain(
         .set_not_serving::<AuthorizationServiceServer<AuthzService>>()
         .await;
     health.set_not_serving::<EnvoyServer>().await;
+    let _ = stopping_tx.send(true);
     let _ = drain_tx.send(());
     match tokio::time::timeout(grace, serve).await {
         Ok(res) => {

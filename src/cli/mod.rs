@@ -10,6 +10,7 @@ macro_rules! say {
 }
 pub(crate) use say;
 
+pub mod admin_token;
 pub mod check;
 pub mod dataset;
 pub mod migrate;

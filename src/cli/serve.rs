@@ -8,16 +8,49 @@ use super::{Exit, load_exit};
 use crate::{
     cache::Cache,
     config::ServeArgs,
-    grpc::{EnvoyConfig, ServiceConfig},
+    grpc::{EnvoyConfig, PolicyAdmin, ServiceConfig, auth::AdminTokens},
     metrics::{self, Freshness, Metrics, PolicySource},
     server::{self, ServerConfig},
     shutdown,
     store::{
+        admin::AdminStore,
         file::{Reloader, load, spawn_reloader},
         follow::{FollowConfig, Follower, spawn_follower},
         postgres,
     },
 };
+
+/// Connections the admin service may hold; admin writes are rare and short.
+const ADMIN_POOL_SIZE: usize = 4;
+
+/// The admin service, if `--admin-tokens-file` names a readable file of tokens.
+fn admin_service(args: &ServeArgs) -> Result<Option<PolicyAdmin>, Exit> {
+    let Some(path) = &args.admin_tokens_file else {
+        return Ok(None);
+    };
+    let tokens = match AdminTokens::load(path) {
+        Ok(Some(tokens)) => tokens,
+        Ok(None) => {
+            // Kubernetes mounts an optional Secret as a missing file.
+            info!(file = %path.display(), "admin API off: the tokens file does not exist");
+            return Ok(None);
+        }
+        Err(e) => {
+            error!(cause = %e, "cannot read the admin tokens file");
+            return Err(Exit::Usage);
+        }
+    };
+    let Some(url) = &args.database_url else {
+        error!("the admin API (`--admin-tokens-file`) needs `--database-url`");
+        return Err(Exit::Usage);
+    };
+    let pool = postgres::pool(url, ADMIN_POOL_SIZE).map_err(|e| {
+        error!(cause = %e, "cannot set up the admin API's database pool");
+        Exit::Usage
+    })?;
+    info!(file = %path.display(), "admin API on");
+    Ok(Some(PolicyAdmin::new(AdminStore::new(pool), tokens)))
+}
 
 /// Runs the server on a new multi-threaded runtime.
 pub fn run(args: ServeArgs) -> Exit {
@@ -43,6 +76,11 @@ enum Source {
 
 async fn serve(args: ServeArgs) -> Exit {
     let cache = Cache::new();
+    // Checked before anything binds: a bad tokens file is a bad configuration.
+    let admin = match admin_service(&args) {
+        Ok(admin) => admin,
+        Err(exit) => return exit,
+    };
     let _source =
         match (&args.policy, &args.database_url) {
             (Some(path), None) => {
@@ -137,6 +175,7 @@ async fn serve(args: ServeArgs) -> Exit {
             subject_claim: args.envoy_subject_claim.clone(),
         },
         metrics,
+        admin,
     };
     match server::run(listener, cache, config, shutdown::signal()).await {
         Ok(()) => Exit::Ok,

@@ -9,6 +9,21 @@
 //! Unknown tenants and subjects are deny reasons, not errors. Nothing here is ever an
 //! allow.
 //!
+//! The admin service ([`AdminRequestError`], [`AdminError`]):
+//!
+//! | error | status |
+//! | --- | --- |
+//! | bad request value, invalid policy document | INVALID_ARGUMENT, naming the field or the problem |
+//! | token not limited to this tenant, or not to all tenants | PERMISSION_DENIED |
+//! | row to change or delete missing | NOT_FOUND |
+//! | row to create exists (unique violation, 23505) | ALREADY_EXISTS |
+//! | built-in role, keys, checks and validation triggers (23xxx) | FAILED_PRECONDITION, with the database's message |
+//! | Watch from a revision older than the retained change log | OUT_OF_RANGE |
+//! | database unreachable or not migrated; Watch ended by shutdown | UNAVAILABLE |
+//! | anything else | INTERNAL (logged) |
+//!
+//! Missing or wrong credentials are UNAUTHENTICATED, from [`super::auth::AdminAuth`].
+//!
 //! The Envoy service answers every request with a `CheckResponse`; a request it cannot
 //! decide is denied ([`envoy_denial`]):
 //!
@@ -20,8 +35,10 @@
 use envoy_types::ext_authz::v3::pb::HttpStatusCode;
 use tonic::{Code, Status};
 
-use super::{convert::FieldError, envoy::EnvoyError};
-use crate::cache::FreshnessError;
+use tracing::error;
+
+use super::{admin::AdminRequestError, convert::FieldError, envoy::EnvoyError};
+use crate::{cache::FreshnessError, store::admin::AdminError};
 
 impl From<FieldError> for Status {
     fn from(e: FieldError) -> Self {
@@ -32,6 +49,36 @@ impl From<FieldError> for Status {
 impl From<FreshnessError> for Status {
     fn from(e: FreshnessError) -> Self {
         Status::unavailable(e.to_string())
+    }
+}
+
+impl From<AdminRequestError> for Status {
+    fn from(e: AdminRequestError) -> Self {
+        match e {
+            AdminRequestError::Field { .. } => Status::invalid_argument(e.to_string()),
+            AdminRequestError::Denied(m) => Status::permission_denied(m),
+            AdminRequestError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<AdminError> for Status {
+    fn from(e: AdminError) -> Self {
+        match e {
+            AdminError::NotFound(m) => Status::not_found(m),
+            AdminError::AlreadyExists(m) => Status::already_exists(m),
+            AdminError::Precondition(m) => Status::failed_precondition(m),
+            AdminError::Invalid(m) => Status::invalid_argument(m),
+            AdminError::OutOfRange(m) => Status::out_of_range(m),
+            AdminError::Unavailable(_) => {
+                error!(cause = %e, "admin request failed");
+                Status::unavailable(e.to_string())
+            }
+            AdminError::Db(_) => {
+                error!(cause = %e, "admin request failed");
+                Status::internal(e.to_string())
+            }
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! when it changes, or PostgreSQL ([`postgres`]), loaded at start and followed through
 //! its change log.
 
+pub mod admin;
 pub mod file;
 pub mod follow;
 pub mod postgres;

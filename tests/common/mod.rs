@@ -85,6 +85,25 @@ impl TestServer {
         (Self::serve(cache, config, None).await, follower)
     }
 
+    /// Starts a server following the database, once it has loaded, with full server
+    /// settings (the admin service, ...).
+    pub async fn start_db_configured(
+        follow: authz::store::follow::FollowConfig,
+        config: server::ServerConfig,
+    ) -> (Self, authz::store::follow::Follower) {
+        let cache = Cache::new();
+        let follower = authz::store::follow::spawn_follower(follow, cache.clone());
+        let mut loaded = cache.subscribe();
+        tokio::time::timeout(Duration::from_secs(30), loaded.wait_for(Option::is_some))
+            .await
+            .expect("the follower loaded the database within 30s")
+            .unwrap();
+        (
+            Self::serve_configured(cache, config, None, false).await,
+            follower,
+        )
+    }
+
     /// Starts a server on `policy` (not reloaded) with full server settings (Envoy
     /// headers, ...); with `serve_metrics`, also `/metrics` on 127.0.0.1:0.
     pub async fn start_configured(

@@ -1,0 +1,886 @@
+//! `authz.v1.PolicyAdminService`: translate and validate the request, check the caller's
+//! tenant limit, delegate to [`crate::store::admin`], translate back.
+//!
+//! Authentication happens before any of this, in [`super::auth::AdminAuth`], which puts
+//! the caller ([`Admin`]) in the request's extensions. Each handler then:
+//! 1. validates every value with [`crate::model`] (and route patterns and methods as the
+//!    policy compiler does), failing with INVALID_ARGUMENT naming the field;
+//! 2. refuses a tenant the token is not limited to with PERMISSION_DENIED (whole-policy
+//!    operations need a token for every tenant);
+//! 3. runs the store operation; its errors are mapped in `grpc/status.rs`.
+
+use std::{pin::Pin, sync::Arc, time::Duration};
+
+use base64::Engine as _;
+use futures_util::Stream;
+use tokio::sync::{mpsc, watch};
+use tonic::{Request, Response, Status, service::interceptor::InterceptedService};
+use tracing::{info, warn};
+
+use super::auth::{Admin, AdminAuth, AdminTokens};
+use crate::{
+    model::{self, InputError, MethodSet},
+    pb::{self, policy_admin_service_server::PolicyAdminServiceServer},
+    policy::{
+        PolicyDocument,
+        pattern::Pattern,
+        source::{AssignmentDoc, Format, RoleDoc, RouteDoc},
+    },
+    store::admin::{AdminError, AdminStore, ChangeRow},
+};
+
+/// Revisions a Watch reads from the change log per query.
+const WATCH_BATCH: u64 = 500;
+/// How often an idle Watch looks for new changes when the cache's revision does not
+/// move (a server without a database follower, or one whose follower is behind).
+const WATCH_POLL: Duration = Duration::from_millis(500);
+
+/// Items per page when the request asks for none.
+const DEFAULT_PAGE: usize = 100;
+/// The most items per page; larger requests get this many.
+const MAX_PAGE: usize = 1000;
+
+/// Why an admin request was refused before reaching the database.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminRequestError {
+    /// A request value is invalid.
+    #[error("invalid `{field}`: {message}")]
+    Field {
+        /// The field path, e.g. `role.routes[1].path`.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The token may not manage this tenant (or all tenants).
+    #[error("{0}")]
+    Denied(String),
+    /// The store refused or failed.
+    #[error(transparent)]
+    Store(#[from] AdminError),
+}
+
+type Result<T> = std::result::Result<T, AdminRequestError>;
+
+fn bad(field: impl Into<String>, message: impl ToString) -> AdminRequestError {
+    AdminRequestError::Field {
+        field: field.into(),
+        message: message.to_string(),
+    }
+}
+
+fn input<T>(field: &str, r: std::result::Result<T, InputError>) -> Result<T> {
+    r.map_err(|e| bad(field, e))
+}
+
+/// The admin service over a database pool, with the tokens that may call it.
+#[derive(Clone, Debug)]
+pub struct PolicyAdmin {
+    store: AdminStore,
+    tokens: Arc<AdminTokens>,
+    /// The cache's applied revision: wakes idle Watch streams as soon as the follower
+    /// applies a change, instead of waiting for the next poll.
+    revisions: Option<watch::Receiver<Option<u64>>>,
+    /// Turns true when the server shuts down: Watch streams end then, so they do not
+    /// hold the drain for the whole grace period.
+    stopping: watch::Receiver<bool>,
+}
+
+impl PolicyAdmin {
+    /// The service over `store`, callable with `tokens`.
+    pub fn new(store: AdminStore, tokens: AdminTokens) -> Self {
+        PolicyAdmin {
+            store,
+            tokens: Arc::new(tokens),
+            revisions: None,
+            // A sender dropped at once reads as "not stopping" until replaced.
+            stopping: watch::channel(false).1,
+        }
+    }
+
+    /// Wakes Watch streams when `revisions` (the cache's) moves, and ends them when
+    /// `stopping` turns true.
+    pub fn with_signals(
+        mut self,
+        revisions: watch::Receiver<Option<u64>>,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
+        self.revisions = Some(revisions);
+        self.stopping = stopping;
+        self
+    }
+
+    /// The generated server, behind the token interceptor.
+    pub fn svc(
+        self,
+        max_message_bytes: usize,
+    ) -> InterceptedService<PolicyAdminServiceServer<PolicyAdmin>, AdminAuth> {
+        let auth = AdminAuth::new(self.tokens.clone());
+        InterceptedService::new(
+            PolicyAdminServiceServer::new(self)
+                .max_decoding_message_size(max_message_bytes)
+                .max_encoding_message_size(max_message_bytes),
+            auth,
+        )
+    }
+}
+
+/// The authenticated caller; refused if the interceptor did not run (never expected).
+fn caller<T>(req: &Request<T>) -> std::result::Result<Admin, Status> {
+    req.extensions()
+        .get::<Admin>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("not authenticated"))
+}
+
+/// Validates the tenant and checks the caller may manage it.
+fn tenant<'a>(admin: &Admin, tenant: &'a str) -> Result<&'a str> {
+    let t = input("tenant_id", model::tenant_id(tenant))?;
+    if !admin.may(t) {
+        warn!(token = %admin.name, tenant = %t, "admin request refused: tenant not permitted");
+        return Err(AdminRequestError::Denied(format!(
+            "this token may not manage tenant `{t}`"
+        )));
+    }
+    Ok(t)
+}
+
+fn unlimited(admin: &Admin, what: &str) -> Result<()> {
+    if admin.is_unlimited() {
+        Ok(())
+    } else {
+        warn!(token = %admin.name, what, "admin request refused: needs a token for all tenants");
+        Err(AdminRequestError::Denied(format!(
+            "{what} needs a token for all tenants"
+        )))
+    }
+}
+
+fn role(r: Option<&pb::Role>) -> Result<RoleDoc> {
+    let r = r.ok_or_else(|| bad("role", InputError::Empty))?;
+    input("role.id", model::name(&r.id))?;
+    for (i, inc) in r.includes.iter().enumerate() {
+        input(&format!("role.includes[{i}]"), model::name(inc))?;
+    }
+    for (i, p) in r.permissions.iter().enumerate() {
+        input(&format!("role.permissions[{i}]"), model::name(p))?;
+    }
+    for (i, route) in r.routes.iter().enumerate() {
+        MethodSet::parse(&route.methods)
+            .map_err(|e| bad(format!("role.routes[{i}].methods"), e))?;
+        Pattern::parse(&route.path).map_err(|e| bad(format!("role.routes[{i}].path"), e))?;
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, inc) in r.includes.iter().enumerate() {
+        if !seen.insert(inc) {
+            return Err(bad(
+                format!("role.includes[{i}]"),
+                format!("lists `{inc}` twice"),
+            ));
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, p) in r.permissions.iter().enumerate() {
+        if !seen.insert(p) {
+            return Err(bad(
+                format!("role.permissions[{i}]"),
+                format!("lists `{p}` twice"),
+            ));
+        }
+    }
+    Ok(RoleDoc {
+        id: r.id.clone(),
+        description: r.description.clone(),
+        includes: r.includes.clone(),
+        permissions: r.permissions.clone(),
+        routes: r
+            .routes
+            .iter()
+            .map(|x| RouteDoc {
+                methods: x.methods.clone(),
+                path: x.path.clone(),
+            })
+            .collect(),
+    })
+}
+
+fn assignment(a: Option<&pb::Assignment>) -> Result<AssignmentDoc> {
+    let a = a.ok_or_else(|| bad("assignment", InputError::Empty))?;
+    let (subject, group) = match (a.subject_id.is_empty(), a.group_id.is_empty()) {
+        (false, true) => (
+            Some(input("assignment.subject_id", model::subject_id(&a.subject_id))?.to_owned()),
+            None,
+        ),
+        (true, false) => (
+            None,
+            Some(input("assignment.group_id", model::subject_id(&a.group_id))?.to_owned()),
+        ),
+        _ => {
+            return Err(bad(
+                "assignment.subject_id",
+                "give exactly one of `subject_id` and `group_id`",
+            ));
+        }
+    };
+    input("assignment.role_id", model::name(&a.role_id))?;
+    input("assignment.scope", model::scope(&a.scope))?;
+    Ok(AssignmentDoc {
+        subject,
+        group,
+        role: a.role_id.clone(),
+        scope: a.scope.clone(),
+    })
+}
+
+fn page_size(n: i32) -> Result<usize> {
+    match usize::try_from(n) {
+        Ok(0) => Ok(DEFAULT_PAGE),
+        Ok(n) => Ok(n.min(MAX_PAGE)),
+        Err(_) => Err(bad("page_size", "must not be negative")),
+    }
+}
+
+/// Page tokens are the last item's key, base64url: opaque to callers, and a changed
+/// list never makes a page skip or repeat an item that stayed.
+fn encode_token(key: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key)
+}
+
+fn decode_token(token: &str) -> Result<String> {
+    if token.is_empty() {
+        return Ok(String::new());
+    }
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| bad("page_token", "is not a token this server issued"))
+}
+
+fn decode_number(token: &str, empty: i64) -> Result<i64> {
+    if token.is_empty() {
+        return Ok(empty);
+    }
+    decode_token(token)?
+        .parse()
+        .map_err(|_| bad("page_token", "is not a token this server issued"))
+}
+
+fn format(f: i32) -> Result<Format> {
+    match pb::DocumentFormat::try_from(f) {
+        Ok(pb::DocumentFormat::Unspecified | pb::DocumentFormat::Yaml) => Ok(Format::Yaml),
+        Ok(pb::DocumentFormat::Json) => Ok(Format::Json),
+        Err(_) => Err(bad("format", format!("unknown format {f}"))),
+    }
+}
+
+fn done<T>(r: Result<T>) -> std::result::Result<Response<T>, Status> {
+    r.map(Response::new).map_err(Status::from)
+}
+
+/// The body of a write RPC: the caller, the message, the store operation's revision,
+/// a log line, the response. (A body-only macro: `async_trait` must see the methods.)
+macro_rules! write_rpc {
+    ($request:ident, $store:expr, $resp:ident, |$admin:ident, $m:ident, $s:ident| $body:expr) => {{
+        let $admin = caller(&$request)?;
+        let $m = $request.into_inner();
+        let $s: &AdminStore = $store;
+        let r: Result<u64> = async { Ok($body) }.await;
+        if let Ok(revision) = &r {
+            let rpc = stringify!($resp).trim_end_matches("Response");
+            info!(token = %$admin.name, rpc, revision, "admin write");
+        }
+        done(r.map(|revision| pb::$resp { revision }))
+    }};
+}
+
+#[tonic::async_trait]
+impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
+    async fn create_role(
+        &self,
+        request: Request<pb::CreateRoleRequest>,
+    ) -> std::result::Result<Response<pb::CreateRoleResponse>, Status> {
+        write_rpc!(
+            request,
+            &self.store,
+            CreateRoleResponse,
+            |admin, m, store| {
+                let t = tenant(&admin, &m.tenant_id)?;
+                let r = role(m.role.as_ref())?;
+                store.create_role(&admin.name, t, &r).await?
+            }
+        )
+    }
+
+    async fn update_role(
+        &self,
+        request: Request<pb::UpdateRoleRequest>,
+    ) -> std::result::Result<Response<pb::UpdateRoleResponse>, Status> {
+        write_rpc!(
+            request,
+            &self.store,
+            UpdateRoleResponse,
+            |admin, m, store| {
+                let t = tenant(&admin, &m.tenant_id)?;
+                let r = role(m.role.as_ref())?;
+                store.update_role(&admin.name, t, &r).await?
+            }
+        )
+    }
+
+    async fn delete_role(
+        &self,
+        request: Request<pb::DeleteRoleRequest>,
+    ) -> std::result::Result<Response<pb::DeleteRoleResponse>, Status> {
+        write_rpc!(
+            request,
+            &self.store,
+            DeleteRoleResponse,
+            |admin, m, store| {
+                let t = tenant(&admin, &m.tenant_id)?;
+                let r = input("role_id", model::name(&m.role_id))?;
+                store.delete_role(&admin.name, t, r).await?
+            }
+        )
+    }
+
+    async fn grant_role(
+        &self,
+        request: Request<pb::GrantRoleRequest>,
+    ) -> std::result::Result<Response<pb::GrantRoleResponse>, Status> {
+        write_rpc!(
+            request,
+            &self.store,
+            GrantRoleResponse,
+            |admin, m, store| {
+                let t = tenant(&admin, &m.tenant_id)?;
+                let a = assignment(m.assignment.as_ref())?;
+                store.grant(&admin.name, t, &a).await?
+            }
+        )
+    }
+
+    async fn revoke_role(
+        &self,
+        request: Request<pb::RevokeRoleRequest>,
+    ) -> std::result::Result<Response<pb::RevokeRoleResponse>, Status> {
+        write_rpc!(
+            request,
+            &self.store,
+            RevokeRoleResponse,
+            |admin, m, store| {
+                let t = tenant(&admin, &m.tenant_id)?;
+                let a = assignment(m.assignment.as_ref())?;
+                store.revoke(&admin.name, t, &a).await?
+            }
+        )
+    }
+
+    async fn register_subject(
+        &self,
+        request: Request<pb::RegisterSubjectRequest>,
+    ) -> std::result::Result<Response<pb::RegisterSubjectResponse>, Status> {
+        write_rpc!(
+            request,
+            &self.store,
+            RegisterSubjectResponse,
+            |admin, m, store| {
+                let t = tenant(&admin, &m.tenant_id)?;
+                let s = input("subject_id", model::subject_id(&m.subject_id))?;
+                store
+                    .register_subject(&admin.name, t, s, m.disabled)
+                    .await?
+            }
+        )
+    }
+
+    async fn set_subject_disabled(
+        &self,
+        request: Request<pb::SetSubjectDisabledRequest>,
+    ) -> std::result::Result<Response<pb::SetSubjectDisabledResponse>, Status> {
+        write_rpc!(
+            request,
+            &self.store,
+            SetSubjectDisabledResponse,
+            |admin, m, store| {
+                let t = tenant(&admin, &m.tenant_id)?;
+                let s = input("subject_id", model::subject_id(&m.subject_id))?;
+                store
+                    .set_subject_disabled(&admin.name, t, s, m.disabled)
+                    .await?
+            }
+        )
+    }
+
+    async fn delete_subject(
+        &self,
+        request: Request<pb::DeleteSubjectRequest>,
+    ) -> std::result::Result<Response<pb::DeleteSubjectResponse>, Status> {
+        write_rpc!(
+            request,
+            &self.store,
+            DeleteSubjectResponse,
+            |admin, m, store| {
+                let t = tenant(&admin, &m.tenant_id)?;
+                let s = input("subject_id", model::subject_id(&m.subject_id))?;
+                store.delete_subject(&admin.name, t, s).await?
+            }
+        )
+    }
+
+    async fn create_group(
+        &self,
+        request: Request<pb::CreateGroupRequest>,
+    ) -> std::result::Result<Response<pb::CreateGroupResponse>, Status> {
+        write_rpc!(
+            request,
+            &self.store,
+            CreateGroupResponse,
+            |admin, m, store| {
+                let t = tenant(&admin, &m.tenant_id)?;
+                let g = input("group_id", model::subject_id(&m.group_id))?;
+                store.create_group(&admin.name, t, g).await?
+            }
+        )
+    }
+
+    async fn delete_group(
+        &self,
+        request: Request<pb::DeleteGroupRequest>,
+    ) -> std::result::Result<Response<pb::DeleteGroupResponse>, Status> {
+        write_rpc!(
+            request,
+            &self.store,
+            DeleteGroupResponse,
+            |admin, m, store| {
+                let t = tenant(&admin, &m.tenant_id)?;
+                let g = input("group_id", model::subject_id(&m.group_id))?;
+                store.delete_group(&admin.name, t, g).await?
+            }
+        )
+    }
+
+    async fn add_group_member(
+        &self,
+        request: Request<pb::AddGroupMemberRequest>,
+    ) -> std::result::Result<Response<pb::AddGroupMemberResponse>, Status> {
+        write_rpc!(
+            request,
+            &self.store,
+            AddGroupMemberResponse,
+            |admin, m, store| {
+                let t = tenant(&admin, &m.tenant_id)?;
+                let g = input("group_id", model::subject_id(&m.group_id))?;
+                let s = input("subject_id", model::subject_id(&m.subject_id))?;
+                store.add_group_member(&admin.name, t, g, s).await?
+            }
+        )
+    }
+
+    async fn remove_group_member(
+        &self,
+        request: Request<pb::RemoveGroupMemberRequest>,
+    ) -> std::result::Result<Response<pb::RemoveGroupMemberResponse>, Status> {
+        write_rpc!(
+            request,
+            &self.store,
+            RemoveGroupMemberResponse,
+            |admin, m, store| {
+                let t = tenant(&admin, &m.tenant_id)?;
+                let g = input("group_id", model::subject_id(&m.group_id))?;
+                let s = input("subject_id", model::subject_id(&m.subject_id))?;
+                store.remove_group_member(&admin.name, t, g, s).await?
+            }
+        )
+    }
+
+    async fn set_default_roles(
+        &self,
+        request: Request<pb::SetDefaultRolesRequest>,
+    ) -> std::result::Result<Response<pb::SetDefaultRolesResponse>, Status> {
+        write_rpc!(
+            request,
+            &self.store,
+            SetDefaultRolesResponse,
+            |admin, m, store| {
+                let t = tenant(&admin, &m.tenant_id)?;
+                let mut seen = std::collections::HashSet::new();
+                for (i, r) in m.role_ids.iter().enumerate() {
+                    let field = format!("role_ids[{i}]");
+                    input(&field, model::name(r))?;
+                    if !seen.insert(r) {
+                        return Err(bad(field, format!("lists `{r}` twice")));
+                    }
+                }
+                store.set_default_roles(&admin.name, t, &m.role_ids).await?
+            }
+        )
+    }
+
+    async fn list_roles(
+        &self,
+        request: Request<pb::ListRolesRequest>,
+    ) -> std::result::Result<Response<pb::ListRolesResponse>, Status> {
+        let admin = caller(&request)?;
+        let m = request.into_inner();
+        done(
+            async {
+                let t = tenant(&admin, &m.tenant_id)?;
+                let size = page_size(m.page_size)?;
+                let after = decode_token(&m.page_token)?;
+                let page = self.store.list_roles(t, &after, size).await?;
+                let next_page_token = match (page.more, page.items.last()) {
+                    (true, Some(last)) => encode_token(&last.role.id),
+                    _ => String::new(),
+                };
+                let roles = page
+                    .items
+                    .into_iter()
+                    .map(|r| pb::Role {
+                        id: r.role.id,
+                        description: r.role.description,
+                        includes: r.role.includes,
+                        permissions: r.role.permissions,
+                        routes: r
+                            .role
+                            .routes
+                            .into_iter()
+                            .map(|x| pb::RoleRoute {
+                                methods: x.methods,
+                                path: x.path,
+                            })
+                            .collect(),
+                        built_in: r.built_in,
+                    })
+                    .collect();
+                Ok(pb::ListRolesResponse {
+                    roles,
+                    next_page_token,
+                })
+            }
+            .await,
+        )
+    }
+
+    async fn list_subjects(
+        &self,
+        request: Request<pb::ListSubjectsRequest>,
+    ) -> std::result::Result<Response<pb::ListSubjectsResponse>, Status> {
+        let admin = caller(&request)?;
+        let m = request.into_inner();
+        done(
+            async {
+                let t = tenant(&admin, &m.tenant_id)?;
+                let size = page_size(m.page_size)?;
+                let after = decode_token(&m.page_token)?;
+                let page = self.store.list_subjects(t, &after, size).await?;
+                let next_page_token = match (page.more, page.items.last()) {
+                    (true, Some((id, _))) => encode_token(id),
+                    _ => String::new(),
+                };
+                Ok(pb::ListSubjectsResponse {
+                    subjects: page
+                        .items
+                        .into_iter()
+                        .map(|(id, disabled)| pb::Subject { id, disabled })
+                        .collect(),
+                    next_page_token,
+                })
+            }
+            .await,
+        )
+    }
+
+    async fn list_groups(
+        &self,
+        request: Request<pb::ListGroupsRequest>,
+    ) -> std::result::Result<Response<pb::ListGroupsResponse>, Status> {
+        let admin = caller(&request)?;
+        let m = request.into_inner();
+        done(
+            async {
+                let t = tenant(&admin, &m.tenant_id)?;
+                let size = page_size(m.page_size)?;
+                let after = decode_token(&m.page_token)?;
+                let page = self.store.list_groups(t, &after, size).await?;
+                let next_page_token = match (page.more, page.items.last()) {
+                    (true, Some(g)) => encode_token(&g.id),
+                    _ => String::new(),
+                };
+                Ok(pb::ListGroupsResponse {
+                    groups: page
+                        .items
+                        .into_iter()
+                        .map(|g| pb::Group {
+                            id: g.id,
+                            member_ids: g.members,
+                        })
+                        .collect(),
+                    next_page_token,
+                })
+            }
+            .await,
+        )
+    }
+
+    async fn list_assignments(
+        &self,
+        request: Request<pb::ListAssignmentsRequest>,
+    ) -> std::result::Result<Response<pb::ListAssignmentsResponse>, Status> {
+        let admin = caller(&request)?;
+        let m = request.into_inner();
+        done(
+            async {
+                let t = tenant(&admin, &m.tenant_id)?;
+                let size = page_size(m.page_size)?;
+                let after = decode_number(&m.page_token, 0)?;
+                let page = self.store.list_assignments(t, after, size).await?;
+                let next_page_token = match (page.more, page.items.last()) {
+                    (true, Some((id, _))) => encode_token(&id.to_string()),
+                    _ => String::new(),
+                };
+                Ok(pb::ListAssignmentsResponse {
+                    assignments: page
+                        .items
+                        .into_iter()
+                        .map(|(_, a)| pb::Assignment {
+                            subject_id: a.subject.unwrap_or_default(),
+                            group_id: a.group.unwrap_or_default(),
+                            role_id: a.role,
+                            scope: a.scope,
+                        })
+                        .collect(),
+                    next_page_token,
+                })
+            }
+            .await,
+        )
+    }
+
+    async fn apply_policy(
+        &self,
+        request: Request<pb::ApplyPolicyRequest>,
+    ) -> std::result::Result<Response<pb::ApplyPolicyResponse>, Status> {
+        let admin = caller(&request)?;
+        let m = request.into_inner();
+        done(
+            async {
+                // The document rewrites the built-in roles every tenant shares.
+                unlimited(&admin, "ApplyPolicy")?;
+                let doc = PolicyDocument::parse(&m.document, format(m.format)?, "document")
+                    .map_err(|e| bad("document", e))?;
+                let report = self.store.apply_policy(&admin.name, &doc).await?;
+                let total = report.total();
+                info!(token = %admin.name, rpc = "ApplyPolicy", revision = report.current_revision(), "admin write");
+                Ok(pb::ApplyPolicyResponse {
+                    revision: report.current_revision(),
+                    changed: report.revision.is_some(),
+                    rows_inserted: total.inserted,
+                    rows_updated: total.updated,
+                    rows_deleted: total.deleted,
+                })
+            }
+            .await,
+        )
+    }
+
+    async fn export_policy(
+        &self,
+        request: Request<pb::ExportPolicyRequest>,
+    ) -> std::result::Result<Response<pb::ExportPolicyResponse>, Status> {
+        let admin = caller(&request)?;
+        let m = request.into_inner();
+        done(
+            async {
+                let fmt = format(m.format)?;
+                let tenants = if m.tenant_ids.is_empty() {
+                    unlimited(&admin, "exporting every tenant")?;
+                    None
+                } else {
+                    for t in &m.tenant_ids {
+                        tenant(&admin, t)?;
+                    }
+                    Some(m.tenant_ids.as_slice())
+                };
+                let (revision, doc) = self.store.export_policy(tenants).await?;
+                let document = match fmt {
+                    Format::Yaml => doc
+                        .to_yaml()
+                        .map_err(|e| AdminError::Db(format!("cannot write YAML: {e}")))?,
+                    Format::Json => serde_json::to_string_pretty(&doc)
+                        .map_err(|e| AdminError::Db(format!("cannot write JSON: {e}")))?,
+                };
+                Ok(pb::ExportPolicyResponse { document, revision })
+            }
+            .await,
+        )
+    }
+
+    async fn list_audit_events(
+        &self,
+        request: Request<pb::ListAuditEventsRequest>,
+    ) -> std::result::Result<Response<pb::ListAuditEventsResponse>, Status> {
+        let admin = caller(&request)?;
+        let m = request.into_inner();
+        done(
+            async {
+                let only = if m.tenant_id.is_empty() {
+                    unlimited(&admin, "listing every tenant's audit events")?;
+                    None
+                } else {
+                    Some(tenant(&admin, &m.tenant_id)?)
+                };
+                let size = page_size(m.page_size)?;
+                let before = decode_number(&m.page_token, i64::MAX)?;
+                let page = self.store.list_audit(only, before, size).await?;
+                let next_page_token = match (page.more, page.items.last()) {
+                    (true, Some(e)) => encode_token(&e.id.to_string()),
+                    _ => String::new(),
+                };
+                Ok(pb::ListAuditEventsResponse {
+                    events: page
+                        .items
+                        .into_iter()
+                        .map(|e| pb::AuditEvent {
+                            id: u64::try_from(e.id).unwrap_or(0),
+                            at: e.at,
+                            actor: e.actor,
+                            tenant_id: e.tenant_id,
+                            action: e.action,
+                            detail_json: e.detail,
+                            revision: e.revision,
+                        })
+                        .collect(),
+                    next_page_token,
+                })
+            }
+            .await,
+        )
+    }
+    type WatchStream =
+        Pin<Box<dyn Stream<Item = std::result::Result<pb::WatchResponse, Status>> + Send>>;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> std::result::Result<Response<Self::WatchStream>, Status> {
+        let admin = caller(&request)?;
+        let m = request.into_inner();
+        let tenant = if m.tenant_id.is_empty() {
+            unlimited(&admin, "watching every tenant")?;
+            None
+        } else {
+            Some(tenant(&admin, &m.tenant_id)?.to_owned())
+        };
+        // The first read happens before the stream starts, so a revision older than the
+        // change log is the call's status (OUT_OF_RANGE), not a stream item.
+        let first = self
+            .store
+            .changes_after(tenant.as_deref(), m.after_revision, WATCH_BATCH)
+            .await
+            .map_err(Status::from)?;
+        info!(token = %admin.name, tenant = tenant.as_deref().unwrap_or("*"), after = m.after_revision, "watch started");
+        let (tx, mut rx) = mpsc::channel(16);
+        tokio::spawn(watch_task(
+            self.store.clone(),
+            tenant,
+            first,
+            tx,
+            self.revisions.clone(),
+            self.stopping.clone(),
+        ));
+        let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+type WatchItem = std::result::Result<pb::WatchResponse, Status>;
+
+/// Feeds one Watch stream until the client goes away, the server stops, or reading
+/// the change log fails (sent as the stream's final status).
+async fn watch_task(
+    store: AdminStore,
+    tenant: Option<String>,
+    mut batch: crate::store::admin::Changes,
+    tx: mpsc::Sender<WatchItem>,
+    mut revisions: Option<watch::Receiver<Option<u64>>>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    loop {
+        for response in group_by_revision(std::mem::take(&mut batch.rows)) {
+            if tx.send(Ok(response)).await.is_err() {
+                return;
+            }
+        }
+        if !batch.more {
+            let moved = async {
+                match revisions.as_mut() {
+                    Some(r) => {
+                        if r.changed().await.is_err() {
+                            // The cache is gone; polling alone from now on.
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            // `wait_for`'s guard must not live across the send below (it is not Send).
+            let stop = async {
+                if stopping.wait_for(|s| *s).await.is_err() {
+                    // No server to stop it (the sender is gone): never.
+                    std::future::pending::<()>().await;
+                }
+            };
+            let stopped = tokio::select! {
+                _ = tx.closed() => return,
+                _ = stop => true,
+                _ = moved => false,
+                _ = tokio::time::sleep(WATCH_POLL) => false,
+            };
+            if stopped {
+                let _ = tx
+                    .send(Err(Status::unavailable(
+                        "the server is shutting down; watch again from the last revision received",
+                    )))
+                    .await;
+                return;
+            }
+        }
+        batch = match store
+            .changes_after(tenant.as_deref(), batch.upto, WATCH_BATCH)
+            .await
+        {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = tx.send(Err(Status::from(e))).await;
+                return;
+            }
+        };
+    }
+}
+
+/// One response per revision, in order; rows arrive sorted by revision.
+fn group_by_revision(rows: Vec<ChangeRow>) -> Vec<pb::WatchResponse> {
+    let mut out: Vec<pb::WatchResponse> = Vec::new();
+    for row in rows {
+        let change = pb::Change {
+            tenant_id: row.tenant_id,
+            entity: row.entity,
+            operation: match row.op.as_str() {
+                "INSERT" => pb::ChangeOperation::Insert,
+                "UPDATE" => pb::ChangeOperation::Update,
+                "DELETE" => pb::ChangeOperation::Delete,
+                _ => pb::ChangeOperation::Unspecified,
+            } as i32,
+            old_json: row.old.unwrap_or_default(),
+            new_json: row.new.unwrap_or_default(),
+        };
+        match out.last_mut() {
+            Some(last) if last.revision == row.revision => last.changes.push(change),
+            _ => out.push(pb::WatchResponse {
+                revision: row.revision,
+                changes: vec![change],
+            }),
+        }
+    }
+    out
+}

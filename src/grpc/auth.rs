@@ -1,0 +1,327 @@
+//! Admin API authentication: bearer tokens, stored as SHA-256 hashes.
+//!
+//! The tokens file has one token a line, `sha256:<64 hex digits> [TENANTS] [NAME]`:
+//! TENANTS is `*` (every tenant, the default) or a comma-separated list of tenant ids;
+//! NAME (default: the hash's first 12 hex digits) is what the audit log and the logs
+//! record. Blank lines and lines starting with `#` are skipped. Several lines allow
+//! rotation: add the new token, move callers over, remove the old one.
+//!
+//! The presented token is hashed and compared with every stored hash in constant time,
+//! without stopping at a match, so neither the token nor which line matched leaks through
+//! timing. The secret is never logged: refusals log the token's name, or for an unknown
+//! token the first 12 hex digits of its hash.
+
+use std::{fmt::Write as _, path::Path, sync::Arc};
+
+use sha2::{Digest, Sha256};
+use tonic::{Request, Status, service::Interceptor};
+use tracing::warn;
+
+/// Which tenants a token may manage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TenantLimit {
+    /// Every tenant, and whole-policy operations.
+    All,
+    /// Only these tenants.
+    Only(Vec<String>),
+}
+
+/// An authenticated admin caller, put in the request's extensions by [`AdminAuth`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Admin {
+    /// The token's name, recorded as the audit log's actor.
+    pub name: String,
+    /// What it may manage.
+    pub tenants: TenantLimit,
+}
+
+impl Admin {
+    /// Whether the caller may manage `tenant`.
+    pub fn may(&self, tenant: &str) -> bool {
+        match &self.tenants {
+            TenantLimit::All => true,
+            TenantLimit::Only(list) => list.iter().any(|t| t == tenant),
+        }
+    }
+
+    /// Whether the caller may manage every tenant.
+    pub fn is_unlimited(&self) -> bool {
+        self.tenants == TenantLimit::All
+    }
+}
+
+/// A stored token.
+#[derive(Clone, Debug)]
+struct Token {
+    hash: [u8; 32],
+    admin: Admin,
+}
+
+/// The configured admin tokens.
+#[derive(Clone, Debug)]
+pub struct AdminTokens {
+    tokens: Vec<Token>,
+}
+
+/// Why a tokens file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    /// The file exists but cannot be read.
+    #[error("{file}: {source}")]
+    Io {
+        /// The file.
+        file: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A line is malformed.
+    #[error("{file}:{line}: {message}")]
+    Line {
+        /// The file.
+        file: String,
+        /// Line number, from 1.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// The file has no token.
+    #[error("{file}: no tokens")]
+    Empty {
+        /// The file.
+        file: String,
+    },
+}
+
+/// SHA-256 of a token.
+pub fn hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// The tokens-file line for `token`: `sha256:<hex> TENANTS [NAME]`.
+pub fn file_line(token: &str, tenants: &str, name: Option<&str>) -> String {
+    let mut line = format!("sha256:{} {tenants}", hex(&hash(token)));
+    if let Some(name) = name {
+        line.push(' ');
+        line.push_str(name);
+    }
+    line
+}
+
+/// A new random token: 32 bytes from the operating system, base64url.
+pub fn generate() -> Result<String, getrandom::Error> {
+    use base64::Engine as _;
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)?;
+    Ok(format!(
+        "authz_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    ))
+}
+
+/// Equal in time independent of where the bytes differ.
+fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let mut diff = 0u8;
+    for (x, y) in a.iter().zip(b) {
+        diff |= x ^ y;
+    }
+    // black_box keeps the optimizer from turning the fold into an early exit.
+    std::hint::black_box(diff) == 0
+}
+
+fn parse_hash(s: &str) -> Option<[u8; 32]> {
+    let hexits = s.strip_prefix("sha256:")?;
+    if hexits.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(hexits.as_bytes().chunks(2)) {
+        let text = std::str::from_utf8(pair).ok()?;
+        *byte = u8::from_str_radix(text, 16).ok()?;
+    }
+    Some(out)
+}
+
+impl AdminTokens {
+    /// Parses a tokens file's text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Self, TokenFileError> {
+        let mut tokens = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let bad = |message: String| TokenFileError::Line {
+                file: file.to_owned(),
+                line: i + 1,
+                message,
+            };
+            let mut fields = line.split_whitespace();
+            let first = fields.next().unwrap_or_default();
+            let hash = parse_hash(first)
+                .ok_or_else(|| bad("expected `sha256:` and 64 hex digits".to_owned()))?;
+            let tenants = match fields.next() {
+                None | Some("*") => TenantLimit::All,
+                Some(list) => {
+                    let mut ids = Vec::new();
+                    for t in list.split(',') {
+                        crate::model::tenant_id(t)
+                            .map_err(|e| bad(format!("tenant id `{t}` {e}")))?;
+                        ids.push(t.to_owned());
+                    }
+                    TenantLimit::Only(ids)
+                }
+            };
+            let name = match fields.next() {
+                Some(n) => n.to_owned(),
+                None => format!("sha256:{}", hex(hash.get(..6).unwrap_or_default())),
+            };
+            if fields.next().is_some() {
+                return Err(bad(
+                    "expected `sha256:<hex> [TENANTS] [NAME]`; the name has no spaces".to_owned(),
+                ));
+            }
+            tokens.push(Token {
+                hash,
+                admin: Admin { name, tenants },
+            });
+        }
+        if tokens.is_empty() {
+            return Err(TokenFileError::Empty {
+                file: file.to_owned(),
+            });
+        }
+        Ok(AdminTokens { tokens })
+    }
+
+    /// Reads a tokens file; `Ok(None)` when it does not exist (the admin API is then
+    /// off: a deployment may mount an optional Secret).
+    pub fn load(path: &Path) -> Result<Option<Self>, TokenFileError> {
+        let file = path.display().to_string();
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text, &file).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(TokenFileError::Io { file, source }),
+        }
+    }
+
+    /// The caller a token belongs to, if any.
+    pub fn authenticate(&self, token: &str) -> Option<&Admin> {
+        let presented = hash(token);
+        let mut found = None;
+        // Every hash is compared, match or not.
+        for t in &self.tokens {
+            if ct_eq(&t.hash, &presented) && found.is_none() {
+                found = Some(&t.admin);
+            }
+        }
+        found
+    }
+}
+
+/// The admin service's interceptor: authenticates `authorization: Bearer <token>` and
+/// puts the [`Admin`] in the request's extensions, or refuses with UNAUTHENTICATED.
+/// Tenant limits are checked by the service, which knows the tenant.
+#[derive(Clone, Debug)]
+pub struct AdminAuth {
+    tokens: Arc<AdminTokens>,
+}
+
+impl AdminAuth {
+    /// An interceptor accepting `tokens`.
+    pub fn new(tokens: Arc<AdminTokens>) -> Self {
+        AdminAuth { tokens }
+    }
+}
+
+impl Interceptor for AdminAuth {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        let Some(value) = req.metadata().get("authorization") else {
+            warn!(reason = "no authorization header", "admin request refused");
+            return Err(Status::unauthenticated(
+                "the admin API needs an `authorization: Bearer <token>` header",
+            ));
+        };
+        let token = value.to_str().ok().and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            let token = token.trim();
+            (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+        });
+        let Some(token) = token else {
+            warn!(
+                reason = "malformed authorization header",
+                "admin request refused"
+            );
+            return Err(Status::unauthenticated(
+                "malformed `authorization` header; expected `Bearer <token>`",
+            ));
+        };
+        match self.tokens.authenticate(token) {
+            Some(admin) => {
+                let admin = admin.clone();
+                req.extensions_mut().insert(admin);
+                Ok(req)
+            }
+            None => {
+                let prefix = hex(hash(token).get(..6).unwrap_or_default());
+                warn!(reason = "unknown token", token_sha256_prefix = %prefix, "admin request refused");
+                Err(Status::unauthenticated("invalid admin token"))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_lines_and_authenticates() {
+        let a = file_line("secret-a", "*", Some("ops"));
+        let b = file_line("secret-b", "acme,globex", None);
+        let text = format!("# admins\n\n{a}\n{b}\n");
+        let tokens = AdminTokens::parse(&text, "t").unwrap();
+        let ops = tokens.authenticate("secret-a").unwrap();
+        assert_eq!(ops.name, "ops");
+        assert!(ops.is_unlimited());
+        let limited = tokens.authenticate("secret-b").unwrap();
+        assert!(limited.name.starts_with("sha256:"));
+        assert!(limited.may("acme") && limited.may("globex") && !limited.may("initech"));
+        assert!(tokens.authenticate("secret-c").is_none());
+        assert!(tokens.authenticate("").is_none());
+    }
+
+    #[test]
+    fn bad_lines_are_named() {
+        for (text, want) in [
+            ("sha256:abc\n", "t:1: expected"),
+            ("\nmd5:00 *\n", "t:2: expected"),
+            (
+                &format!("sha256:{} a b c\n", "0".repeat(64)),
+                "the name has no spaces",
+            ),
+            (&format!("sha256:{} acme,,x\n", "0".repeat(64)), "tenant id"),
+            ("# nothing\n", "no tokens"),
+        ] {
+            let e = AdminTokens::parse(text, "t").unwrap_err().to_string();
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn generated_tokens_differ_and_hash_to_their_line() {
+        let (a, b) = (generate().unwrap(), generate().unwrap());
+        assert_ne!(a, b);
+        assert!(a.len() > 40);
+        let tokens = AdminTokens::parse(&file_line(&a, "*", None), "t").unwrap();
+        assert!(tokens.authenticate(&a).is_some());
+        assert!(tokens.authenticate(&b).is_none());
+    }
+}
