@@ -57,16 +57,12 @@ pub struct AdminTokenArgs {
 /// `authzd serve`.
 #[derive(Clone, Debug, Args)]
 pub struct ServeArgs {
-    /// Policy file (YAML or JSON) to serve; reloaded when it changes.
-    #[arg(
-        long,
-        env = "AUTHZ_POLICY",
-        required_unless_present = "database_url",
-        conflicts_with = "database_url"
-    )]
+    /// Policy file (YAML or JSON) to serve; reloaded when it changes. The default source:
+    /// with `--database-url` as well, the database is served and this is ignored.
+    #[arg(long, env = "AUTHZ_POLICY", required_unless_present = "database_url")]
     pub policy: Option<PathBuf>,
-    /// PostgreSQL URL to load the policy from and follow (instead of `--policy`), e.g.
-    /// `postgres://authz@db:5432/authz`.
+    /// PostgreSQL URL to load the policy from and follow (takes precedence over
+    /// `--policy`), e.g. `postgres://authz@db:5432/authz`.
     #[arg(long, env = "AUTHZ_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// Admin API bearer tokens, one `sha256:<hex> [TENANTS] [NAME]` a line; needs
@@ -241,6 +237,25 @@ mod tests {
     }
 
     #[test]
+    fn a_database_and_a_policy_file_may_both_be_given() {
+        // One manifest serves either: the database when its (optional) URL is set, the
+        // file otherwise; `serve` logs that the file is ignored.
+        let cli = Cli::try_parse_from([
+            "authzd",
+            "serve",
+            "--policy",
+            "p",
+            "--database-url",
+            "postgres://x",
+        ])
+        .unwrap();
+        let Command::Serve(a) = cli.command else {
+            panic!()
+        };
+        assert_eq!(a.database_url.as_deref(), Some("postgres://x"));
+    }
+
+    #[test]
     fn bad_values_are_rejected_before_anything_runs() {
         for args in [
             &["authzd", "serve", "--policy", "p", "--listen", "nope"][..],
@@ -254,14 +269,6 @@ mod tests {
             ],
             &["authzd", "serve", "--policy", "p", "--max-batch", "0"],
             &["authzd", "serve"],
-            &[
-                "authzd",
-                "serve",
-                "--policy",
-                "p",
-                "--database-url",
-                "postgres://x",
-            ],
             &[
                 "authzd", "check", "--policy", "p", "--tenant", "t", "--method", "GET",
             ],

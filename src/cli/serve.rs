@@ -2,7 +2,7 @@
 //! SIGTERM/SIGINT.
 
 use tokio::net::TcpListener;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::{Exit, load_exit};
 use crate::{
@@ -81,46 +81,53 @@ async fn serve(args: ServeArgs) -> Exit {
         Ok(admin) => admin,
         Err(exit) => return exit,
     };
-    let _source =
-        match (&args.policy, &args.database_url) {
-            (Some(path), None) => {
-                // Load before binding: a bad policy never opens a port.
-                let (policy, text) = match load(path, 1) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        error!(file = %path.display(), "cannot load the policy:\n{e}");
-                        return load_exit(&e);
-                    }
-                };
-                let tenants = policy.tenants.len();
-                cache.replace_all(policy, 1);
-                info!(file = %path.display(), tenants, revision = 1, "policy loaded");
-                Source::File((!args.reload_interval.is_zero()).then(|| {
+    let _source = match (&args.policy, &args.database_url) {
+        (Some(path), None) => {
+            // Load before binding: a bad policy never opens a port.
+            let (policy, text) = match load(path, 1) {
+                Ok(p) => p,
+                Err(e) => {
+                    error!(file = %path.display(), "cannot load the policy:\n{e}");
+                    return load_exit(&e);
+                }
+            };
+            let tenants = policy.tenants.len();
+            cache.replace_all(policy, 1);
+            info!(file = %path.display(), tenants, revision = 1, "policy loaded");
+            Source::File(
+                (!args.reload_interval.is_zero()).then(|| {
                     spawn_reloader(path.clone(), cache.clone(), args.reload_interval, text)
-                }))
+                }),
+            )
+        }
+        (policy, Some(url)) => {
+            // The database is the source of truth; a policy file given as well (say,
+            // from a manifest whose database Secret is optional) is the fallback for
+            // when there is no database, so it is ignored here, and said so.
+            if let Some(path) = policy {
+                warn!(file = %path.display(), "serving from the database; --policy is ignored when --database-url is set");
             }
-            (None, Some(url)) => {
-                if args.migrate {
-                    match postgres::migrate(url).await {
-                        Ok(applied) => info!(?applied, "schema migrated"),
-                        Err(e) => {
-                            error!(cause = %e, "cannot migrate the schema");
-                            return Exit::Unavailable;
-                        }
+            if args.migrate {
+                match postgres::migrate(url).await {
+                    Ok(applied) => info!(?applied, "schema migrated"),
+                    Err(e) => {
+                        error!(cause = %e, "cannot migrate the schema");
+                        return Exit::Unavailable;
                     }
                 }
-                // The server binds at once and reports NOT_SERVING until the first full load;
-                // the follower retries with backoff while the database is unreachable.
-                let mut config = FollowConfig::new(url.clone());
-                config.poll_interval = args.poll_interval;
-                config.consistency_interval = args.consistency_interval;
-                Source::Database(spawn_follower(config, cache.clone()))
             }
-            _ => {
-                error!("give exactly one of `--policy` and `--database-url`");
-                return Exit::Usage;
-            }
-        };
+            // The server binds at once and reports NOT_SERVING until the first full load;
+            // the follower retries with backoff while the database is unreachable.
+            let mut config = FollowConfig::new(url.clone());
+            config.poll_interval = args.poll_interval;
+            config.consistency_interval = args.consistency_interval;
+            Source::Database(spawn_follower(config, cache.clone()))
+        }
+        (None, None) => {
+            error!("give `--policy FILE` or `--database-url URL`");
+            return Exit::Usage;
+        }
+    };
 
     let listener = match TcpListener::bind(args.listen).await {
         Ok(l) => l,
