@@ -20,7 +20,8 @@
 //!   tokens); [`pb`] the generated bindings.
 //! - [`metrics`]: Prometheus metrics and their `/metrics` endpoint.
 //! - [`server`]: one listener with the query service, health and reflection; graceful
-//!   shutdown. [`config`] and [`cli`]: the `authzd` command line.
+//!   shutdown; [`tls`] its TLS and client-certificate settings. [`config`] and [`cli`]:
+//!   the `authzd` command line.
 //!
 //! # The path a Check takes
 //! `grpc::service` validates the request (`grpc::convert`, INVALID_ARGUMENT naming the
@@ -41,3 +42,4 @@ pub mod server;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod tls;

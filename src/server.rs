@@ -21,6 +21,7 @@ use crate::{
     grpc::{AuthzService, EnvoyAuthzService, EnvoyConfig, PolicyAdmin, ServiceConfig},
     metrics::Metrics,
     pb::authorization_service_server::AuthorizationServiceServer,
+    tls::TlsConfig,
 };
 
 type EnvoyServer = envoy_types::ext_authz::v3::pb::AuthorizationServer<EnvoyAuthzService>;
@@ -57,6 +58,8 @@ pub struct ServerConfig {
     pub metrics: Option<Metrics>,
     /// The admin service; `None`: not served (its calls are UNIMPLEMENTED).
     pub admin: Option<PolicyAdmin>,
+    /// TLS on the listener (every service); `None`: plaintext.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -68,6 +71,7 @@ impl Default for ServerConfig {
             envoy: EnvoyConfig::default(),
             metrics: None,
             admin: None,
+            tls: None,
         }
     }
 }
@@ -124,6 +128,9 @@ pub async fn run(
             .max_connection_age(age)
             .max_connection_age_grace(config.shutdown_grace);
     }
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(tls.server_config())?;
+    }
     let serve = builder
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -142,7 +149,7 @@ pub async fn run(
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {
             let _ = drain_rx.await;
         });
-    info!(%addr, "serving");
+    info!(%addr, tls = config.tls.is_some(), "serving");
     drain(
         serve,
         health,

@@ -1,0 +1,236 @@
+//! TLS on the gRPC listener, with certificates generated at test time.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "a test that panics has failed; that is its job"
+)]
+
+mod common;
+
+use std::{net::SocketAddr, time::Duration};
+
+use authz::{
+    cache::Cache,
+    pb::{self, authorization_service_client::AuthorizationServiceClient},
+    server::{self, ServerConfig, ServerError},
+    store::file,
+    tls::TlsConfig,
+};
+use common::example;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+/// A CA and PEM files written for the server.
+struct Pki {
+    ca: CertifiedIssuer<'static, KeyPair>,
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        Pki {
+            ca,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn ca_pem(&self) -> String {
+        self.ca.pem()
+    }
+
+    /// A certificate and key signed by this CA: for `localhost` and 127.0.0.1, with
+    /// `cn` as the subject's common name.
+    fn issue(&self, cn: &str) -> (String, String) {
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn write(&self, name: &str, text: &str) -> std::path::PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// The server's TLS configuration, read from files as `authzd serve` reads them.
+    fn server_tls(&self, client_ca: bool) -> TlsConfig {
+        let (cert, key) = self.issue("authzd");
+        let cert = self.write("server.pem", &cert);
+        let key = self.write("server-key.pem", &key);
+        let ca = client_ca.then(|| self.write("ca.pem", &self.ca_pem()));
+        TlsConfig::load(&cert, &key, ca.as_deref()).unwrap()
+    }
+}
+
+struct Running {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    handle: JoinHandle<Result<(), ServerError>>,
+}
+
+async fn start(config: ServerConfig) -> Running {
+    let (compiled, _) = file::load(&example("console.yaml"), 1).unwrap();
+    let cache = Cache::new();
+    cache.replace_all(compiled, 1);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(server::run(listener, cache, config, async {
+        let _ = rx.await;
+    }));
+    Running { addr, stop, handle }
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(10), self.handle)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}
+
+async fn tls_channel(
+    addr: SocketAddr,
+    ca: &str,
+    identity: Option<(&str, &str)>,
+) -> Result<Channel, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name("localhost");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+}
+
+fn uma_uses_workbench() -> pb::CheckRequest {
+    pb::CheckRequest {
+        tenant_id: "acme".into(),
+        subject_id: "uma".into(),
+        scope: String::new(),
+        action: Some(pb::check_request::Action::Permission(
+            "workbench.use".into(),
+        )),
+        min_revision: 0,
+    }
+}
+
+#[tokio::test]
+async fn tls_clients_get_answers_and_plaintext_clients_fail() {
+    let pki = Pki::new("test CA");
+    let server = start(ServerConfig {
+        tls: Some(pki.server_tls(false)),
+        shutdown_grace: Duration::from_secs(5),
+        ..ServerConfig::default()
+    })
+    .await;
+
+    let channel = tls_channel(server.addr, &pki.ca_pem(), None).await.unwrap();
+    let answer = AuthorizationServiceClient::new(channel.clone())
+        .check(uma_uses_workbench())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answer.allowed);
+    // Health answers over TLS too.
+    let health = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        health.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    // A plaintext client gets no answer.
+    let plaintext = async {
+        let channel = Channel::from_shared(format!("http://{}", server.addr))
+            .unwrap()
+            .connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        AuthorizationServiceClient::new(channel)
+            .check(uma_uses_workbench())
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let got = tokio::time::timeout(Duration::from_secs(10), plaintext)
+        .await
+        .expect("the plaintext attempt ends");
+    assert!(got.is_err(), "a plaintext client was answered: {got:?}");
+
+    // A client that does not trust the server's CA fails the handshake.
+    let other = Pki::new("other CA");
+    let untrusted = async {
+        let channel = tls_channel(server.addr, &other.ca_pem(), None)
+            .await
+            .map_err(|e| e.to_string())?;
+        AuthorizationServiceClient::new(channel)
+            .check(uma_uses_workbench())
+            .await
+            .map_err(|e| e.to_string())
+    };
+    assert!(untrusted.await.is_err());
+    server.stop().await;
+}
+
+#[test]
+fn bad_tls_files_are_named() {
+    let pki = Pki::new("test CA");
+    let (cert, key) = pki.issue("authzd");
+    let cert_path = pki.write("cert.pem", &cert);
+    let key_path = pki.write("key.pem", &key);
+    let missing = pki.dir.path().join("missing.pem");
+    let (_, other_key) = pki.issue("other");
+    let other_key = pki.write("other-key.pem", &other_key);
+
+    let err = |cert: &std::path::Path, key: &std::path::Path| {
+        TlsConfig::load(cert, key, None).unwrap_err().to_string()
+    };
+    let e = err(&missing, &key_path);
+    assert!(e.contains("missing.pem"), "{e}");
+    let e = err(&key_path, &key_path);
+    assert!(
+        e.contains("key.pem") && e.contains("no PEM certificate"),
+        "{e}"
+    );
+    let e = err(&cert_path, &cert_path);
+    assert!(
+        e.contains("cert.pem") && e.contains("no PEM private key"),
+        "{e}"
+    );
+    let e = err(&cert_path, &other_key);
+    assert!(
+        e.contains("other-key.pem"),
+        "a key that is not the certificate's: {e}"
+    );
+    let e = TlsConfig::load(&cert_path, &key_path, Some(&key_path))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("key.pem") && e.contains("no PEM certificate"),
+        "{e}"
+    );
+    assert!(TlsConfig::load(&cert_path, &key_path, None).is_ok());
+}
