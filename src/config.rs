@@ -82,6 +82,11 @@ pub struct ServeArgs {
     /// TLS: the private key (PEM) of `--tls-cert`.
     #[arg(long, env = "AUTHZ_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// mTLS: request client certificates and verify them against this CA (PEM); needs
+    /// `--tls-cert`. Connections without a certificate are still accepted; `cert:<CN>`
+    /// lines in a tokens file let verified certificates in.
+    #[arg(long, env = "AUTHZ_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Run schema migrations at start (with `--database-url`).
     #[arg(long, env = "AUTHZ_MIGRATE")]
     pub migrate: bool,
@@ -321,6 +326,7 @@ mod tests {
         for bad in [
             &["--tls-cert", "c.pem"][..],
             &["--tls-key", "k.pem"],
+            &["--tls-client-ca", "ca.pem"],
             &["--metrics-listen", "9090"],
             &["--envoy-tenant-header", "x tenant"],
             &["--envoy-subject-header", ""],

@@ -234,3 +234,109 @@ fn bad_tls_files_are_named() {
     );
     assert!(TlsConfig::load(&cert_path, &key_path, None).is_ok());
 }
+
+mod admin {
+    use authz::{
+        grpc::{PolicyAdmin, auth::AdminTokens},
+        pb::policy_admin_service_client::PolicyAdminServiceClient,
+        store::{admin::AdminStore, postgres},
+    };
+    use common::pg::TestDb;
+    use tonic::Code;
+
+    use super::*;
+
+    async fn list_roles(channel: Channel, tenant: &str) -> Result<(), tonic::Status> {
+        PolicyAdminServiceClient::new(channel)
+            .list_roles(pb::ListRolesRequest {
+                tenant_id: tenant.into(),
+                page_size: 0,
+                page_token: String::new(),
+            })
+            .await
+            .map(|_| ())
+    }
+
+    #[tokio::test]
+    async fn client_certificates_authenticate_admin_callers() {
+        let db = TestDb::create("tls_admin").await;
+        db.client()
+            .await
+            .batch_execute("INSERT INTO tenants VALUES ('acme'), ('globex');")
+            .await
+            .unwrap();
+        let tokens =
+            AdminTokens::parse("cert:ops *\ncert:acme-client acme acme-ops\n", "tokens").unwrap();
+        let admin = PolicyAdmin::new(AdminStore::new(postgres::pool(&db.url, 4).unwrap()), tokens);
+        let pki = Pki::new("test CA");
+        let server = start(ServerConfig {
+            tls: Some(pki.server_tls(true)),
+            admin: Some(admin),
+            shutdown_grace: Duration::from_secs(5),
+            ..ServerConfig::default()
+        })
+        .await;
+        let ca = pki.ca_pem();
+        let client = |cn: &str| pki.issue(cn);
+
+        // A listed certificate: allowed, on every tenant for `*`.
+        let (cert, key) = client("ops");
+        let ops = tls_channel(server.addr, &ca, Some((&cert, &key)))
+            .await
+            .unwrap();
+        list_roles(ops.clone(), "acme").await.unwrap();
+        list_roles(ops, "globex").await.unwrap();
+
+        // Tenant-limited: its tenant, not another.
+        let (cert, key) = client("acme-client");
+        let acme = tls_channel(server.addr, &ca, Some((&cert, &key)))
+            .await
+            .unwrap();
+        list_roles(acme.clone(), "acme").await.unwrap();
+        let e = list_roles(acme, "globex").await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+
+        // Verified, but its common name is not listed.
+        let (cert, key) = client("stranger");
+        let stranger = tls_channel(server.addr, &ca, Some((&cert, &key)))
+            .await
+            .unwrap();
+        let e = list_roles(stranger, "acme").await.unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+        assert!(e.message().contains("stranger"), "{e:?}");
+
+        // No certificate: the query service answers, the admin API refuses.
+        let anonymous = tls_channel(server.addr, &ca, None).await.unwrap();
+        assert!(
+            AuthorizationServiceClient::new(anonymous.clone())
+                .check(uma_uses_workbench())
+                .await
+                .unwrap()
+                .into_inner()
+                .allowed
+        );
+        let e = list_roles(anonymous, "acme").await.unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+
+        // A certificate from another CA, even with a listed name, fails the handshake.
+        let other = Pki::new("other CA");
+        let (cert, key) = other.issue("ops");
+        let forged = async {
+            let channel = tls_channel(server.addr, &ca, Some((&cert, &key)))
+                .await
+                .map_err(|e| e.to_string())?;
+            list_roles(channel, "acme").await.map_err(|e| e.to_string())
+        };
+        let got = tokio::time::timeout(Duration::from_secs(10), forged)
+            .await
+            .expect("the handshake ends");
+        let e = got.unwrap_err();
+        assert!(
+            !e.contains("Unauthenticated") && !e.contains("PermissionDenied"),
+            "refused by TLS, not by the admin service: {e}"
+        );
+
+        server.stop().await;
+        db.drop_db().await;
+    }
+}

@@ -59,9 +59,9 @@ fn tls_config(args: &ServeArgs) -> Result<Option<TlsConfig>, Exit> {
         // clap requires both or neither.
         return Ok(None);
     };
-    match TlsConfig::load(cert, key, None) {
+    match TlsConfig::load(cert, key, args.tls_client_ca.as_deref()) {
         Ok(tls) => {
-            info!(cert = %cert.display(), "TLS on");
+            info!(cert = %cert.display(), client_certificates = tls.verifies_clients(), "TLS on");
             Ok(Some(tls))
         }
         Err(e) => {
