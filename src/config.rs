@@ -87,6 +87,11 @@ pub struct ServeArgs {
     /// lines in a tokens file let verified certificates in.
     #[arg(long, env = "AUTHZ_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Query service credentials, one `sha256:<hex> [TENANTS] [NAME]` or
+    /// `cert:<common name> [TENANTS] [NAME]` a line: Check, BatchCheck and
+    /// ListPermissions then need one of them. Unset: anyone may ask.
+    #[arg(long, env = "AUTHZ_QUERY_TOKENS_FILE")]
+    pub query_tokens_file: Option<PathBuf>,
     /// Run schema migrations at start (with `--database-url`).
     #[arg(long, env = "AUTHZ_MIGRATE")]
     pub migrate: bool,

@@ -18,7 +18,9 @@ use tracing::{info, warn};
 
 use crate::{
     cache::Cache,
-    grpc::{AuthzService, EnvoyAuthzService, EnvoyConfig, PolicyAdmin, ServiceConfig},
+    grpc::{
+        AuthzService, EnvoyAuthzService, EnvoyConfig, PolicyAdmin, ServiceConfig, auth::AdminTokens,
+    },
     metrics::Metrics,
     pb::authorization_service_server::AuthorizationServiceServer,
     tls::TlsConfig,
@@ -58,6 +60,8 @@ pub struct ServerConfig {
     pub metrics: Option<Metrics>,
     /// The admin service; `None`: not served (its calls are UNIMPLEMENTED).
     pub admin: Option<PolicyAdmin>,
+    /// Credentials the query service requires; `None`: anyone may ask.
+    pub query_tokens: Option<AdminTokens>,
     /// TLS on the listener (every service); `None`: plaintext.
     pub tls: Option<TlsConfig>,
 }
@@ -71,6 +75,7 @@ impl Default for ServerConfig {
             envoy: EnvoyConfig::default(),
             metrics: None,
             admin: None,
+            query_tokens: None,
             tls: None,
         }
     }
@@ -144,6 +149,7 @@ pub async fn run(
         .add_service(
             AuthzService::new(cache, config.service)
                 .with_metrics(config.metrics)
+                .with_tokens(config.query_tokens)
                 .svc(),
         )
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {

@@ -340,3 +340,43 @@ mod admin {
         db.drop_db().await;
     }
 }
+
+#[tokio::test]
+async fn query_service_takes_listed_client_certificates() {
+    use authz::grpc::auth::AdminTokens;
+    use tonic::Code;
+
+    let pki = Pki::new("test CA");
+    let server = start(ServerConfig {
+        tls: Some(pki.server_tls(true)),
+        query_tokens: Some(AdminTokens::parse("cert:acme-app acme\n", "query-tokens").unwrap()),
+        shutdown_grace: Duration::from_secs(5),
+        ..ServerConfig::default()
+    })
+    .await;
+    let ca = pki.ca_pem();
+    let (cert, key) = pki.issue("acme-app");
+    let app = tls_channel(server.addr, &ca, Some((&cert, &key)))
+        .await
+        .unwrap();
+    let mut c = AuthorizationServiceClient::new(app);
+    assert!(
+        c.check(uma_uses_workbench())
+            .await
+            .unwrap()
+            .into_inner()
+            .allowed
+    );
+    let mut other_tenant = uma_uses_workbench();
+    other_tenant.tenant_id = "globex".into();
+    let e = c.check(other_tenant).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+
+    let anonymous = tls_channel(server.addr, &ca, None).await.unwrap();
+    let e = AuthorizationServiceClient::new(anonymous)
+        .check(uma_uses_workbench())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    server.stop().await;
+}

@@ -100,6 +100,25 @@ async fn serve(args: ServeArgs) -> Exit {
         Ok(admin) => admin,
         Err(exit) => return exit,
     };
+    // A missing query tokens file is an error, unlike the admin one: leaving the query
+    // service open because a file went missing would fail open.
+    let query_tokens = match &args.query_tokens_file {
+        None => None,
+        Some(path) => match AdminTokens::load(path) {
+            Ok(Some(tokens)) => {
+                info!(file = %path.display(), "the query service requires credentials");
+                Some(tokens)
+            }
+            Ok(None) => {
+                error!(file = %path.display(), "the query tokens file does not exist");
+                return Exit::Usage;
+            }
+            Err(e) => {
+                error!(cause = %e, "cannot read the query tokens file");
+                return Exit::Usage;
+            }
+        },
+    };
     let tls = match tls_config(&args) {
         Ok(tls) => tls,
         Err(exit) => return exit,
@@ -199,6 +218,7 @@ async fn serve(args: ServeArgs) -> Exit {
         },
         metrics,
         admin,
+        query_tokens,
         tls,
     };
     match server::run(listener, cache, config, shutdown::signal()).await {
