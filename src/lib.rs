@@ -17,7 +17,8 @@
 //! - [`grpc`]: the `authz.v1.AuthorizationService` implementation, and Envoy's
 //!   `envoy.service.auth.v3.Authorization` ([`grpc::envoy`]), the admin API
 //!   `authz.v1.PolicyAdminService` ([`grpc::admin`], behind [`grpc::auth`]'s bearer
-//!   tokens); [`pb`] the generated bindings.
+//!   tokens and client certificates, which can also guard the query service); [`pb`]
+//!   the generated bindings.
 //! - [`metrics`]: Prometheus metrics and their `/metrics` endpoint.
 //! - [`server`]: one listener with the query service, health and reflection; graceful
 //!   shutdown; [`tls`] its TLS and client-certificate settings. [`config`] and [`cli`]:

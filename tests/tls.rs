@@ -380,3 +380,67 @@ async fn query_service_takes_listed_client_certificates() {
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
     server.stop().await;
 }
+
+/// `authzd serve` with `extra`: its exit code and stderr, or `None` if it still runs
+/// after 20 s (then killed).
+fn serve_exit(extra: &[&str]) -> (Option<i32>, String) {
+    use std::io::Read as _;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_authzd"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--policy"])
+        .arg(example("console.yaml"))
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (code, stderr)
+}
+
+#[test]
+fn serve_refuses_bad_tls_and_query_token_files_before_binding() {
+    let pki = Pki::new("test CA");
+    let (cert, key) = pki.issue("authzd");
+    let cert = pki.write("cert.pem", &cert);
+    let key = pki.write("key.pem", &key);
+    let missing = pki.dir.path().join("missing-cert.pem");
+
+    let (code, stderr) = serve_exit(&[
+        "--tls-cert",
+        missing.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("missing-cert.pem"), "{stderr}");
+
+    // Only one of the pair: a usage error from the command line.
+    let (code, stderr) = serve_exit(&["--tls-cert", cert.to_str().unwrap()]);
+    assert!(code.is_some_and(|c| c != 0), "{stderr}");
+
+    // A missing query tokens file fails closed.
+    let (code, stderr) = serve_exit(&[
+        "--query-tokens-file",
+        pki.dir.path().join("no-tokens").to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("no-tokens"), "{stderr}");
+}
