@@ -71,6 +71,23 @@ pub struct ServeArgs {
     // whether or not a database is configured; a missing file must not stop the server.
     #[arg(long, env = "AUTHZ_ADMIN_TOKENS_FILE")]
     pub admin_tokens_file: Option<PathBuf>,
+    /// TLS: the server's certificate chain (PEM); needs `--tls-key`. Without it the
+    /// listener speaks plaintext.
+    #[arg(long, env = "AUTHZ_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS: the private key (PEM) of `--tls-cert`.
+    #[arg(long, env = "AUTHZ_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// mTLS: request client certificates and verify them against this CA (PEM); needs
+    /// `--tls-cert`. Connections without a certificate are still accepted; `cert:<CN>`
+    /// lines in a tokens file let verified certificates in.
+    #[arg(long, env = "AUTHZ_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Query service credentials, one `sha256:<hex> [TENANTS] [NAME]` or
+    /// `cert:<common name> [TENANTS] [NAME]` a line: Check, BatchCheck and
+    /// ListPermissions then need one of them. Unset: anyone may ask.
+    #[arg(long, env = "AUTHZ_QUERY_TOKENS_FILE")]
+    pub query_tokens_file: Option<PathBuf>,
     /// Run schema migrations at start (with `--database-url`).
     #[arg(long, env = "AUTHZ_MIGRATE")]
     pub migrate: bool,
@@ -315,8 +332,14 @@ mod tests {
         );
         assert_eq!(a.envoy_jwt_payload_header.as_deref(), Some("x-jwt-payload"));
         assert_eq!(a.envoy_tenant_claim, "");
+        let a = serve(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]).unwrap();
+        assert_eq!(a.tls_cert, Some(PathBuf::from("c.pem")));
+        assert_eq!(a.tls_key, Some(PathBuf::from("k.pem")));
         for bad in [
-            &["--metrics-listen", "9090"][..],
+            &["--tls-cert", "c.pem"][..],
+            &["--tls-key", "k.pem"],
+            &["--tls-client-ca", "ca.pem"],
+            &["--metrics-listen", "9090"],
             &["--envoy-tenant-header", "x tenant"],
             &["--envoy-subject-header", ""],
             &["--envoy-subject-claim", ""],

@@ -17,10 +17,12 @@
 //! - [`grpc`]: the `authz.v1.AuthorizationService` implementation, and Envoy's
 //!   `envoy.service.auth.v3.Authorization` ([`grpc::envoy`]), the admin API
 //!   `authz.v1.PolicyAdminService` ([`grpc::admin`], behind [`grpc::auth`]'s bearer
-//!   tokens); [`pb`] the generated bindings.
+//!   tokens and client certificates, which can also guard the query service); [`pb`]
+//!   the generated bindings.
 //! - [`metrics`]: Prometheus metrics and their `/metrics` endpoint.
 //! - [`server`]: one listener with the query service, health and reflection; graceful
-//!   shutdown. [`config`] and [`cli`]: the `authzd` command line.
+//!   shutdown; [`tls`] its TLS and client-certificate settings. [`config`] and [`cli`]:
+//!   the `authzd` command line.
 //!
 //! # The path a Check takes
 //! `grpc::service` validates the request (`grpc::convert`, INVALID_ARGUMENT naming the
@@ -41,3 +43,4 @@ pub mod server;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod tls;

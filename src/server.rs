@@ -18,9 +18,12 @@ use tracing::{info, warn};
 
 use crate::{
     cache::Cache,
-    grpc::{AuthzService, EnvoyAuthzService, EnvoyConfig, PolicyAdmin, ServiceConfig},
+    grpc::{
+        AuthzService, EnvoyAuthzService, EnvoyConfig, PolicyAdmin, ServiceConfig, auth::AdminTokens,
+    },
     metrics::Metrics,
     pb::authorization_service_server::AuthorizationServiceServer,
+    tls::TlsConfig,
 };
 
 type EnvoyServer = envoy_types::ext_authz::v3::pb::AuthorizationServer<EnvoyAuthzService>;
@@ -57,6 +60,10 @@ pub struct ServerConfig {
     pub metrics: Option<Metrics>,
     /// The admin service; `None`: not served (its calls are UNIMPLEMENTED).
     pub admin: Option<PolicyAdmin>,
+    /// Credentials the query service requires; `None`: anyone may ask.
+    pub query_tokens: Option<AdminTokens>,
+    /// TLS on the listener (every service); `None`: plaintext.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -68,6 +75,8 @@ impl Default for ServerConfig {
             envoy: EnvoyConfig::default(),
             metrics: None,
             admin: None,
+            query_tokens: None,
+            tls: None,
         }
     }
 }
@@ -124,6 +133,9 @@ pub async fn run(
             .max_connection_age(age)
             .max_connection_age_grace(config.shutdown_grace);
     }
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(tls.server_config())?;
+    }
     let serve = builder
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -137,12 +149,13 @@ pub async fn run(
         .add_service(
             AuthzService::new(cache, config.service)
                 .with_metrics(config.metrics)
+                .with_tokens(config.query_tokens)
                 .svc(),
         )
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {
             let _ = drain_rx.await;
         });
-    info!(%addr, "serving");
+    info!(%addr, tls = config.tls.is_some(), "serving");
     drain(
         serve,
         health,

@@ -18,6 +18,7 @@ use crate::{
         follow::{FollowConfig, Follower, spawn_follower},
         postgres,
     },
+    tls::TlsConfig,
 };
 
 /// Connections the admin service may hold; admin writes are rare and short.
@@ -52,6 +53,24 @@ fn admin_service(args: &ServeArgs) -> Result<Option<PolicyAdmin>, Exit> {
     Ok(Some(PolicyAdmin::new(AdminStore::new(pool), tokens)))
 }
 
+/// The listener's TLS settings, read and checked before anything binds.
+fn tls_config(args: &ServeArgs) -> Result<Option<TlsConfig>, Exit> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        // clap requires both or neither.
+        return Ok(None);
+    };
+    match TlsConfig::load(cert, key, args.tls_client_ca.as_deref()) {
+        Ok(tls) => {
+            info!(cert = %cert.display(), client_certificates = tls.verifies_clients(), "TLS on");
+            Ok(Some(tls))
+        }
+        Err(e) => {
+            error!(cause = %e, "cannot set up TLS");
+            Err(Exit::Usage)
+        }
+    }
+}
+
 /// Runs the server on a new multi-threaded runtime.
 pub fn run(args: ServeArgs) -> Exit {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -79,6 +98,29 @@ async fn serve(args: ServeArgs) -> Exit {
     // Checked before anything binds: a bad tokens file is a bad configuration.
     let admin = match admin_service(&args) {
         Ok(admin) => admin,
+        Err(exit) => return exit,
+    };
+    // A missing query tokens file is an error, unlike the admin one: leaving the query
+    // service open because a file went missing would fail open.
+    let query_tokens = match &args.query_tokens_file {
+        None => None,
+        Some(path) => match AdminTokens::load(path) {
+            Ok(Some(tokens)) => {
+                info!(file = %path.display(), "the query service requires credentials");
+                Some(tokens)
+            }
+            Ok(None) => {
+                error!(file = %path.display(), "the query tokens file does not exist");
+                return Exit::Usage;
+            }
+            Err(e) => {
+                error!(cause = %e, "cannot read the query tokens file");
+                return Exit::Usage;
+            }
+        },
+    };
+    let tls = match tls_config(&args) {
+        Ok(tls) => tls,
         Err(exit) => return exit,
     };
     let _source = match (&args.policy, &args.database_url) {
@@ -183,6 +225,8 @@ async fn serve(args: ServeArgs) -> Exit {
         },
         metrics,
         admin,
+        query_tokens,
+        tls,
     };
     match server::run(listener, cache, config, shutdown::signal()).await {
         Ok(()) => Exit::Ok,

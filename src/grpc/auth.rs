@@ -1,7 +1,10 @@
-//! Admin API authentication: bearer tokens, stored as SHA-256 hashes.
+//! Caller authentication: bearer tokens, stored as SHA-256 hashes, and verified TLS
+//! client certificates, named by their subject's common name.
 //!
-//! The tokens file has one token a line, `sha256:<64 hex digits> [TENANTS] [NAME]`:
-//! TENANTS is `*` (every tenant, the default) or a comma-separated list of tenant ids;
+//! The tokens file has one credential a line, `sha256:<64 hex digits> [TENANTS] [NAME]`
+//! for a token or `cert:<common name> [TENANTS] [NAME]` for a client certificate (mTLS,
+//! verified by the TLS layer against `--tls-client-ca`; the name then defaults to
+//! `cert:<common name>`): TENANTS is `*` (every tenant, the default) or a comma-separated list of tenant ids;
 //! NAME (default: the hash's first 12 hex digits) is what the audit log and the logs
 //! record. Blank lines and lines starting with `#` are skipped. Several lines allow
 //! rotation: add the new token, move callers over, remove the old one.
@@ -57,10 +60,18 @@ struct Token {
     admin: Admin,
 }
 
-/// The configured admin tokens.
+/// A client certificate's common name that is let in.
+#[derive(Clone, Debug)]
+struct CertName {
+    common_name: String,
+    admin: Admin,
+}
+
+/// The configured credentials: tokens and client-certificate names.
 #[derive(Clone, Debug)]
 pub struct AdminTokens {
     tokens: Vec<Token>,
+    certs: Vec<CertName>,
 }
 
 /// Why a tokens file was refused.
@@ -153,6 +164,7 @@ impl AdminTokens {
     /// Parses a tokens file's text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Self, TokenFileError> {
         let mut tokens = Vec::new();
+        let mut certs = Vec::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -165,8 +177,13 @@ impl AdminTokens {
             };
             let mut fields = line.split_whitespace();
             let first = fields.next().unwrap_or_default();
-            let hash = parse_hash(first)
-                .ok_or_else(|| bad("expected `sha256:` and 64 hex digits".to_owned()))?;
+            let credential = match first.strip_prefix("cert:") {
+                Some("") => return Err(bad("expected a common name after `cert:`".to_owned())),
+                Some(cn) => Err(cn.to_owned()),
+                None => Ok(parse_hash(first).ok_or_else(|| {
+                    bad("expected `sha256:` and 64 hex digits, or `cert:<common name>`".to_owned())
+                })?),
+            };
             let tenants = match fields.next() {
                 None | Some("*") => TenantLimit::All,
                 Some(list) => {
@@ -179,26 +196,28 @@ impl AdminTokens {
                     TenantLimit::Only(ids)
                 }
             };
-            let name = match fields.next() {
-                Some(n) => n.to_owned(),
-                None => format!("sha256:{}", hex(hash.get(..6).unwrap_or_default())),
+            let name = match (fields.next(), &credential) {
+                (Some(n), _) => n.to_owned(),
+                (None, Ok(hash)) => format!("sha256:{}", hex(hash.get(..6).unwrap_or_default())),
+                (None, Err(cn)) => format!("cert:{cn}"),
             };
             if fields.next().is_some() {
                 return Err(bad(
                     "expected `sha256:<hex> [TENANTS] [NAME]`; the name has no spaces".to_owned(),
                 ));
             }
-            tokens.push(Token {
-                hash,
-                admin: Admin { name, tenants },
-            });
+            let admin = Admin { name, tenants };
+            match credential {
+                Ok(hash) => tokens.push(Token { hash, admin }),
+                Err(common_name) => certs.push(CertName { common_name, admin }),
+            }
         }
-        if tokens.is_empty() {
+        if tokens.is_empty() && certs.is_empty() {
             return Err(TokenFileError::Empty {
                 file: file.to_owned(),
             });
         }
-        Ok(AdminTokens { tokens })
+        Ok(AdminTokens { tokens, certs })
     }
 
     /// Reads a tokens file; `Ok(None)` when it does not exist (the admin API is then
@@ -224,6 +243,81 @@ impl AdminTokens {
         }
         found
     }
+
+    /// The caller a verified client certificate's common name belongs to, if any.
+    pub fn authenticate_cert(&self, common_name: &str) -> Option<&Admin> {
+        self.certs
+            .iter()
+            .find(|c| c.common_name == common_name)
+            .map(|c| &c.admin)
+    }
+
+    /// The caller presenting `req`'s credentials: its bearer token when it sends one,
+    /// otherwise its verified client certificate. `service` names what is refused in
+    /// messages and logs (`admin`, `query`).
+    pub fn caller<T>(&self, req: &Request<T>, service: &str) -> Result<Admin, Status> {
+        let Some(value) = req.metadata().get("authorization") else {
+            return self.caller_by_cert(req, service);
+        };
+        let token = value.to_str().ok().and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            let token = token.trim();
+            (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+        });
+        let Some(token) = token else {
+            warn!(
+                reason = "malformed authorization header",
+                service, "request refused"
+            );
+            return Err(Status::unauthenticated(
+                "malformed `authorization` header; expected `Bearer <token>`",
+            ));
+        };
+        match self.authenticate(token) {
+            Some(admin) => Ok(admin.clone()),
+            None => {
+                let prefix = hex(hash(token).get(..6).unwrap_or_default());
+                warn!(reason = "unknown token", token_sha256_prefix = %prefix, service, "request refused");
+                Err(Status::unauthenticated(format!("invalid {service} token")))
+            }
+        }
+    }
+
+    fn caller_by_cert<T>(&self, req: &Request<T>, service: &str) -> Result<Admin, Status> {
+        // Present only when the TLS layer verified the chain against the client CA.
+        let leaf = req.peer_certs().and_then(|certs| certs.first().cloned());
+        let Some(leaf) = leaf else {
+            warn!(reason = "no credentials", service, "request refused");
+            return Err(Status::unauthenticated(format!(
+                "the {service} API needs an `authorization: Bearer <token>` header or a client certificate"
+            )));
+        };
+        let Some(cn) = common_name(&leaf) else {
+            warn!(
+                reason = "client certificate without a common name",
+                service, "request refused"
+            );
+            return Err(Status::unauthenticated(
+                "the client certificate has no subject common name",
+            ));
+        };
+        match self.authenticate_cert(&cn) {
+            Some(admin) => Ok(admin.clone()),
+            None => {
+                warn!(reason = "unlisted client certificate", common_name = %cn, service, "request refused");
+                Err(Status::unauthenticated(format!(
+                    "client certificate `{cn}` may not call the {service} API"
+                )))
+            }
+        }
+    }
+}
+
+/// The subject common name of a DER certificate.
+pub fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_owned)
 }
 
 /// The admin service's interceptor: authenticates `authorization: Bearer <token>` and
@@ -243,38 +337,9 @@ impl AdminAuth {
 
 impl Interceptor for AdminAuth {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        let Some(value) = req.metadata().get("authorization") else {
-            warn!(reason = "no authorization header", "admin request refused");
-            return Err(Status::unauthenticated(
-                "the admin API needs an `authorization: Bearer <token>` header",
-            ));
-        };
-        let token = value.to_str().ok().and_then(|v| {
-            let (scheme, token) = v.split_once(' ')?;
-            let token = token.trim();
-            (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
-        });
-        let Some(token) = token else {
-            warn!(
-                reason = "malformed authorization header",
-                "admin request refused"
-            );
-            return Err(Status::unauthenticated(
-                "malformed `authorization` header; expected `Bearer <token>`",
-            ));
-        };
-        match self.tokens.authenticate(token) {
-            Some(admin) => {
-                let admin = admin.clone();
-                req.extensions_mut().insert(admin);
-                Ok(req)
-            }
-            None => {
-                let prefix = hex(hash(token).get(..6).unwrap_or_default());
-                warn!(reason = "unknown token", token_sha256_prefix = %prefix, "admin request refused");
-                Err(Status::unauthenticated("invalid admin token"))
-            }
-        }
+        let admin = self.tokens.caller(&req, "admin")?;
+        req.extensions_mut().insert(admin);
+        Ok(req)
     }
 }
 
@@ -309,10 +374,30 @@ mod tests {
             ),
             (&format!("sha256:{} acme,,x\n", "0".repeat(64)), "tenant id"),
             ("# nothing\n", "no tokens"),
+            ("cert: *\n", "t:1: expected a common name"),
         ] {
             let e = AdminTokens::parse(text, "t").unwrap_err().to_string();
             assert!(e.contains(want), "{text:?}: {e}");
         }
+    }
+
+    #[test]
+    fn certificate_lines() {
+        let text = format!(
+            "cert:ops-client\ncert:acme-client acme acme-ops\n{}\n",
+            file_line("secret", "*", None)
+        );
+        let tokens = AdminTokens::parse(&text, "t").unwrap();
+        let ops = tokens.authenticate_cert("ops-client").unwrap();
+        assert_eq!(ops.name, "cert:ops-client");
+        assert!(ops.is_unlimited());
+        let acme = tokens.authenticate_cert("acme-client").unwrap();
+        assert_eq!(acme.name, "acme-ops");
+        assert!(acme.may("acme") && !acme.may("globex"));
+        assert!(tokens.authenticate_cert("other").is_none());
+        assert!(tokens.authenticate("secret").is_some());
+        // A certificate line is no token.
+        assert!(tokens.authenticate("cert:ops-client").is_none());
     }
 
     #[test]

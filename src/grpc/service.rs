@@ -1,10 +1,13 @@
 //! `authz.v1.AuthorizationService`.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use tonic::{Request, Response, Status};
 
-use super::convert::{self, FieldError};
+use super::{
+    auth::{Admin, AdminTokens},
+    convert::{self, FieldError},
+};
 use crate::{
     cache::Cache,
     metrics::{InFlight, Metrics, Rpc},
@@ -44,6 +47,8 @@ pub struct AuthzService {
     cache: Cache,
     config: ServiceConfig,
     metrics: Option<Metrics>,
+    /// Who may ask (`--query-tokens-file`); `None`: anyone.
+    tokens: Option<Arc<AdminTokens>>,
 }
 
 impl AuthzService {
@@ -53,6 +58,25 @@ impl AuthzService {
             cache,
             config,
             metrics: None,
+            tokens: None,
+        }
+    }
+
+    /// The same service, answering only callers with one of `tokens` (a bearer token
+    /// or a listed client certificate), about the tenants each may ask about; `None`:
+    /// anyone.
+    pub fn with_tokens(self, tokens: Option<AdminTokens>) -> Self {
+        AuthzService {
+            tokens: tokens.map(Arc::new),
+            ..self
+        }
+    }
+
+    /// The caller, when the service requires credentials.
+    fn caller<T>(&self, rpc: Rpc, req: &Request<T>) -> Result<Option<Admin>, Status> {
+        match &self.tokens {
+            None => Ok(None),
+            Some(tokens) => self.counted(rpc, tokens.caller(req, "query").map(Some)),
         }
     }
 
@@ -143,7 +167,8 @@ impl pb::authorization_service_server::AuthorizationService for AuthzService {
         request: Request<pb::CheckRequest>,
     ) -> Result<Response<pb::CheckResponse>, Status> {
         let _in_flight = self.start(Rpc::Check);
-        let result = self.check_one(request.into_inner()).await;
+        let caller = self.caller(Rpc::Check, &request)?;
+        let result = self.check_one(caller.as_ref(), request.into_inner()).await;
         self.counted(Rpc::Check, result).map(Response::new)
     }
 
@@ -152,7 +177,10 @@ impl pb::authorization_service_server::AuthorizationService for AuthzService {
         request: Request<pb::BatchCheckRequest>,
     ) -> Result<Response<pb::BatchCheckResponse>, Status> {
         let _in_flight = self.start(Rpc::BatchCheck);
-        let result = self.batch_check_many(request.into_inner()).await;
+        let caller = self.caller(Rpc::BatchCheck, &request)?;
+        let result = self
+            .batch_check_many(caller.as_ref(), request.into_inner())
+            .await;
         self.counted(Rpc::BatchCheck, result).map(Response::new)
     }
 
@@ -161,21 +189,36 @@ impl pb::authorization_service_server::AuthorizationService for AuthzService {
         request: Request<pb::ListPermissionsRequest>,
     ) -> Result<Response<pb::ListPermissionsResponse>, Status> {
         let _in_flight = self.start(Rpc::ListPermissions);
-        let result = self.list(request.into_inner()).await;
+        let caller = self.caller(Rpc::ListPermissions, &request)?;
+        let result = self.list(caller.as_ref(), request.into_inner()).await;
         self.counted(Rpc::ListPermissions, result)
             .map(Response::new)
     }
 }
 
+/// Why `caller` may not ask about `tenant`, if it may not.
+fn refusal(caller: Option<&Admin>, tenant: &str) -> Option<String> {
+    let caller = caller?;
+    (!caller.may(tenant)).then(|| format!("`{}` may not ask about tenant `{tenant}`", caller.name))
+}
+
 impl AuthzService {
-    async fn check_one(&self, req: pb::CheckRequest) -> Result<pb::CheckResponse, Status> {
+    async fn check_one(
+        &self,
+        caller: Option<&Admin>,
+        req: pb::CheckRequest,
+    ) -> Result<pb::CheckResponse, Status> {
         let (tenant, query) = convert::check_request(&req, "", "", "")?;
+        if let Some(message) = refusal(caller, tenant) {
+            return Err(Status::permission_denied(message));
+        }
         self.fresh(req.min_revision).await?;
         Ok(self.decide_counted(Rpc::Check, tenant, &query))
     }
 
     async fn batch_check_many(
         &self,
+        caller: Option<&Admin>,
         req: pb::BatchCheckRequest,
     ) -> Result<pb::BatchCheckResponse, Status> {
         if req.checks.len() > self.config.max_batch {
@@ -197,9 +240,22 @@ impl AuthzService {
                 let prefix = format!("checks[{i}]");
                 let result =
                     match convert::check_request(item, &prefix, &req.tenant_id, &req.subject_id) {
-                        Ok((tenant, query)) => pb::batch_check_result::Result::Response(
-                            self.decide_counted(Rpc::BatchCheck, tenant, &query),
-                        ),
+                        Ok((tenant, query)) => match refusal(caller, tenant) {
+                            // This item only: the caller may ask about other tenants.
+                            Some(message) => {
+                                self.count_error(Rpc::BatchCheck, tonic::Code::PermissionDenied);
+                                pb::batch_check_result::Result::Error(pb::ItemError {
+                                    code: tonic::Code::PermissionDenied as i32,
+                                    message,
+                                    field: format!("{prefix}.tenant_id"),
+                                })
+                            }
+                            None => pb::batch_check_result::Result::Response(self.decide_counted(
+                                Rpc::BatchCheck,
+                                tenant,
+                                &query,
+                            )),
+                        },
                         Err(e) => {
                             self.count_error(Rpc::BatchCheck, tonic::Code::InvalidArgument);
                             pb::batch_check_result::Result::Error(pb::ItemError {
@@ -219,9 +275,13 @@ impl AuthzService {
 
     async fn list(
         &self,
+        caller: Option<&Admin>,
         req: pb::ListPermissionsRequest,
     ) -> Result<pb::ListPermissionsResponse, Status> {
         let (tenant, subject, scope) = convert::list_request(&req)?;
+        if let Some(message) = refusal(caller, tenant) {
+            return Err(Status::permission_denied(message));
+        }
         self.fresh(req.min_revision).await?;
         let revision = self.cache.revision();
         let response = match self.cache.tenant(tenant) {
