@@ -233,30 +233,24 @@ impl AdminStore {
         };
         let detail = json!({ "role": role });
         let mut conn = self.pool.get().await?;
-        let tx = conn.transaction().await?;
-        {
-            let tx = &tx;
-            let r: Result<(), AdminError> = async {
-                ensure_tenant(tx, tenant).await?;
-                not_built_in(tx, &role.id).await?;
-                tx.execute(
-                    "INSERT INTO roles (tenant_id, id, description) VALUES ($1, $2, $3)",
-                    &[&tenant, &role.id, &role.description],
-                )
-                .await
-                .map_err(|e| match AdminError::from(e) {
-                    AdminError::AlreadyExists(_) => AdminError::AlreadyExists(format!(
-                        "tenant `{tenant}`: role `{}` already exists",
-                        role.id
-                    )),
-                    other => other,
-                })?;
-                insert_role_parts(tx, tenant, role).await
-            }
-            .await;
-            r?;
-        }
-        finish(tx, audit, detail).await
+        let txn = conn.transaction().await?;
+        let tx = &txn;
+        ensure_tenant(tx, tenant).await?;
+        not_built_in(tx, &role.id).await?;
+        tx.execute(
+            "INSERT INTO roles (tenant_id, id, description) VALUES ($1, $2, $3)",
+            &[&tenant, &role.id, &role.description],
+        )
+        .await
+        .map_err(|e| match AdminError::from(e) {
+            AdminError::AlreadyExists(_) => AdminError::AlreadyExists(format!(
+                "tenant `{tenant}`: role `{}` already exists",
+                role.id
+            )),
+            other => other,
+        })?;
+        insert_role_parts(tx, tenant, role).await?;
+        finish(txn, audit, detail).await
     }
 
     /// Replaces a custom role's description, includes, permissions and routes.
@@ -273,33 +267,27 @@ impl AdminStore {
         };
         let detail = json!({ "role": role });
         let mut conn = self.pool.get().await?;
-        let tx = conn.transaction().await?;
-        {
-            let tx = &tx;
-            let r: Result<(), AdminError> = async {
-                not_built_in(tx, &role.id).await?;
-                let n = tx
-                    .execute(
-                        "UPDATE roles SET description = $3 WHERE tenant_id = $1 AND id = $2",
-                        &[&tenant, &role.id, &role.description],
-                    )
-                    .await?;
-                if n == 0 {
-                    return Err(role_not_found(tenant, &role.id));
-                }
-                for table in ["role_includes", "role_permissions", "role_routes"] {
-                    tx.execute(
-                        &format!("DELETE FROM {table} WHERE tenant_id = $1 AND role_id = $2"),
-                        &[&tenant, &role.id],
-                    )
-                    .await?;
-                }
-                insert_role_parts(tx, tenant, role).await
-            }
-            .await;
-            r?;
+        let txn = conn.transaction().await?;
+        let tx = &txn;
+        not_built_in(tx, &role.id).await?;
+        let n = tx
+            .execute(
+                "UPDATE roles SET description = $3 WHERE tenant_id = $1 AND id = $2",
+                &[&tenant, &role.id, &role.description],
+            )
+            .await?;
+        if n == 0 {
+            return Err(role_not_found(tenant, &role.id));
         }
-        finish(tx, audit, detail).await
+        for table in ["role_includes", "role_permissions", "role_routes"] {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE tenant_id = $1 AND role_id = $2"),
+                &[&tenant, &role.id],
+            )
+            .await?;
+        }
+        insert_role_parts(tx, tenant, role).await?;
+        finish(txn, audit, detail).await
     }
 
     /// Deletes a custom role; refused at commit while it is assigned or included.
@@ -316,26 +304,19 @@ impl AdminStore {
         };
         let detail = json!({ "role_id": role });
         let mut conn = self.pool.get().await?;
-        let tx = conn.transaction().await?;
-        {
-            let tx = &tx;
-            let r: Result<(), AdminError> = async {
-                not_built_in(tx, role).await?;
-                let n = tx
-                    .execute(
-                        "DELETE FROM roles WHERE tenant_id = $1 AND id = $2",
-                        &[&tenant, &role],
-                    )
-                    .await?;
-                if n == 0 {
-                    return Err(role_not_found(tenant, role));
-                }
-                Ok(())
-            }
-            .await;
-            r?;
+        let txn = conn.transaction().await?;
+        let tx = &txn;
+        not_built_in(tx, role).await?;
+        let n = tx
+            .execute(
+                "DELETE FROM roles WHERE tenant_id = $1 AND id = $2",
+                &[&tenant, &role],
+            )
+            .await?;
+        if n == 0 {
+            return Err(role_not_found(tenant, role));
         }
-        finish(tx, audit, detail).await
+        finish(txn, audit, detail).await
     }
 
     /// Assigns a role to a subject or a group at a scope.
@@ -352,31 +333,24 @@ impl AdminStore {
         };
         let detail = json!({ "assignment": a });
         let mut conn = self.pool.get().await?;
-        let tx = conn.transaction().await?;
-        {
-            let tx = &tx;
-            let r: Result<(), AdminError> = async {
-                tx.execute(
-                    "INSERT INTO assignments (tenant_id, subject_id, group_id, role_id, scope) \
+        let txn = conn.transaction().await?;
+        let tx = &txn;
+        tx.execute(
+            "INSERT INTO assignments (tenant_id, subject_id, group_id, role_id, scope) \
                  VALUES ($1, $2, $3, $4, $5)",
-                    &[&tenant, &a.subject, &a.group, &a.role, &a.scope],
-                )
-                .await
-                .map_err(|e| match AdminError::from(e) {
-                    AdminError::AlreadyExists(_) => AdminError::AlreadyExists(format!(
-                        "tenant `{tenant}`: {} already holds role `{}` at `{}`",
-                        holder(a),
-                        a.role,
-                        a.scope
-                    )),
-                    other => other,
-                })?;
-                Ok(())
-            }
-            .await;
-            r?;
-        }
-        finish(tx, audit, detail).await
+            &[&tenant, &a.subject, &a.group, &a.role, &a.scope],
+        )
+        .await
+        .map_err(|e| match AdminError::from(e) {
+            AdminError::AlreadyExists(_) => AdminError::AlreadyExists(format!(
+                "tenant `{tenant}`: {} already holds role `{}` at `{}`",
+                holder(a),
+                a.role,
+                a.scope
+            )),
+            other => other,
+        })?;
+        finish(txn, audit, detail).await
     }
 
     /// Removes an assignment.
@@ -393,32 +367,25 @@ impl AdminStore {
         };
         let detail = json!({ "assignment": a });
         let mut conn = self.pool.get().await?;
-        let tx = conn.transaction().await?;
-        {
-            let tx = &tx;
-            let r: Result<(), AdminError> = async {
-                let n = tx
-                    .execute(
-                        "DELETE FROM assignments WHERE tenant_id = $1 \
+        let txn = conn.transaction().await?;
+        let tx = &txn;
+        let n = tx
+            .execute(
+                "DELETE FROM assignments WHERE tenant_id = $1 \
                      AND subject_id IS NOT DISTINCT FROM $2 AND group_id IS NOT DISTINCT FROM $3 \
                      AND role_id = $4 AND scope = $5",
-                        &[&tenant, &a.subject, &a.group, &a.role, &a.scope],
-                    )
-                    .await?;
-                if n == 0 {
-                    return Err(AdminError::NotFound(format!(
-                        "tenant `{tenant}`: {} does not hold role `{}` at `{}`",
-                        holder(a),
-                        a.role,
-                        a.scope
-                    )));
-                }
-                Ok(())
-            }
-            .await;
-            r?;
+                &[&tenant, &a.subject, &a.group, &a.role, &a.scope],
+            )
+            .await?;
+        if n == 0 {
+            return Err(AdminError::NotFound(format!(
+                "tenant `{tenant}`: {} does not hold role `{}` at `{}`",
+                holder(a),
+                a.role,
+                a.scope
+            )));
         }
-        finish(tx, audit, detail).await
+        finish(txn, audit, detail).await
     }
 
     /// Registers a member (and its tenant, if missing).
@@ -436,28 +403,21 @@ impl AdminStore {
         };
         let detail = json!({ "subject_id": subject, "disabled": disabled });
         let mut conn = self.pool.get().await?;
-        let tx = conn.transaction().await?;
-        {
-            let tx = &tx;
-            let r: Result<(), AdminError> = async {
-                ensure_tenant(tx, tenant).await?;
-                tx.execute(
-                    "INSERT INTO subjects (tenant_id, id, disabled) VALUES ($1, $2, $3)",
-                    &[&tenant, &subject, &disabled],
-                )
-                .await
-                .map_err(|e| match AdminError::from(e) {
-                    AdminError::AlreadyExists(_) => AdminError::AlreadyExists(format!(
-                        "tenant `{tenant}`: subject `{subject}` is already registered"
-                    )),
-                    other => other,
-                })?;
-                Ok(())
-            }
-            .await;
-            r?;
-        }
-        finish(tx, audit, detail).await
+        let txn = conn.transaction().await?;
+        let tx = &txn;
+        ensure_tenant(tx, tenant).await?;
+        tx.execute(
+            "INSERT INTO subjects (tenant_id, id, disabled) VALUES ($1, $2, $3)",
+            &[&tenant, &subject, &disabled],
+        )
+        .await
+        .map_err(|e| match AdminError::from(e) {
+            AdminError::AlreadyExists(_) => AdminError::AlreadyExists(format!(
+                "tenant `{tenant}`: subject `{subject}` is already registered"
+            )),
+            other => other,
+        })?;
+        finish(txn, audit, detail).await
     }
 
     /// Disables or enables a member.
@@ -475,25 +435,18 @@ impl AdminStore {
         };
         let detail = json!({ "subject_id": subject, "disabled": disabled });
         let mut conn = self.pool.get().await?;
-        let tx = conn.transaction().await?;
-        {
-            let tx = &tx;
-            let r: Result<(), AdminError> = async {
-                let n = tx
-                    .execute(
-                        "UPDATE subjects SET disabled = $3 WHERE tenant_id = $1 AND id = $2",
-                        &[&tenant, &subject, &disabled],
-                    )
-                    .await?;
-                if n == 0 {
-                    return Err(subject_not_found(tenant, subject));
-                }
-                Ok(())
-            }
-            .await;
-            r?;
+        let txn = conn.transaction().await?;
+        let tx = &txn;
+        let n = tx
+            .execute(
+                "UPDATE subjects SET disabled = $3 WHERE tenant_id = $1 AND id = $2",
+                &[&tenant, &subject, &disabled],
+            )
+            .await?;
+        if n == 0 {
+            return Err(subject_not_found(tenant, subject));
         }
-        finish(tx, audit, detail).await
+        finish(txn, audit, detail).await
     }
 
     /// Deletes a member with its assignments and memberships.
@@ -510,25 +463,18 @@ impl AdminStore {
         };
         let detail = json!({ "subject_id": subject });
         let mut conn = self.pool.get().await?;
-        let tx = conn.transaction().await?;
-        {
-            let tx = &tx;
-            let r: Result<(), AdminError> = async {
-                let n = tx
-                    .execute(
-                        "DELETE FROM subjects WHERE tenant_id = $1 AND id = $2",
-                        &[&tenant, &subject],
-                    )
-                    .await?;
-                if n == 0 {
-                    return Err(subject_not_found(tenant, subject));
-                }
-                Ok(())
-            }
-            .await;
-            r?;
+        let txn = conn.transaction().await?;
+        let tx = &txn;
+        let n = tx
+            .execute(
+                "DELETE FROM subjects WHERE tenant_id = $1 AND id = $2",
+                &[&tenant, &subject],
+            )
+            .await?;
+        if n == 0 {
+            return Err(subject_not_found(tenant, subject));
         }
-        finish(tx, audit, detail).await
+        finish(txn, audit, detail).await
     }
 
     /// Creates an empty group (and its tenant, if missing).
@@ -545,28 +491,21 @@ impl AdminStore {
         };
         let detail = json!({ "group_id": group });
         let mut conn = self.pool.get().await?;
-        let tx = conn.transaction().await?;
-        {
-            let tx = &tx;
-            let r: Result<(), AdminError> = async {
-                ensure_tenant(tx, tenant).await?;
-                tx.execute(
-                    "INSERT INTO groups (tenant_id, id) VALUES ($1, $2)",
-                    &[&tenant, &group],
-                )
-                .await
-                .map_err(|e| match AdminError::from(e) {
-                    AdminError::AlreadyExists(_) => AdminError::AlreadyExists(format!(
-                        "tenant `{tenant}`: group `{group}` already exists"
-                    )),
-                    other => other,
-                })?;
-                Ok(())
-            }
-            .await;
-            r?;
-        }
-        finish(tx, audit, detail).await
+        let txn = conn.transaction().await?;
+        let tx = &txn;
+        ensure_tenant(tx, tenant).await?;
+        tx.execute(
+            "INSERT INTO groups (tenant_id, id) VALUES ($1, $2)",
+            &[&tenant, &group],
+        )
+        .await
+        .map_err(|e| match AdminError::from(e) {
+            AdminError::AlreadyExists(_) => AdminError::AlreadyExists(format!(
+                "tenant `{tenant}`: group `{group}` already exists"
+            )),
+            other => other,
+        })?;
+        finish(txn, audit, detail).await
     }
 
     /// Deletes a group with its memberships and assignments.
@@ -583,25 +522,18 @@ impl AdminStore {
         };
         let detail = json!({ "group_id": group });
         let mut conn = self.pool.get().await?;
-        let tx = conn.transaction().await?;
-        {
-            let tx = &tx;
-            let r: Result<(), AdminError> = async {
-                let n = tx
-                    .execute(
-                        "DELETE FROM groups WHERE tenant_id = $1 AND id = $2",
-                        &[&tenant, &group],
-                    )
-                    .await?;
-                if n == 0 {
-                    return Err(group_not_found(tenant, group));
-                }
-                Ok(())
-            }
-            .await;
-            r?;
+        let txn = conn.transaction().await?;
+        let tx = &txn;
+        let n = tx
+            .execute(
+                "DELETE FROM groups WHERE tenant_id = $1 AND id = $2",
+                &[&tenant, &group],
+            )
+            .await?;
+        if n == 0 {
+            return Err(group_not_found(tenant, group));
         }
-        finish(tx, audit, detail).await
+        finish(txn, audit, detail).await
     }
 
     /// Adds a registered member to a group.
@@ -619,39 +551,32 @@ impl AdminStore {
         };
         let detail = json!({ "group_id": group, "subject_id": subject });
         let mut conn = self.pool.get().await?;
-        let tx = conn.transaction().await?;
-        {
-            let tx = &tx;
-            let r: Result<(), AdminError> = async {
-                let exists = tx
-                    .query_opt(
-                        "SELECT 1 FROM groups WHERE tenant_id = $1 AND id = $2",
-                        &[&tenant, &group],
-                    )
-                    .await?;
-                if exists.is_none() {
-                    return Err(group_not_found(tenant, group));
-                }
-                tx.execute(
-                "INSERT INTO group_members (tenant_id, group_id, subject_id) VALUES ($1, $2, $3)",
-                &[&tenant, &group, &subject],
+        let txn = conn.transaction().await?;
+        let tx = &txn;
+        let exists = tx
+            .query_opt(
+                "SELECT 1 FROM groups WHERE tenant_id = $1 AND id = $2",
+                &[&tenant, &group],
             )
-            .await
-            .map_err(|e| match AdminError::from(e) {
-                AdminError::AlreadyExists(_) => AdminError::AlreadyExists(format!(
-                    "tenant `{tenant}`: subject `{subject}` is already a member of group `{group}`"
-                )),
-                AdminError::Precondition(_) => AdminError::Precondition(format!(
-                    "tenant `{tenant}`: subject `{subject}` is not registered"
-                )),
-                other => other,
-            })?;
-                Ok(())
-            }
-            .await;
-            r?;
+            .await?;
+        if exists.is_none() {
+            return Err(group_not_found(tenant, group));
         }
-        finish(tx, audit, detail).await
+        tx.execute(
+            "INSERT INTO group_members (tenant_id, group_id, subject_id) VALUES ($1, $2, $3)",
+            &[&tenant, &group, &subject],
+        )
+        .await
+        .map_err(|e| match AdminError::from(e) {
+            AdminError::AlreadyExists(_) => AdminError::AlreadyExists(format!(
+                "tenant `{tenant}`: subject `{subject}` is already a member of group `{group}`"
+            )),
+            AdminError::Precondition(_) => AdminError::Precondition(format!(
+                "tenant `{tenant}`: subject `{subject}` is not registered"
+            )),
+            other => other,
+        })?;
+        finish(txn, audit, detail).await
     }
 
     /// Removes a member from a group.
@@ -669,27 +594,20 @@ impl AdminStore {
         };
         let detail = json!({ "group_id": group, "subject_id": subject });
         let mut conn = self.pool.get().await?;
-        let tx = conn.transaction().await?;
-        {
-            let tx = &tx;
-            let r: Result<(), AdminError> = async {
-            let n = tx
+        let txn = conn.transaction().await?;
+        let tx = &txn;
+        let n = tx
                 .execute(
                     "DELETE FROM group_members WHERE tenant_id = $1 AND group_id = $2 AND subject_id = $3",
                     &[&tenant, &group, &subject],
                 )
                 .await?;
-            if n == 0 {
-                return Err(AdminError::NotFound(format!(
-                    "tenant `{tenant}`: subject `{subject}` is not a member of group `{group}`"
-                )));
-            }
-            Ok(())
-            }
-            .await;
-            r?;
+        if n == 0 {
+            return Err(AdminError::NotFound(format!(
+                "tenant `{tenant}`: subject `{subject}` is not a member of group `{group}`"
+            )));
         }
-        finish(tx, audit, detail).await
+        finish(txn, audit, detail).await
     }
 
     /// Replaces a tenant's default roles (and creates the tenant, if missing).
@@ -706,27 +624,20 @@ impl AdminStore {
         };
         let detail = json!({ "role_ids": roles });
         let mut conn = self.pool.get().await?;
-        let tx = conn.transaction().await?;
-        {
-            let tx = &tx;
-            let r: Result<(), AdminError> = async {
-                ensure_tenant(tx, tenant).await?;
-                tx.execute("DELETE FROM default_roles WHERE tenant_id = $1", &[&tenant])
-                    .await?;
-                for (i, role) in roles.iter().enumerate() {
-                    let position = i32::try_from(i).unwrap_or(i32::MAX);
-                    tx.execute(
-                    "INSERT INTO default_roles (tenant_id, role_id, position) VALUES ($1, $2, $3)",
-                    &[&tenant, role, &position],
-                )
-                .await?;
-                }
-                Ok(())
-            }
-            .await;
-            r?;
+        let txn = conn.transaction().await?;
+        let tx = &txn;
+        ensure_tenant(tx, tenant).await?;
+        tx.execute("DELETE FROM default_roles WHERE tenant_id = $1", &[&tenant])
+            .await?;
+        for (i, role) in roles.iter().enumerate() {
+            let position = i32::try_from(i).unwrap_or(i32::MAX);
+            tx.execute(
+                "INSERT INTO default_roles (tenant_id, role_id, position) VALUES ($1, $2, $3)",
+                &[&tenant, role, &position],
+            )
+            .await?;
         }
-        finish(tx, audit, detail).await
+        finish(txn, audit, detail).await
     }
 
     /// Makes the database match `doc` ([`sync`]'s rules), in one transaction with its
