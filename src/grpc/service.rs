@@ -196,10 +196,22 @@ impl pb::authorization_service_server::AuthorizationService for AuthzService {
     }
 }
 
+/// A credential limited to other tenants asked about this one (PERMISSION_DENIED, mapped
+/// in `grpc::status`).
+#[derive(Debug, thiserror::Error)]
+#[error("`{caller}` may not ask about tenant `{tenant}`")]
+pub struct TenantRefused {
+    caller: String,
+    tenant: String,
+}
+
 /// Why `caller` may not ask about `tenant`, if it may not.
-fn refusal(caller: Option<&Admin>, tenant: &str) -> Option<String> {
+fn refusal(caller: Option<&Admin>, tenant: &str) -> Option<TenantRefused> {
     let caller = caller?;
-    (!caller.may(tenant)).then(|| format!("`{}` may not ask about tenant `{tenant}`", caller.name))
+    (!caller.may(tenant)).then(|| TenantRefused {
+        caller: caller.name.clone(),
+        tenant: tenant.to_owned(),
+    })
 }
 
 impl AuthzService {
@@ -209,8 +221,8 @@ impl AuthzService {
         req: pb::CheckRequest,
     ) -> Result<pb::CheckResponse, Status> {
         let (tenant, query) = convert::check_request(&req, "", "", "")?;
-        if let Some(message) = refusal(caller, tenant) {
-            return Err(Status::permission_denied(message));
+        if let Some(refused) = refusal(caller, tenant) {
+            return Err(refused.into());
         }
         self.fresh(req.min_revision).await?;
         Ok(self.decide_counted(Rpc::Check, tenant, &query))
@@ -240,22 +252,23 @@ impl AuthzService {
                 let prefix = format!("checks[{i}]");
                 let result =
                     match convert::check_request(item, &prefix, &req.tenant_id, &req.subject_id) {
-                        Ok((tenant, query)) => match refusal(caller, tenant) {
-                            // This item only: the caller may ask about other tenants.
-                            Some(message) => {
-                                self.count_error(Rpc::BatchCheck, tonic::Code::PermissionDenied);
-                                pb::batch_check_result::Result::Error(pb::ItemError {
-                                    code: tonic::Code::PermissionDenied as i32,
-                                    message,
-                                    field: format!("{prefix}.tenant_id"),
-                                })
+                        Ok((tenant, query)) => {
+                            match refusal(caller, tenant) {
+                                // This item only: the caller may ask about other tenants.
+                                Some(refused) => {
+                                    let status = Status::from(refused);
+                                    self.count_error(Rpc::BatchCheck, status.code());
+                                    pb::batch_check_result::Result::Error(pb::ItemError {
+                                        code: status.code() as i32,
+                                        message: status.message().to_owned(),
+                                        field: format!("{prefix}.tenant_id"),
+                                    })
+                                }
+                                None => pb::batch_check_result::Result::Response(
+                                    self.decide_counted(Rpc::BatchCheck, tenant, &query),
+                                ),
                             }
-                            None => pb::batch_check_result::Result::Response(self.decide_counted(
-                                Rpc::BatchCheck,
-                                tenant,
-                                &query,
-                            )),
-                        },
+                        }
                         Err(e) => {
                             self.count_error(Rpc::BatchCheck, tonic::Code::InvalidArgument);
                             pb::batch_check_result::Result::Error(pb::ItemError {
@@ -279,8 +292,8 @@ impl AuthzService {
         req: pb::ListPermissionsRequest,
     ) -> Result<pb::ListPermissionsResponse, Status> {
         let (tenant, subject, scope) = convert::list_request(&req)?;
-        if let Some(message) = refusal(caller, tenant) {
-            return Err(Status::permission_denied(message));
+        if let Some(refused) = refusal(caller, tenant) {
+            return Err(refused.into());
         }
         self.fresh(req.min_revision).await?;
         let revision = self.cache.revision();

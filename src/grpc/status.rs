@@ -5,6 +5,8 @@
 //! | bad request value ([`FieldError`]) | INVALID_ARGUMENT, naming the field |
 //! | nothing loaded yet | UNAVAILABLE |
 //! | `min_revision` not reached in time | UNAVAILABLE (retry) |
+//! | cache staler than `--max-staleness` | UNAVAILABLE |
+//! | query credential limited to other tenants ([`TenantRefused`]) | PERMISSION_DENIED |
 //!
 //! Unknown tenants and subjects are deny reasons, not errors. Nothing here is ever an
 //! allow.
@@ -37,12 +39,20 @@ use tonic::{Code, Status};
 
 use tracing::error;
 
-use super::{admin::AdminRequestError, convert::FieldError, envoy::EnvoyError};
+use super::{
+    admin::AdminRequestError, convert::FieldError, envoy::EnvoyError, service::TenantRefused,
+};
 use crate::{cache::FreshnessError, store::admin::AdminError};
 
 impl From<FieldError> for Status {
     fn from(e: FieldError) -> Self {
         Status::invalid_argument(e.to_string())
+    }
+}
+
+impl From<TenantRefused> for Status {
+    fn from(e: TenantRefused) -> Self {
+        Status::permission_denied(e.to_string())
     }
 }
 
