@@ -11,6 +11,17 @@
 //!
 //! The revision the cache has applied is published on a `watch` channel, so a request
 //! for "at least revision N" waits for it without polling.
+//!
+//! # Which revision an answer claims
+//! Every answer is computed on one snapshot and names the revision it holds for
+//! ([`Cache::resolve`]). The reader reads the applied revision R first, then loads the
+//! tenant's slot. Writers store every tenant's new state before they publish a revision,
+//! so a current snapshot loaded after reading R reflects every change up to R: the
+//! answer holds at `max(R, snapshot.revision)`. A tenant whose source no longer compiles
+//! is [`TenantState::Stale`]: it answers from its last good snapshot at that snapshot's
+//! own revision, never a newer one, and fails a `min_revision` beyond it. A removed
+//! tenant leaves a [`TenantState::Removed`] marker, so "unknown tenant" is claimed only
+//! at or after the revision that removed it.
 
 use std::{
     sync::{
@@ -40,6 +51,16 @@ pub enum FreshnessError {
         /// The configured limit.
         max: Duration,
     },
+    /// The tenant's policy in the source does not compile: it answers from its last good
+    /// snapshot, which is older than asked for (or there is none, or it has been stale
+    /// for longer than allowed).
+    #[error("tenant `{tenant}` cannot be served at the requested revision: {why}")]
+    TenantStale {
+        /// The tenant.
+        tenant: String,
+        /// What is wrong, with the compile error.
+        why: String,
+    },
     /// The revision was not reached in time.
     #[error("revision {wanted} not reached within {waited:?} (at revision {current})")]
     RevisionNotReached {
@@ -52,6 +73,65 @@ pub enum FreshnessError {
     },
 }
 
+/// What the cache holds for one tenant.
+#[derive(Debug)]
+pub enum TenantState {
+    /// Compiled from the source's current state of the tenant.
+    Current(Arc<TenantSnapshot>),
+    /// The source's state of the tenant does not compile.
+    Stale(Stale),
+    /// Removed from the source at `revision`.
+    Removed {
+        /// The revision that removed it.
+        revision: u64,
+    },
+}
+
+/// A tenant whose source state does not compile (a row written by an older version, a
+/// hand-edited row the database's checks did not catch). See [`TenantState::Stale`].
+#[derive(Debug)]
+pub struct Stale {
+    /// The last snapshot that compiled, if any; answers come from it at its revision.
+    pub last_good: Option<Arc<TenantSnapshot>>,
+    /// The first revision at which the tenant did not compile.
+    pub since_revision: u64,
+    /// When that was noticed.
+    pub since: Instant,
+    /// The compile error.
+    pub cause: Arc<str>,
+}
+
+impl TenantState {
+    /// The snapshot answers come from: the current one, or a stale tenant's last good one.
+    pub fn snapshot(&self) -> Option<&Arc<TenantSnapshot>> {
+        match self {
+            TenantState::Current(s) => Some(s),
+            TenantState::Stale(st) => st.last_good.as_ref(),
+            TenantState::Removed { .. } => None,
+        }
+    }
+}
+
+/// The snapshot a request is answered from, and the revision the answer claims (see the
+/// module documentation). Holding it keeps the snapshot alive; it is never mutated.
+#[derive(Debug)]
+pub struct Resolved {
+    state: Option<Guard<Arc<TenantState>>>,
+    /// The revision the answer holds at.
+    pub revision: u64,
+}
+
+impl Resolved {
+    /// The tenant's snapshot; `None` for a tenant that does not exist at [`Self::revision`].
+    #[inline]
+    pub fn snapshot(&self) -> Option<&TenantSnapshot> {
+        self.state.as_ref()?.snapshot().map(|s| &**s)
+    }
+}
+
+/// `Inner::applied` before the first load.
+const NOT_LOADED: u64 = u64::MAX;
+
 /// A cheap, cloneable handle to the shared cache.
 #[derive(Clone, Debug)]
 pub struct Cache {
@@ -60,10 +140,14 @@ pub struct Cache {
 
 #[derive(Debug)]
 struct Inner {
-    tenants: DashMap<Box<str>, Arc<ArcSwap<TenantSnapshot>>, foldhash::fast::RandomState>,
+    tenants: DashMap<Box<str>, Arc<ArcSwap<TenantState>>, foldhash::fast::RandomState>,
     /// The applied revision; `None` until the first load (an empty database is loaded
     /// at revision 0).
     revision: watch::Sender<Option<u64>>,
+    /// The same revision for readers on the request path (a watch borrow takes a lock);
+    /// `u64::MAX` until the first load. Written, with Release, only after every tenant of
+    /// that revision is stored.
+    applied: AtomicU64,
     /// Milliseconds after `epoch` when the source last confirmed the cache current.
     confirmed_ms: AtomicU64,
     epoch: Instant,
@@ -82,25 +166,114 @@ impl Cache {
             inner: Arc::new(Inner {
                 tenants: DashMap::default(),
                 revision: watch::Sender::new(None),
+                applied: AtomicU64::new(NOT_LOADED),
                 confirmed_ms: AtomicU64::new(0),
                 epoch: Instant::now(),
             }),
         }
     }
 
-    /// A tenant's current snapshot. The guard keeps it alive; it is never mutated.
-    pub fn tenant(&self, id: &str) -> Option<Guard<Arc<TenantSnapshot>>> {
+    /// A tenant's state as stored now (lock-free load of its slot).
+    #[inline]
+    pub fn lookup(&self, id: &str) -> Option<Guard<Arc<TenantState>>> {
         self.inner.tenants.get(id).map(|slot| slot.load())
     }
 
+    /// A tenant's snapshot to answer from (current, or a stale tenant's last good one);
+    /// `None` for an unknown or removed tenant. For tools and tests: requests use
+    /// [`Cache::resolve`], which also says which revision the answer claims.
+    pub fn tenant(&self, id: &str) -> Option<Arc<TenantSnapshot>> {
+        self.lookup(id)?.snapshot().cloned()
+    }
+
+    /// The snapshot to answer a request about `tenant` from, and the revision the answer
+    /// claims (module documentation, "Which revision an answer claims").
+    ///
+    /// Errors ([`FreshnessError::TenantStale`], UNAVAILABLE): the tenant's source does not
+    /// compile and it has no good snapshot, `min_revision` is beyond its last good one,
+    /// or it has been stale for longer than `max_staleness`.
+    #[inline]
+    pub fn resolve(
+        &self,
+        tenant: &str,
+        min_revision: u64,
+        max_staleness: Option<Duration>,
+    ) -> Result<Resolved, FreshnessError> {
+        // INVARIANT: read before the slot is loaded (see the module documentation).
+        let read = self.revision();
+        let Some(state) = self.lookup(tenant) else {
+            return Ok(Resolved {
+                state: None,
+                revision: read,
+            });
+        };
+        let revision = match &**state {
+            TenantState::Current(s) => s.revision.max(read),
+            TenantState::Removed { revision } => {
+                return Ok(Resolved {
+                    state: None,
+                    revision: (*revision).max(read),
+                });
+            }
+            TenantState::Stale(st) => {
+                let stale = |why: String| FreshnessError::TenantStale {
+                    tenant: tenant.to_owned(),
+                    why: format!(
+                        "{why}; its policy does not compile since revision {}: {}",
+                        st.since_revision, st.cause
+                    ),
+                };
+                let Some(good) = &st.last_good else {
+                    return Err(stale("it has no policy that compiles".into()));
+                };
+                if let Some(max) = max_staleness
+                    && st.since.elapsed() > max
+                {
+                    return Err(stale(format!(
+                        "stale for {:?}, longer than the allowed {max:?}",
+                        st.since.elapsed()
+                    )));
+                }
+                if min_revision > good.revision {
+                    return Err(stale(format!(
+                        "revision {min_revision} asked for, its last good policy is at revision {}",
+                        good.revision
+                    )));
+                }
+                good.revision
+            }
+        };
+        Ok(Resolved {
+            state: Some(state),
+            revision,
+        })
+    }
+
+    /// The tenants that are stale, with how long each has been.
+    pub fn stale_tenants(&self) -> Vec<(String, Duration)> {
+        self.inner
+            .tenants
+            .iter()
+            .filter_map(|e| match &**e.value().load() {
+                TenantState::Stale(st) => Some((e.key().to_string(), st.since.elapsed())),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The revision applied last; 0 before the first load.
+    #[inline]
     pub fn revision(&self) -> u64 {
-        self.inner.revision.borrow().unwrap_or(0)
+        match self.inner.applied.load(Ordering::Acquire) {
+            NOT_LOADED => 0,
+            r => r,
+        }
     }
 
     /// Whether a policy has been loaded.
+    #[inline]
     pub fn is_loaded(&self) -> bool {
-        self.inner.revision.borrow().is_some()
+        self.inner.applied.load(Ordering::Acquire) != NOT_LOADED
     }
 
     /// Records that the source confirmed the cache current (a successful load, reload
@@ -128,51 +301,104 @@ impl Cache {
         }
     }
 
-    /// Number of tenants.
+    /// Number of tenants served (current or stale; not removed ones).
     pub fn tenant_count(&self) -> usize {
-        self.inner.tenants.len()
+        self.inner
+            .tenants
+            .iter()
+            .filter(|e| !matches!(**e.value().load(), TenantState::Removed { .. }))
+            .count()
     }
 
     /// Replaces the whole policy with `policy` at `revision`: tenants in it are stored
-    /// (each atomically), tenants not in it are removed, then the revision is published.
+    /// (each atomically), tenants not in it are removed at `revision`, then the revision
+    /// is published.
     pub fn replace_all(&self, policy: Policy, revision: u64) {
         let mut keep = std::collections::HashSet::with_capacity(policy.tenants.len());
         for snapshot in policy.tenants {
             keep.insert(snapshot.id.clone());
             self.store(snapshot);
         }
-        self.inner.tenants.retain(|id, _| keep.contains(id));
+        self.retain(|id| keep.contains(id), revision);
         self.publish(revision);
     }
 
-    /// Stores one tenant's new snapshot.
+    /// Stores one tenant's new snapshot (the tenant is current again if it was stale).
     pub fn store(&self, snapshot: TenantSnapshot) {
-        let snapshot = Arc::new(snapshot);
-        if let Some(slot) = self.inner.tenants.get(&*snapshot.id) {
-            slot.store(snapshot);
+        let id = snapshot.id.clone();
+        self.set(&id, TenantState::Current(Arc::new(snapshot)));
+    }
+
+    /// Marks a tenant stale: its state at `revision` does not compile (`cause`). It keeps
+    /// answering from its last good snapshot at that snapshot's revision. A tenant already
+    /// stale keeps the revision and time it became so.
+    pub fn mark_stale(&self, id: &str, revision: u64, cause: &str) {
+        let state = match self.lookup(id).as_deref().map(|s| &**s) {
+            Some(TenantState::Stale(st)) => TenantState::Stale(Stale {
+                last_good: st.last_good.clone(),
+                since_revision: st.since_revision,
+                since: st.since,
+                cause: cause.into(),
+            }),
+            other => TenantState::Stale(Stale {
+                last_good: match other {
+                    Some(TenantState::Current(s)) => Some(Arc::clone(s)),
+                    _ => None,
+                },
+                since_revision: revision,
+                since: Instant::now(),
+                cause: cause.into(),
+            }),
+        };
+        self.set(id, state);
+    }
+
+    /// Whether the tenant is stale.
+    pub fn is_stale(&self, id: &str) -> bool {
+        self.lookup(id)
+            .is_some_and(|s| matches!(**s, TenantState::Stale(_)))
+    }
+
+    fn set(&self, id: &str, state: TenantState) {
+        let state = Arc::new(state);
+        if let Some(slot) = self.inner.tenants.get(id) {
+            slot.store(state);
             return;
         }
         self.inner
             .tenants
-            .entry(snapshot.id.clone())
-            .and_modify(|slot| slot.store(Arc::clone(&snapshot)))
-            .or_insert_with(|| Arc::new(ArcSwap::new(Arc::clone(&snapshot))));
+            .entry(id.into())
+            .and_modify(|slot| slot.store(Arc::clone(&state)))
+            .or_insert_with(|| Arc::new(ArcSwap::new(Arc::clone(&state))));
     }
 
-    /// Removes a tenant.
-    pub fn remove(&self, id: &str) {
-        self.inner.tenants.remove(id);
+    /// Removes a tenant at `revision` (a marker stays, so that "unknown tenant" is never
+    /// claimed for a revision at which it still existed).
+    pub fn remove(&self, id: &str, revision: u64) {
+        if self.inner.tenants.contains_key(id) {
+            self.set(id, TenantState::Removed { revision });
+        }
     }
 
-    /// Keeps only the tenants `keep` accepts.
-    pub fn retain(&self, mut keep: impl FnMut(&str) -> bool) {
-        self.inner.tenants.retain(|id, _| keep(id));
+    /// Removes, at `revision`, every tenant `keep` refuses.
+    pub fn retain(&self, mut keep: impl FnMut(&str) -> bool, revision: u64) {
+        let mut gone = Vec::new();
+        for e in self.inner.tenants.iter() {
+            if !keep(e.key()) && !matches!(**e.value().load(), TenantState::Removed { .. }) {
+                gone.push(e.key().clone());
+            }
+        }
+        for id in gone {
+            self.set(&id, TenantState::Removed { revision });
+        }
     }
 
-    /// Calls `f` with every tenant id.
+    /// Calls `f` with every tenant id served (current or stale).
     pub fn for_each_tenant(&self, mut f: impl FnMut(&str)) {
         for entry in self.inner.tenants.iter() {
-            f(entry.key());
+            if !matches!(**entry.value().load(), TenantState::Removed { .. }) {
+                f(entry.key());
+            }
         }
     }
 
@@ -184,6 +410,9 @@ impl Cache {
             Some(current) if *current >= revision => false,
             _ => {
                 *r = Some(revision);
+                // Under the channel's lock, so the two never disagree for long and the
+                // atomic never moves backwards.
+                self.inner.applied.store(revision, Ordering::Release);
                 true
             }
         });

@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::telemetry::LogFormat;
+use crate::{policy::Limits, telemetry::LogFormat};
 
 /// authzd: role-based authorization decisions with reasons, over gRPC.
 #[derive(Debug, Parser)]
@@ -104,9 +104,13 @@ pub struct ServeArgs {
     /// Address to listen on for gRPC.
     #[arg(long, env = "AUTHZ_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
-    /// How often to look for policy file changes (`0s` disables; SIGHUP always reloads).
+    /// How often to look for policy file changes (`0s` disables polling; SIGHUP always
+    /// reloads).
     #[arg(long, env = "AUTHZ_RELOAD_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
     pub reload_interval: Duration,
+    /// Per-tenant limits a policy file is held to (a database uses its `authz_limits`).
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// How long a request with `min_revision` waits for that revision.
     #[arg(long, env = "AUTHZ_REVISION_WAIT", default_value = "1s", value_parser = humantime::parse_duration)]
     pub revision_wait: Duration,
@@ -160,6 +164,44 @@ pub struct ValidateArgs {
     /// Policy files.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
+    /// Per-tenant limits the files are held to.
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Per-tenant limits on a policy (docs/policy-rules.md). A policy file is held to these;
+/// a database is held to its `authz_limits` row instead, which its validation triggers
+/// and every replica following it share.
+#[derive(Clone, Copy, Debug, Args)]
+pub struct LimitArgs {
+    /// Longest chain of role `includes` (edges) from any role.
+    #[arg(long, env = "AUTHZ_MAX_INCLUDE_DEPTH", default_value_t = Limits::default().include_depth)]
+    pub max_include_depth: u32,
+    /// Most custom roles in one tenant (and built-in roles in the document).
+    #[arg(long, env = "AUTHZ_MAX_ROLES_PER_TENANT", default_value_t = Limits::default().roles_per_tenant)]
+    pub max_roles_per_tenant: u32,
+    /// Most route rules in one role.
+    #[arg(long, env = "AUTHZ_MAX_RULES_PER_ROLE", default_value_t = Limits::default().rules_per_role)]
+    pub max_rules_per_role: u32,
+    /// Most named permissions in one role.
+    #[arg(long, env = "AUTHZ_MAX_PERMISSIONS_PER_ROLE", default_value_t = Limits::default().permissions_per_role)]
+    pub max_permissions_per_role: u32,
+    /// Most endpoint entries in one tenant's table (and in the table for all tenants).
+    #[arg(long, env = "AUTHZ_MAX_ENDPOINTS_PER_TENANT", default_value_t = Limits::default().endpoints_per_tenant)]
+    pub max_endpoints_per_tenant: u32,
+}
+
+impl LimitArgs {
+    /// The limits.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            include_depth: self.max_include_depth,
+            roles_per_tenant: self.max_roles_per_tenant,
+            rules_per_role: self.max_rules_per_role,
+            permissions_per_role: self.max_permissions_per_role,
+            endpoints_per_tenant: self.max_endpoints_per_tenant,
+        }
+    }
 }
 
 /// What `check` and `list` print.

@@ -100,11 +100,13 @@ pub fn list(args: &ListArgs) -> Exit {
         },
         Output::Text => {
             super::say!("reason: {}", listing.reason.map_or("", |r| r.as_str()));
-            for (role, g) in &listing.roles {
-                let via = if g.include_chain.len() > 1 {
-                    format!(" through {}", g.include_chain.join(" -> "))
-                } else {
-                    String::new()
+            for r in &listing.roles {
+                let (role, g) = (&r.role, &r.grant);
+                let via = match g.include_chain.first() {
+                    Some(assigned) if !r.included_through.is_empty() => {
+                        format!(" through {assigned} (included by {})", r.included_through)
+                    }
+                    _ => String::new(),
                 };
                 let from = if g.source == "group" {
                     format!("group {}", g.group_id)

@@ -14,7 +14,7 @@ use crate::{
     shutdown,
     store::{
         admin::AdminStore,
-        file::{Reloader, load, spawn_reloader},
+        file::{Reloader, load_with, spawn_reloader},
         follow::{FollowConfig, Follower, spawn_follower},
         postgres,
     },
@@ -126,7 +126,7 @@ async fn serve(args: ServeArgs) -> Exit {
     let _source = match (&args.policy, &args.database_url) {
         (Some(path), None) => {
             // Load before binding: a bad policy never opens a port.
-            let (policy, text) = match load(path, 1) {
+            let (policy, text) = match load_with(path, 1, args.limits.limits()) {
                 Ok(p) => p,
                 Err(e) => {
                     error!(file = %path.display(), "cannot load the policy:\n{e}");
@@ -136,11 +136,14 @@ async fn serve(args: ServeArgs) -> Exit {
             let tenants = policy.tenants.len();
             cache.replace_all(policy, 1);
             info!(file = %path.display(), tenants, revision = 1, "policy loaded");
-            Source::File(
-                (!args.reload_interval.is_zero()).then(|| {
-                    spawn_reloader(path.clone(), cache.clone(), args.reload_interval, text)
-                }),
-            )
+            // Always: with `--reload-interval 0s` it only answers SIGHUP.
+            Source::File(Some(spawn_reloader(
+                path.clone(),
+                cache.clone(),
+                args.reload_interval,
+                text,
+                args.limits.limits(),
+            )))
         }
         (policy, Some(url)) => {
             // The database is the source of truth; a policy file given as well (say,

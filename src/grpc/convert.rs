@@ -17,15 +17,20 @@ pub struct FieldError {
     pub error: InputError,
 }
 
-fn field(prefix: &str, name: &str) -> String {
-    if prefix.is_empty() {
-        name.to_owned()
-    } else {
-        format!("{prefix}.{name}")
+/// Where a check sits in its request: the whole request (`None`), or item `i` of a
+/// BatchCheck (`checks[i]`). The field path is written only when there is an error to
+/// report, so validating a batch item allocates nothing.
+pub type Item = Option<usize>;
+
+/// The field path of `name` in `item`: `name` or `checks[i].name`.
+pub fn field(prefix: Item, name: &str) -> String {
+    match prefix {
+        None => name.to_owned(),
+        Some(i) => format!("checks[{i}].{name}"),
     }
 }
 
-fn at<T>(prefix: &str, name: &str, r: Result<T, InputError>) -> Result<T, FieldError> {
+fn at<T>(prefix: Item, name: &str, r: Result<T, InputError>) -> Result<T, FieldError> {
     r.map_err(|error| FieldError {
         field: field(prefix, name),
         error,
@@ -33,7 +38,7 @@ fn at<T>(prefix: &str, name: &str, r: Result<T, InputError>) -> Result<T, FieldE
 }
 
 /// Validates a subject id; empty is anonymous and allowed.
-fn subject<'a>(prefix: &str, s: &'a str) -> Result<&'a str, FieldError> {
+fn subject(prefix: Item, s: &str) -> Result<&str, FieldError> {
     if s.is_empty() {
         Ok(s)
     } else {
@@ -42,21 +47,22 @@ fn subject<'a>(prefix: &str, s: &'a str) -> Result<&'a str, FieldError> {
 }
 
 /// Validates a check. `tenant` and `subject` fall back to the batch's values when the
-/// item leaves them empty; `prefix` is the item's field path in a batch.
+/// item leaves them empty; `prefix` says which item of a batch it is (field paths in
+/// errors: `checks[3].route.path`, or `tenant_id` for the batch's own value).
 pub fn check_request<'a>(
     req: &'a pb::CheckRequest,
-    prefix: &str,
+    prefix: Item,
     batch_tenant: &'a str,
     batch_subject: &'a str,
 ) -> Result<(&'a str, Query<'a>), FieldError> {
     let (tenant_value, tenant_field) = if req.tenant_id.is_empty() && !batch_tenant.is_empty() {
-        (batch_tenant, "")
+        (batch_tenant, None)
     } else {
         (req.tenant_id.as_str(), prefix)
     };
     let tenant = at(tenant_field, "tenant_id", model::tenant_id(tenant_value))?;
     let (subject_value, subject_field) = if req.subject_id.is_empty() {
-        (batch_subject, "")
+        (batch_subject, None)
     } else {
         (req.subject_id.as_str(), prefix)
     };
@@ -90,9 +96,9 @@ pub fn check_request<'a>(
 /// Validates a listing request: tenant, subject, scope.
 pub fn list_request(req: &pb::ListPermissionsRequest) -> Result<(&str, &str, &str), FieldError> {
     Ok((
-        at("", "tenant_id", model::tenant_id(&req.tenant_id))?,
-        subject("", &req.subject_id)?,
-        at("", "scope", model::scope(&req.scope))?,
+        at(None, "tenant_id", model::tenant_id(&req.tenant_id))?,
+        subject(None, &req.subject_id)?,
+        at(None, "scope", model::scope(&req.scope))?,
     ))
 }
 
@@ -145,9 +151,10 @@ pub fn listing_to_pb(l: Listing) -> pb::ListPermissionsResponse {
         roles: l
             .roles
             .into_iter()
-            .map(|(role, g)| pb::EffectiveRole {
-                role,
-                grant: Some(grant_to_pb(g)),
+            .map(|r| pb::EffectiveRole {
+                role: r.role,
+                grant: Some(grant_to_pb(r.grant)),
+                included_through: r.included_through,
             })
             .collect(),
         permissions: l.permissions,

@@ -174,9 +174,15 @@ impl EnvoyAuthzService {
             scope: "",
             action: Action::Route { method, path },
         };
-        let explanation = match self.cache.tenant(&tenant) {
-            Some(snapshot) => snapshot.explain(&q, &snapshot.check(&q)),
-            None => Explanation::unknown_tenant(&tenant, self.cache.revision()),
+        // One snapshot, and the revision it answers for (as Check does).
+        let resolved = self.cache.resolve(&tenant, 0, self.max_staleness)?;
+        let explanation = match resolved.snapshot() {
+            Some(snapshot) => {
+                let mut ex = snapshot.explain(&q, &snapshot.check(&q));
+                ex.revision = resolved.revision;
+                ex
+            }
+            None => Explanation::unknown_tenant(&tenant, resolved.revision),
         };
         debug!(
             %tenant, %subject, %method, path, allowed = explanation.allowed,

@@ -9,7 +9,7 @@ use super::{
     convert::{self, FieldError},
 };
 use crate::{
-    cache::Cache,
+    cache::{Cache, FreshnessError, Resolved},
     metrics::{InFlight, Metrics, Rpc},
     model::InputError,
     pb::{self, authorization_service_server::AuthorizationServiceServer},
@@ -93,34 +93,25 @@ impl AuthzService {
             .max_encoding_message_size(max)
     }
 
-    /// Decides a validated query in `tenant`.
-    pub fn decide(&self, tenant: &str, q: &Query<'_>) -> pb::CheckResponse {
-        convert::explanation_to_pb(self.explain(tenant, q))
+    /// Decides a validated query in `tenant`, on the tenant's current snapshot.
+    pub fn decide(&self, tenant: &str, q: &Query<'_>) -> Result<pb::CheckResponse, FreshnessError> {
+        let resolved = self.resolve(tenant, 0)?;
+        Ok(convert::explanation_to_pb(explain_on(&resolved, tenant, q)))
     }
 
-    /// Decides a validated query in `tenant` and explains the decision.
-    pub fn explain(&self, tenant: &str, q: &Query<'_>) -> Explanation {
-        // Read the applied revision before the snapshot: the snapshot loaded afterwards
-        // reflects at least that revision (a tenant untouched by recent changes keeps an
-        // older snapshot revision, but its state is current as of this one).
-        let revision = self.cache.revision();
-        match self.cache.tenant(tenant) {
-            Some(snapshot) => {
-                let mut ex = snapshot.explain(q, &snapshot.check(q));
-                ex.revision = ex.revision.max(revision);
-                ex
-            }
-            None => Explanation::unknown_tenant(tenant, revision),
-        }
+    /// The snapshot to answer about `tenant` from, and the revision the answer claims.
+    #[inline]
+    fn resolve(&self, tenant: &str, min_revision: u64) -> Result<Resolved, FreshnessError> {
+        self.cache
+            .resolve(tenant, min_revision, self.config.max_staleness)
     }
 
-    /// [`Self::decide`], counting the decision under `rpc`.
-    fn decide_counted(&self, rpc: Rpc, tenant: &str, q: &Query<'_>) -> pb::CheckResponse {
-        let explanation = self.explain(tenant, q);
+    /// Counts a decision under `rpc`.
+    #[inline]
+    fn count_decision(&self, rpc: Rpc, e: &Explanation) {
         if let Some(m) = &self.metrics {
-            m.decision(rpc, explanation.reason);
+            m.decision(rpc, e.reason);
         }
-        convert::explanation_to_pb(explanation)
     }
 
     /// Starts timing a request of `rpc`; it ends when the guard drops.
@@ -214,20 +205,51 @@ fn refusal(caller: Option<&Admin>, tenant: &str) -> Option<TenantRefused> {
     })
 }
 
+/// Decides `q` on a resolved snapshot, claiming the resolved revision.
+#[inline]
+fn explain_on(resolved: &Resolved, tenant: &str, q: &Query<'_>) -> Explanation {
+    match resolved.snapshot() {
+        Some(snapshot) => {
+            let mut ex = snapshot.explain(q, &snapshot.check(q));
+            ex.revision = resolved.revision;
+            ex
+        }
+        None => Explanation::unknown_tenant(tenant, resolved.revision),
+    }
+}
+
+/// A batch item's error.
+fn item_error(status: &Status, field: String) -> pb::batch_check_result::Result {
+    pb::batch_check_result::Result::Error(pb::ItemError {
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+        field,
+    })
+}
+
 impl AuthzService {
     async fn check_one(
         &self,
         caller: Option<&Admin>,
         req: pb::CheckRequest,
     ) -> Result<pb::CheckResponse, Status> {
-        let (tenant, query) = convert::check_request(&req, "", "", "")?;
+        let (tenant, query) = convert::check_request(&req, None, "", "")?;
         if let Some(refused) = refusal(caller, tenant) {
             return Err(refused.into());
         }
         self.fresh(req.min_revision).await?;
-        Ok(self.decide_counted(Rpc::Check, tenant, &query))
+        let resolved = self.resolve(tenant, req.min_revision)?;
+        let explanation = explain_on(&resolved, tenant, &query);
+        self.count_decision(Rpc::Check, &explanation);
+        Ok(convert::explanation_to_pb(explanation))
     }
 
+    /// Every item of one tenant is decided on one snapshot of it, resolved once, at the
+    /// first item naming the tenant. The batch's `revision` is the revision of that
+    /// snapshot when the batch names one tenant (the usual case); when items name several
+    /// tenants, it is the highest of theirs, and each item's own `revision` says which
+    /// state it was decided on (tenants share nothing, so each tenant's items are exact
+    /// at their revision).
     async fn batch_check_many(
         &self,
         caller: Option<&Admin>,
@@ -243,46 +265,67 @@ impl AuthzService {
             .into());
         }
         self.fresh(req.min_revision).await?;
-        let revision = self.cache.revision();
-        let results = req
-            .checks
-            .iter()
-            .enumerate()
-            .map(|(i, item)| {
-                let prefix = format!("checks[{i}]");
-                let result =
-                    match convert::check_request(item, &prefix, &req.tenant_id, &req.subject_id) {
-                        Ok((tenant, query)) => {
-                            match refusal(caller, tenant) {
-                                // This item only: the caller may ask about other tenants.
-                                Some(refused) => {
-                                    let status = Status::from(refused);
-                                    self.count_error(Rpc::BatchCheck, status.code());
-                                    pb::batch_check_result::Result::Error(pb::ItemError {
-                                        code: status.code() as i32,
-                                        message: status.message().to_owned(),
-                                        field: format!("{prefix}.tenant_id"),
-                                    })
+        // Tenants resolved so far (almost always one): a short list beats a map.
+        let mut tenants: Vec<(&str, Result<Resolved, FreshnessError>)> = Vec::with_capacity(1);
+        let mut results = Vec::with_capacity(req.checks.len());
+        for (i, item) in req.checks.iter().enumerate() {
+            let result =
+                match convert::check_request(item, Some(i), &req.tenant_id, &req.subject_id) {
+                    Err(e) => {
+                        self.count_error(Rpc::BatchCheck, tonic::Code::InvalidArgument);
+                        pb::batch_check_result::Result::Error(pb::ItemError {
+                            code: tonic::Code::InvalidArgument as i32,
+                            message: e.to_string(),
+                            field: e.field,
+                        })
+                    }
+                    Ok((tenant, query)) => match refusal(caller, tenant) {
+                        // This item only: the caller may ask about other tenants.
+                        Some(refused) => {
+                            let status = Status::from(refused);
+                            self.count_error(Rpc::BatchCheck, status.code());
+                            item_error(&status, convert::field(Some(i), "tenant_id"))
+                        }
+                        None => {
+                            let at = match tenants.iter().position(|(t, _)| *t == tenant) {
+                                Some(at) => at,
+                                None => {
+                                    tenants.push((tenant, self.resolve(tenant, req.min_revision)));
+                                    tenants.len() - 1
                                 }
-                                None => pb::batch_check_result::Result::Response(
-                                    self.decide_counted(Rpc::BatchCheck, tenant, &query),
-                                ),
+                            };
+                            match tenants.get(at).map(|(_, r)| r) {
+                                Some(Ok(resolved)) => {
+                                    let explanation = explain_on(resolved, tenant, &query);
+                                    self.count_decision(Rpc::BatchCheck, &explanation);
+                                    pb::batch_check_result::Result::Response(
+                                        convert::explanation_to_pb(explanation),
+                                    )
+                                }
+                                Some(Err(e)) => {
+                                    let status = Status::from(e.clone());
+                                    self.count_error(Rpc::BatchCheck, status.code());
+                                    item_error(&status, convert::field(Some(i), "tenant_id"))
+                                }
+                                // Unreachable: `at` indexes `tenants`.
+                                None => {
+                                    let status = Status::internal("batch tenant lookup failed");
+                                    self.count_error(Rpc::BatchCheck, status.code());
+                                    item_error(&status, convert::field(Some(i), "tenant_id"))
+                                }
                             }
                         }
-                        Err(e) => {
-                            self.count_error(Rpc::BatchCheck, tonic::Code::InvalidArgument);
-                            pb::batch_check_result::Result::Error(pb::ItemError {
-                                code: tonic::Code::InvalidArgument as i32,
-                                message: e.to_string(),
-                                field: e.field,
-                            })
-                        }
-                    };
-                pb::BatchCheckResult {
-                    result: Some(result),
-                }
-            })
-            .collect();
+                    },
+                };
+            results.push(pb::BatchCheckResult {
+                result: Some(result),
+            });
+        }
+        let revision = tenants
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().ok().map(|r| r.revision))
+            .max()
+            .unwrap_or_else(|| self.cache.revision());
         Ok(pb::BatchCheckResponse { results, revision })
     }
 
@@ -296,16 +339,16 @@ impl AuthzService {
             return Err(refused.into());
         }
         self.fresh(req.min_revision).await?;
-        let revision = self.cache.revision();
-        let response = match self.cache.tenant(tenant) {
+        let resolved = self.resolve(tenant, req.min_revision)?;
+        let response = match resolved.snapshot() {
             Some(snapshot) => {
                 let mut listing = snapshot.list(subject, scope);
-                listing.revision = listing.revision.max(revision);
+                listing.revision = resolved.revision;
                 convert::listing_to_pb(listing)
             }
             None => pb::ListPermissionsResponse {
                 reason: pb::Reason::UnknownTenant as i32,
-                revision,
+                revision: resolved.revision,
                 ..Default::default()
             },
         };

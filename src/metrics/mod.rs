@@ -10,7 +10,8 @@
 //! | `authz_requests_in_flight` | gauge | `rpc` | requests being handled now |
 //! | `authz_policy_revision` | gauge | | the revision the cache has applied (0: nothing loaded) |
 //! | `authz_policy_tenants` | gauge | | tenants in the cache |
-//! | `authz_policy_staleness_seconds` | gauge | | seconds since the store last confirmed the cache current ([`Cache::staleness`]); exported once a policy is loaded |
+//! | `authz_policy_staleness_seconds` | gauge | | seconds since the store last confirmed the cache current ([`Cache::staleness`]), or since the oldest stale tenant stopped compiling if that is longer; exported once a policy is loaded |
+//! | `authz_policy_stale_tenants` | gauge | | tenants whose policy in the store does not compile (served from their last good snapshot at its own revision); exported once a policy is loaded |
 //! | `authz_policy_last_reload_timestamp_seconds` | gauge | | Unix time the store last applied a policy version |
 //! | `authz_policy_reload_failures_total` | counter | | policy versions the store rejected or could not read |
 //! | `authz_db_connected` | gauge | | 1 while the store's database connection is up, 0 while down; only exported once a store reports it |
@@ -492,11 +493,20 @@ impl Collector for PolicyCollector {
             i64::try_from(self.cache.tenant_count()).unwrap_or(i64::MAX),
         )?;
         if self.cache.is_loaded() {
+            // A tenant whose source does not compile is as stale as the time since then.
+            let stale = self.cache.stale_tenants();
+            let oldest = stale.iter().map(|(_, d)| *d).max().unwrap_or_default();
             gauge(
                 &mut encoder,
                 "authz_policy_staleness_seconds",
-                "Seconds since the store last confirmed the cache holds its current policy.",
-                self.cache.staleness().as_secs_f64(),
+                "Seconds since the store last confirmed the cache holds its current policy (or since the oldest stale tenant stopped compiling, if longer).",
+                self.cache.staleness().max(oldest).as_secs_f64(),
+            )?;
+            gauge(
+                &mut encoder,
+                "authz_policy_stale_tenants",
+                "Tenants whose policy in the store does not compile: answered from their last good policy at its revision, or UNAVAILABLE.",
+                i64::try_from(stale.len()).unwrap_or(i64::MAX),
             )?;
         }
         if let Some(source) = &self.source {

@@ -12,11 +12,45 @@ use std::{
 };
 
 use super::{
-    pattern::{Matcher, Pattern},
+    pattern::{Matcher, Pattern, Segment},
     snapshot::*,
     source::{EndpointDoc, PolicyDocument, RoleDoc, TenantDoc},
 };
 use crate::model::{self, MethodSet};
+
+/// Per-tenant limits on what a policy may hold, checked before the expensive work, so
+/// nothing a tenant admin or a policy file writes can make compiling (or the database's
+/// validation, which enforces the same limits from its `authz_limits` table) cost more
+/// than linear time and memory in the document.
+///
+/// The rules and defaults are listed in docs/policy-rules.md; a real tenant never meets
+/// the defaults. Exceeding one is a load error naming the limit (`max_include_depth` ...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest chain of `includes` edges from any role (a role including nothing has
+    /// depth 0; `a` including `b` gives `a` depth 1), through built-in roles too.
+    pub include_depth: u32,
+    /// Most custom roles in one tenant; the built-in roles are held to the same number.
+    pub roles_per_tenant: u32,
+    /// Most route rules in one role.
+    pub rules_per_role: u32,
+    /// Most named permissions in one role.
+    pub permissions_per_role: u32,
+    /// Most endpoint entries in one tenant's table; the global table likewise.
+    pub endpoints_per_tenant: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            include_depth: 32,
+            roles_per_tenant: 10_000,
+            rules_per_role: 1_000,
+            permissions_per_role: 1_000,
+            endpoints_per_tenant: 10_000,
+        }
+    }
+}
 
 /// A compiled policy: every tenant's snapshot.
 #[derive(Debug)]
@@ -78,12 +112,24 @@ pub struct Shared {
     /// its own.
     global_endpoints: Arc<[Endpoint]>,
     global_matcher: Arc<Matcher<EndpointGroup>>,
+    /// The limits every tenant compiled against this is held to.
+    pub limits: Limits,
 }
 
 /// Compiles a document; `file` names it in errors and `revision` is stamped on every
 /// snapshot.
 pub fn compile(doc: &PolicyDocument, file: &str, revision: u64) -> Result<Policy, CompileError> {
-    let shared = compile_shared(&doc.roles, &doc.endpoints, file)?;
+    compile_with(doc, file, revision, Limits::default())
+}
+
+/// [`compile`] with other [`Limits`].
+pub fn compile_with(
+    doc: &PolicyDocument,
+    file: &str,
+    revision: u64,
+    limits: Limits,
+) -> Result<Policy, CompileError> {
+    let shared = compile_shared_with(&doc.roles, &doc.endpoints, file, limits)?;
     let mut problems = Vec::new();
     let mut seen = HashSet::new();
     let mut tenants = Vec::with_capacity(doc.tenants.len());
@@ -110,13 +156,34 @@ pub fn compile(doc: &PolicyDocument, file: &str, revision: u64) -> Result<Policy
     }
 }
 
-/// Compiles the built-in roles and the endpoint table for all tenants.
+/// Compiles the built-in roles and the endpoint table for all tenants, with the default
+/// [`Limits`].
 pub fn compile_shared(
     roles: &[RoleDoc],
     endpoints: &[EndpointDoc],
     file: &str,
 ) -> Result<Shared, CompileError> {
-    let mut cx = Context::default();
+    compile_shared_with(roles, endpoints, file, Limits::default())
+}
+
+/// [`compile_shared`] with other [`Limits`]; tenants compiled against the result are held
+/// to them too.
+pub fn compile_shared_with(
+    roles: &[RoleDoc],
+    endpoints: &[EndpointDoc],
+    file: &str,
+    limits: Limits,
+) -> Result<Shared, CompileError> {
+    let mut cx = Context {
+        problems: Vec::new(),
+        limits,
+    };
+    if !cx.within_counts("", roles, endpoints) {
+        return Err(CompileError {
+            file: file.to_owned(),
+            problems: cx.problems,
+        });
+    }
     let builtins = Arc::new(cx.builtins(roles));
     let global = cx.endpoint_docs("", endpoints);
     for spec in &global {
@@ -137,6 +204,7 @@ pub fn compile_shared(
             global,
             global_endpoints: endpoints.into(),
             global_matcher: Arc::new(matcher),
+            limits,
         })
     } else {
         Err(CompileError {
@@ -153,8 +221,13 @@ pub fn compile_tenant(
     file: &str,
     revision: u64,
 ) -> Result<TenantSnapshot, CompileError> {
-    let mut cx = Context::default();
+    let mut cx = Context {
+        problems: Vec::new(),
+        limits: shared.limits,
+    };
     let snapshot = match model::tenant_id(&t.id) {
+        // Counts first: a tenant over a limit is refused before anything is built.
+        Ok(_) if !cx.within_counts(&format!("tenant `{}`", t.id), &t.roles, &t.endpoints) => None,
         Ok(_) => cx.tenant(t, shared, revision),
         Err(e) => {
             cx.problem(&format!("tenant `{}`", t.id), format!("id {e}"));
@@ -170,9 +243,9 @@ pub fn compile_tenant(
     }
 }
 
-#[derive(Default)]
 struct Context {
     problems: Vec<Problem>,
+    limits: Limits,
 }
 
 /// Parsed endpoint entry before role names are resolved.
@@ -189,6 +262,77 @@ impl Context {
             location: location.to_owned(),
             message,
         });
+    }
+
+    /// Checks the count limits of one role table and endpoint table (`tenant_loc` empty:
+    /// the built-in ones); false if any is exceeded.
+    fn within_counts(
+        &mut self,
+        tenant_loc: &str,
+        roles: &[RoleDoc],
+        endpoints: &[EndpointDoc],
+    ) -> bool {
+        let before = self.problems.len();
+        let l = self.limits;
+        let what = if tenant_loc.is_empty() {
+            "built-in roles"
+        } else {
+            "custom roles"
+        };
+        if roles.len() > l.roles_per_tenant as usize {
+            let loc = if tenant_loc.is_empty() {
+                "built-in roles"
+            } else {
+                tenant_loc
+            };
+            self.problem(
+                loc,
+                format!(
+                    "{} {what}, more than the limit max_roles_per_tenant = {}",
+                    roles.len(),
+                    l.roles_per_tenant
+                ),
+            );
+        }
+        if endpoints.len() > l.endpoints_per_tenant as usize {
+            let loc = if tenant_loc.is_empty() {
+                "endpoints for all tenants"
+            } else {
+                tenant_loc
+            };
+            self.problem(
+                loc,
+                format!(
+                    "{} endpoint entries, more than the limit max_endpoints_per_tenant = {}",
+                    endpoints.len(),
+                    l.endpoints_per_tenant
+                ),
+            );
+        }
+        for r in roles {
+            let loc = join(tenant_loc, &format!("role `{}`", r.id));
+            if r.routes.len() > l.rules_per_role as usize {
+                self.problem(
+                    &loc,
+                    format!(
+                        "{} route rules, more than the limit max_rules_per_role = {}",
+                        r.routes.len(),
+                        l.rules_per_role
+                    ),
+                );
+            }
+            if r.permissions.len() > l.permissions_per_role as usize {
+                self.problem(
+                    &loc,
+                    format!(
+                        "{} permissions, more than the limit max_permissions_per_role = {}",
+                        r.permissions.len(),
+                        l.permissions_per_role
+                    ),
+                );
+            }
+        }
+        self.problems.len() == before
     }
 
     fn builtins(&mut self, docs: &[RoleDoc]) -> Builtins {
@@ -274,15 +418,66 @@ impl Context {
                 &[]
             }
         };
-        if let Some(cycle) = find_cycle(base, docs.len(), &edges) {
-            let names: Vec<&str> = cycle
-                .iter()
-                .map(|&i| docs.get((i - base) as usize).map_or("?", |r| r.id.as_str()))
-                .collect();
-            let first = names.first().copied().unwrap_or("?");
+        let name = |i: RoleIdx| -> &str {
+            if i >= base {
+                docs.get((i - base) as usize).map_or("?", |r| r.id.as_str())
+            } else {
+                builtins
+                    .and_then(|b| b.roles.get(i as usize))
+                    .map_or("?", |r| &*r.id)
+            }
+        };
+        let builtin_depth = |i: RoleIdx| -> u32 {
+            builtins
+                .and_then(|b| b.roles.get(i as usize))
+                .map_or(0, |r| r.depth)
+        };
+        let depths = match include_depths(base, docs.len(), &edges, &builtin_depth) {
+            Ok(d) => d,
+            Err(GraphError::Cycle(cycle)) => {
+                let names: Vec<&str> = cycle.iter().map(|&i| name(i)).collect();
+                let first = names.first().copied().unwrap_or("?");
+                self.problem(
+                    &join(tenant_loc, &format!("role `{first}`")),
+                    format!("include cycle `{}`", names.join(" -> ")),
+                );
+                return Box::new([]);
+            }
+        };
+        let limit = self.limits.include_depth;
+        if let Some((i, &d)) = depths.iter().enumerate().find(|&(_, &d)| d > limit) {
+            // Name the longest chain: from the role, always to a deepest include.
+            let depth_of = |r: RoleIdx| -> u32 {
+                if r >= base {
+                    depths.get((r - base) as usize).copied().unwrap_or(0)
+                } else {
+                    builtin_depth(r)
+                }
+            };
+            let children = |r: RoleIdx| -> Vec<RoleIdx> {
+                if r >= base {
+                    edges(r).to_vec()
+                } else {
+                    builtin_includes(builtins, r)
+                }
+            };
+            let mut chain = vec![base + i as RoleIdx];
+            let mut cur = base + i as RoleIdx;
+            while let Some(next) = children(cur).into_iter().max_by_key(|&n| depth_of(n)) {
+                chain.push(next);
+                cur = next;
+                if chain.len() > limit as usize + 1 {
+                    break;
+                }
+            }
+            let names: Vec<&str> = chain.iter().map(|&r| name(r)).collect();
             self.problem(
-                &join(tenant_loc, &format!("role `{first}`")),
-                format!("include cycle `{}`", names.join(" -> ")),
+                &join(tenant_loc, &format!("role `{}`", name(base + i as RoleIdx))),
+                format!(
+                    "include chain `{}{}` is {d} deep, more than the limit max_include_depth = {limit}",
+                    names.join(" -> "),
+                    if (d as usize) + 1 > names.len() { " -> ..." } else { "" },
+                ),
             );
             return Box::new([]);
         }
@@ -302,18 +497,7 @@ impl Context {
                 let next: Vec<RoleIdx> = if role >= base {
                     edges(role).to_vec()
                 } else {
-                    // A built-in role's includes, from its compiled closure's first hops.
-                    builtins
-                        .and_then(|b| b.roles.get(role as usize))
-                        .map(|b| {
-                            b.closure
-                                .iter()
-                                .skip(1)
-                                .filter(|(_, parent)| *parent == 0)
-                                .map(|(r, _)| *r)
-                                .collect()
-                        })
-                        .unwrap_or_default()
+                    builtin_includes(builtins, role)
                 };
                 for n in next {
                     if !set.contains(n) {
@@ -359,6 +543,7 @@ impl Context {
                 }
             }
             roles.push(Role {
+                depth: depths.get(i).copied().unwrap_or(0),
                 id: r.id.as_str().into(),
                 description: r.description.as_str().into(),
                 builtin: builtins.is_none(),
@@ -406,24 +591,38 @@ impl Context {
                 }
             }
         }
-        // Two entries of one table the router could not choose between.
-        for (i, a) in out.iter().enumerate() {
-            for b in out.iter().skip(i + 1) {
-                if a.pattern.segments() == b.pattern.segments() && a.methods.intersects(&b.methods)
-                {
-                    self.problem(
-                        &join(
-                            tenant_loc,
-                            &format!("endpoint `{} {}`", b.doc.methods.join(","), b.doc.path),
-                        ),
-                        format!(
-                            "conflicts with endpoint `{} {}`: same pattern, common method",
-                            a.doc.methods.join(","),
-                            a.doc.path
-                        ),
-                    );
+        // Two entries of one table the router could not choose between. Entries are
+        // grouped by pattern (a hash map, linear in entries); only within a group are
+        // methods compared, against the union of the group's earlier entries, and the
+        // earlier entry is searched for only when there is a conflict to report.
+        let mut groups: HashMap<&[Segment], (MethodSet, Vec<usize>)> = HashMap::new();
+        let mut conflicts = Vec::new();
+        for (i, b) in out.iter().enumerate() {
+            let (union, members) = groups.entry(b.pattern.segments()).or_default();
+            if union.intersects(&b.methods) {
+                let a = members
+                    .iter()
+                    .filter_map(|&j| out.get(j))
+                    .find(|a| a.methods.intersects(&b.methods));
+                if let Some(a) = a {
+                    conflicts.push((a, b));
                 }
             }
+            union.union_with(&b.methods);
+            members.push(i);
+        }
+        for (a, b) in conflicts {
+            self.problem(
+                &join(
+                    tenant_loc,
+                    &format!("endpoint `{} {}`", b.doc.methods.join(","), b.doc.path),
+                ),
+                format!(
+                    "conflicts with endpoint `{} {}`: same pattern, common method",
+                    a.doc.methods.join(","),
+                    a.doc.path
+                ),
+            );
         }
         out
     }
@@ -678,6 +877,21 @@ impl Context {
     }
 }
 
+/// A built-in role's own includes, from its compiled closure's first hops.
+fn builtin_includes(builtins: Option<&Builtins>, role: RoleIdx) -> Vec<RoleIdx> {
+    builtins
+        .and_then(|b| b.roles.get(role as usize))
+        .map(|b| {
+            b.closure
+                .iter()
+                .skip(1)
+                .filter(|(_, parent)| *parent == 0)
+                .map(|(r, _)| *r)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn join(outer: &str, inner: &str) -> String {
     if outer.is_empty() {
         inner.to_owned()
@@ -686,12 +900,23 @@ fn join(outer: &str, inner: &str) -> String {
     }
 }
 
-/// Finds an include cycle among roles `base..base+count`, as the path `a, b, a`.
-fn find_cycle<'e>(
+/// What walking the include graph found wrong.
+#[derive(Debug, PartialEq, Eq)]
+enum GraphError {
+    /// An include cycle, as the path `a, b, a`.
+    Cycle(Vec<RoleIdx>),
+}
+
+/// Walks the include graph of roles `base..base+count` (edges to roles below `base`, the
+/// built-in ones, end there with `builtin_depth`) and returns each role's include depth:
+/// the longest chain of `includes` edges from it. Iterative depth-first search, linear in
+/// roles + includes, with no recursion (a 10,000-role chain must not exhaust the stack).
+fn include_depths<'e>(
     base: RoleIdx,
     count: usize,
     edges: &impl Fn(RoleIdx) -> &'e [RoleIdx],
-) -> Option<Vec<RoleIdx>> {
+    builtin_depth: &impl Fn(RoleIdx) -> u32,
+) -> Result<Vec<u32>, GraphError> {
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {
         New,
@@ -699,43 +924,64 @@ fn find_cycle<'e>(
         Done,
     }
     let mut mark = vec![Mark::New; count];
-    let mut path: Vec<RoleIdx> = Vec::new();
-    fn visit<'e>(
-        r: RoleIdx,
-        base: RoleIdx,
-        edges: &impl Fn(RoleIdx) -> &'e [RoleIdx],
-        mark: &mut [Mark],
-        path: &mut Vec<RoleIdx>,
-    ) -> Option<Vec<RoleIdx>> {
-        let slot = mark.get_mut((r - base) as usize)?;
-        match *slot {
-            Mark::Done => return None,
-            Mark::OnPath => {
-                let start = path.iter().position(|&p| p == r).unwrap_or(0);
-                let mut cycle: Vec<RoleIdx> = path.get(start..).unwrap_or_default().to_vec();
-                cycle.push(r);
-                return Some(cycle);
+    let mut depth = vec![0u32; count];
+    // The current path: a role and how many of its edges were followed.
+    let mut stack: Vec<(RoleIdx, usize)> = Vec::new();
+    let local = |r: RoleIdx| (r >= base).then(|| (r - base) as usize);
+    for start in 0..count {
+        if mark.get(start) != Some(&Mark::New) {
+            continue;
+        }
+        let start = base + start as RoleIdx;
+        stack.push((start, 0));
+        if let Some(m) = local(start).and_then(|i| mark.get_mut(i)) {
+            *m = Mark::OnPath;
+        }
+        while let Some((role, next)) = stack.last_mut() {
+            let role = *role;
+            let out = edges(role);
+            if let Some(&n) = out.get(*next) {
+                *next += 1;
+                let Some(i) = local(n) else { continue };
+                match mark.get(i) {
+                    Some(Mark::New) => {
+                        if let Some(m) = mark.get_mut(i) {
+                            *m = Mark::OnPath;
+                        }
+                        stack.push((n, 0));
+                    }
+                    Some(Mark::OnPath) => {
+                        let from = stack.iter().position(|&(r, _)| r == n).unwrap_or(0);
+                        let mut cycle: Vec<RoleIdx> =
+                            stack.iter().skip(from).map(|&(r, _)| r).collect();
+                        cycle.push(n);
+                        return Err(GraphError::Cycle(cycle));
+                    }
+                    _ => {}
+                }
+            } else {
+                // Every include is done: this role's depth is known.
+                let d = out
+                    .iter()
+                    .map(|&n| {
+                        1 + match local(n) {
+                            Some(i) => depth.get(i).copied().unwrap_or(0),
+                            None => builtin_depth(n),
+                        }
+                    })
+                    .max()
+                    .unwrap_or(0);
+                if let Some(i) = local(role) {
+                    if let Some(slot) = depth.get_mut(i) {
+                        *slot = d;
+                    }
+                    if let Some(m) = mark.get_mut(i) {
+                        *m = Mark::Done;
+                    }
+                }
+                stack.pop();
             }
-            Mark::New => *slot = Mark::OnPath,
-        }
-        path.push(r);
-        for &n in edges(r) {
-            if n >= base
-                && let Some(c) = visit(n, base, edges, mark, path)
-            {
-                return Some(c);
-            }
-        }
-        path.pop();
-        if let Some(slot) = mark.get_mut((r - base) as usize) {
-            *slot = Mark::Done;
-        }
-        None
-    }
-    for i in 0..count {
-        if let Some(c) = visit(base + i as RoleIdx, base, edges, &mut mark, &mut path) {
-            return Some(c);
         }
     }
-    None
+    Ok(depth)
 }

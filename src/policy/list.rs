@@ -20,7 +20,7 @@ pub struct Listing {
     /// `Granted` for an active member; else why the lists are empty.
     pub reason: Option<Reason>,
     /// Effective roles, sorted by id, each with how it is held.
-    pub roles: Vec<(String, GrantView)>,
+    pub roles: Vec<ListedRole>,
     /// Named permissions, sorted.
     pub permissions: Vec<String>,
     /// Route rules of the effective roles: (role, methods, pattern).
@@ -31,6 +31,26 @@ pub struct Listing {
     pub scopes_below: Vec<(String, Vec<String>)>,
     /// The revision it was computed on.
     pub revision: u64,
+}
+
+/// An effective role in a [`Listing`], and how the subject holds it.
+///
+/// Linear in size whatever the include depth: the grant's `include_chain` holds only its
+/// two ends (the assigned role and this role; just this role when it was assigned
+/// itself), and `included_through` names the role that includes this one. Following
+/// `included_through` from role to role within the listing gives the whole chain: a role
+/// is listed with the first assignment that gives it, and the role including it is then
+/// held through that same assignment (had it been held earlier, so would this role).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ListedRole {
+    /// The role.
+    pub role: String,
+    /// The assignment (or default) through which it is held.
+    pub grant: GrantView,
+    /// The role that includes it on the way from the assigned role; empty when it is the
+    /// assigned role itself.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub included_through: String,
 }
 
 impl TenantSnapshot {
@@ -84,26 +104,48 @@ impl TenantSnapshot {
 
         // Effective roles, the first way each is held winning (the order Check uses).
         let mut held = RoleSet::with_capacity(self.role_count());
-        let mut roles: BTreeMap<String, (RoleIdx, GrantView)> = BTreeMap::new();
+        let mut roles: BTreeMap<String, (RoleIdx, ListedRole)> = BTreeMap::new();
         self.for_each_applicable(subject, scope, |assigned, at, source| {
             let role = self.role(assigned)?;
-            for (pos, &(g, _)) in role.closure.iter().enumerate() {
+            for (pos, &(g, parent)) in role.closure.iter().enumerate() {
                 if held.contains(g) {
                     continue;
                 }
                 held.insert(g);
                 let grant = GrantRef {
                     assigned,
-                    granting_pos: pos as u32,
+                    // The assigned role itself: a view without the chain in between.
+                    granting_pos: 0,
                     scope: at,
                     source,
                 };
-                roles.insert(self.role_id(g).to_owned(), (g, self.grant_view(&grant)));
+                let mut view = self.grant_view(&grant);
+                let id = self.role_id(g).to_owned();
+                let included_through = if pos == 0 {
+                    String::new()
+                } else {
+                    view.include_chain.push(id.clone());
+                    view.role = id.clone();
+                    role.closure
+                        .get(parent as usize)
+                        .map_or_else(String::new, |&(p, _)| self.role_id(p).to_owned())
+                };
+                roles.insert(
+                    id.clone(),
+                    (
+                        g,
+                        ListedRole {
+                            role: id,
+                            grant: view,
+                            included_through,
+                        },
+                    ),
+                );
             }
             None::<()>
         });
         let mut permissions: Vec<String> = Vec::new();
-        for (name, (idx, view)) in roles {
+        for (name, (idx, listed)) in roles {
             if let Some(role) = self.role(idx) {
                 permissions.extend(role.permissions.iter().map(|p| p.to_string()));
                 for rule in role.rules.iter() {
@@ -114,7 +156,7 @@ impl TenantSnapshot {
                     ));
                 }
             }
-            out.roles.push((name, view));
+            out.roles.push(listed);
         }
         permissions.sort();
         permissions.dedup();

@@ -13,7 +13,7 @@ pub mod source;
 mod tests;
 pub mod update;
 
-pub use compile::{CompileError, Policy, compile};
+pub use compile::{CompileError, Limits, Policy, compile, compile_with};
 pub use decision::{Decision, Explanation, Reason};
 pub use eval::{Action, Query};
 pub use snapshot::TenantSnapshot;

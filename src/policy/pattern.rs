@@ -17,7 +17,7 @@
 use std::fmt;
 
 /// One segment of a pattern.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Segment {
     /// Exactly this text.
     Literal(Box<str>),

@@ -63,6 +63,8 @@ pub struct Role {
     pub description: Box<str>,
     /// Declared once for all tenants.
     pub builtin: bool,
+    /// The longest chain of `includes` edges from this role (0: it includes nothing).
+    pub depth: u32,
     /// This role and every role it includes, transitively, in breadth-first order from
     /// this role; each with the position (in this list) of the role that includes it.
     /// The first entry is the role itself, pointing at itself.

@@ -1139,10 +1139,10 @@ fn unknown_tenant_is_denied_even_for_a_public_endpoint() {
     cache.replace_all(policy(CHAT), 1);
     let service = AuthzService::new(cache, ServiceConfig::default());
     let q = query("", "", "GET /health/");
-    let known = service.decide("acme", &q);
+    let known = service.decide("acme", &q).unwrap();
     assert!(known.allowed);
     assert_eq!(known.reason, pb::Reason::Public as i32);
-    let unknown = service.decide("nope", &q);
+    let unknown = service.decide("nope", &q).unwrap();
     assert!(!unknown.allowed);
     assert_eq!(unknown.reason, pb::Reason::UnknownTenant as i32);
     assert_eq!(unknown.revision, 1);
@@ -1151,7 +1151,9 @@ fn unknown_tenant_is_denied_even_for_a_public_endpoint() {
         unknown.explanation,
         "denied, because tenant `nope` does not exist"
     );
-    let unknown = service.decide("nope", &query("ann", "", "chat.use"));
+    let unknown = service
+        .decide("nope", &query("ann", "", "chat.use"))
+        .unwrap();
     assert_eq!(unknown.reason, pb::Reason::UnknownTenant as i32);
 }
 
@@ -1508,9 +1510,13 @@ tenants:
 fn roles_of(l: &Listing) -> Vec<String> {
     l.roles
         .iter()
-        .map(|(id, g)| {
-            assert_eq!(id, &g.role);
-            grant_text(g)
+        .map(|r| {
+            assert_eq!(r.role, r.grant.role);
+            if r.included_through.is_empty() {
+                grant_text(&r.grant)
+            } else {
+                format!("{} via={}", grant_text(&r.grant), r.included_through)
+            }
         })
         .collect()
 }
@@ -1571,7 +1577,7 @@ fn list_at_a_scope() {
         roles_of(&l),
         [
             r#"role=developer chain=developer source=group:eng scope="workspaces/ws-1""#,
-            r#"role=user chain=developer>user source=group:eng scope="workspaces/ws-1""#,
+            r#"role=user chain=developer>user source=group:eng scope="workspaces/ws-1" via=developer"#,
         ]
     );
     assert_eq!(l.permissions, ["api_keys.manage", "chat.use", "usage.view"]);
@@ -1602,8 +1608,8 @@ fn list_at_a_scope() {
         roles_of(&l),
         [
             r#"role=admin chain=admin source=direct scope="workspaces/ws-1/projects/p""#,
-            r#"role=developer chain=admin>developer source=direct scope="workspaces/ws-1/projects/p""#,
-            r#"role=user chain=admin>developer>user source=direct scope="workspaces/ws-1/projects/p""#,
+            r#"role=developer chain=admin>developer source=direct scope="workspaces/ws-1/projects/p" via=admin"#,
+            r#"role=user chain=admin>user source=direct scope="workspaces/ws-1/projects/p" via=developer"#,
         ]
     );
     assert_eq!(
@@ -1647,8 +1653,37 @@ fn list_at_a_scope() {
                 "{scope} {perm}"
             );
             if let Some(g) = &ex.grant {
-                let (_, listed) = l.roles.iter().find(|(id, _)| *id == g.role).unwrap();
-                assert_eq!(listed, g, "{scope} {perm}");
+                let listed = l.roles.iter().find(|r| r.role == g.role).unwrap();
+                // Same assignment; the chain comes back by following `included_through`.
+                let mut chain = vec![listed.role.clone()];
+                let mut cur = listed;
+                while !cur.included_through.is_empty() {
+                    chain.insert(0, cur.included_through.clone());
+                    cur = l
+                        .roles
+                        .iter()
+                        .find(|r| r.role == cur.included_through)
+                        .unwrap();
+                    assert_eq!(cur.grant.scope, listed.grant.scope);
+                    assert_eq!(cur.grant.source, listed.grant.source);
+                }
+                assert_eq!(chain, g.include_chain, "{scope} {perm}");
+                let ends: Vec<String> = if chain.len() > 1 {
+                    vec![chain[0].clone(), listed.role.clone()]
+                } else {
+                    chain.clone()
+                };
+                assert_eq!(listed.grant.include_chain, ends, "{scope} {perm}");
+                assert_eq!(
+                    (
+                        &listed.grant.role,
+                        &listed.grant.scope,
+                        listed.grant.source,
+                        &listed.grant.group_id
+                    ),
+                    (&g.role, &g.scope, g.source, &g.group_id),
+                    "{scope} {perm}"
+                );
             }
         }
     }

@@ -16,7 +16,10 @@ use tracing::{error, info};
 
 use crate::{
     cache::Cache,
-    policy::{CompileError, Policy, PolicyDocument, compile, source::Format, source::SourceError},
+    policy::{
+        CompileError, Limits, Policy, PolicyDocument, compile_with, source::Format,
+        source::SourceError,
+    },
 };
 
 /// Why a policy file could not be loaded.
@@ -30,19 +33,29 @@ pub enum LoadError {
     Compile(#[from] CompileError),
 }
 
-/// Parses and compiles policy text; `file` names it in errors.
+/// Parses and compiles policy text with `limits`; `file` names it in errors.
 pub fn compile_text(
     text: &str,
     file: &str,
     format: Format,
     revision: u64,
+    limits: Limits,
 ) -> Result<Policy, LoadError> {
     let doc = PolicyDocument::parse(text, format, file)?;
-    Ok(compile(&doc, file, revision)?)
+    Ok(compile_with(&doc, file, revision, limits)?)
 }
 
-/// Reads and compiles a policy file.
+/// Reads and compiles a policy file with the default [`Limits`].
 pub fn load(path: &std::path::Path, revision: u64) -> Result<(Policy, String), LoadError> {
+    load_with(path, revision, Limits::default())
+}
+
+/// Reads and compiles a policy file held to `limits`.
+pub fn load_with(
+    path: &std::path::Path,
+    revision: u64,
+    limits: Limits,
+) -> Result<(Policy, String), LoadError> {
     let text = std::fs::read_to_string(path).map_err(|source| SourceError::Io {
         file: path.display().to_string(),
         source,
@@ -52,6 +65,7 @@ pub fn load(path: &std::path::Path, revision: u64) -> Result<(Policy, String), L
         &path.display().to_string(),
         Format::from_path(path),
         revision,
+        limits,
     )?;
     Ok((policy, text))
 }
@@ -89,14 +103,15 @@ pub struct Reloader {
     pub status: watch::Receiver<ReloadStatus>,
 }
 
-/// Starts the reload loop: every `interval` (and on SIGHUP) the file is read, and a
-/// changed, valid version replaces the policy at the next revision. `current` is the
-/// text already loaded, just now.
+/// Starts the reload loop: every `interval` (`Duration::ZERO`: never by itself) and on
+/// every SIGHUP the file is read, and a changed, valid version replaces the policy at the
+/// next revision. `current` is the text already loaded, just now.
 pub fn spawn_reloader(
     path: PathBuf,
     cache: Cache,
     interval: Duration,
     current: String,
+    limits: Limits,
 ) -> Reloader {
     let (status_tx, status) = watch::channel(ReloadStatus {
         reloaded_at: Some(SystemTime::now()),
@@ -108,12 +123,25 @@ pub fn spawn_reloader(
         // Whether `last` is a version that was rejected (the cache holds an older one).
         let mut rejected = false;
         let mut hangup = hangup_signal();
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
+        // A zero interval turns polling off; SIGHUP still reloads.
+        let mut tick = (!interval.is_zero()).then(|| {
+            let mut t = tokio::time::interval(interval);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        if let Some(t) = tick.as_mut() {
+            t.tick().await;
+        }
         loop {
             tokio::select! {
-                _ = tick.tick() => {}
+                _ = async {
+                    match tick.as_mut() {
+                        Some(t) => {
+                            t.tick().await;
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                } => {}
                 _ = recv(&mut hangup) => info!(file = %path.display(), "SIGHUP: reloading the policy"),
             }
             let text = match tokio::fs::read_to_string(&path).await {
@@ -147,8 +175,10 @@ pub fn spawn_reloader(
             let format = Format::from_path(&path);
             let compiled = {
                 let text = text.clone();
-                tokio::task::spawn_blocking(move || compile_text(&text, &name, format, revision))
-                    .await
+                tokio::task::spawn_blocking(move || {
+                    compile_text(&text, &name, format, revision, limits)
+                })
+                .await
             };
             let error = match compiled {
                 Ok(Ok(policy)) => {

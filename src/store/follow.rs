@@ -27,14 +27,14 @@ use tracing::{error, info, warn};
 use super::{
     file::AbortOnDrop,
     postgres::{
-        CHANNEL, StoreError, Tenants, read_document, read_document_in, read_revision,
+        CHANNEL, StoreError, Tenants, read_document, read_document_in, read_limits, read_revision,
         snapshot_transaction, tenant_ids,
     },
 };
 use crate::{
     cache::Cache,
     policy::{
-        compile::{Shared, compile_shared, compile_tenant},
+        compile::{Shared, compile_shared_with, compile_tenant},
         update::{AssignmentChange, MemberChange},
     },
 };
@@ -240,7 +240,9 @@ impl Follow {
         let ids = tenant_ids(&tx).await?;
         let none: [String; 0] = [];
         let shared_doc = read_document_in(&tx, Tenants::Only(&none)).await?;
-        let shared = compile_shared(&shared_doc.roles, &shared_doc.endpoints, "database")?;
+        let limits = read_limits(&tx).await?;
+        let shared =
+            compile_shared_with(&shared_doc.roles, &shared_doc.endpoints, "database", limits)?;
         let mut failed = 0usize;
         for batch in ids.chunks(BATCH) {
             let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
@@ -252,16 +254,14 @@ impl Follow {
                     Ok(s) => self.cache.store(s),
                     Err(e) => {
                         failed += 1;
-                        error!(tenant = %t.id, cause = %e, "tenant does not compile; keeping its last good policy");
-                        self.status
-                            .send_modify(|s| s.last_error = Some(e.to_string()));
+                        self.tenant_failed(&t.id, revision, &e);
                     }
                 }
             }
         }
         tx.commit().await?;
         let seen: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
-        self.cache.retain(|id| seen.contains(id));
+        self.cache.retain(|id| seen.contains(id), revision);
         self.shared = Some(shared);
         self.cache.publish(revision);
         self.status.send_modify(|s| {
@@ -280,18 +280,38 @@ impl Follow {
             return self.full_load(client).await;
         };
         match doc.tenants.iter().find(|t| t.id == tenant) {
-            None => self.cache.remove(tenant),
+            None => self.cache.remove(tenant, revision),
             Some(t) => match compile_tenant(shared, t, "database", revision) {
-                Ok(s) => self.cache.store(s),
-                Err(e) => {
-                    error!(tenant, cause = %e, "tenant does not compile; keeping its last good policy");
-                    self.status
-                        .send_modify(|s| s.last_error = Some(e.to_string()));
+                Ok(s) => {
+                    if self.cache.is_stale(tenant) {
+                        info!(
+                            tenant,
+                            revision, "tenant compiles again; serving it current"
+                        );
+                    }
+                    self.cache.store(s)
                 }
+                Err(e) => self.tenant_failed(tenant, revision, &e),
             },
         }
         self.status.send_modify(|s| s.tenant_reloads += 1);
         Ok(())
+    }
+
+    /// A tenant's rows at `revision` do not compile: it goes stale (answers from its last
+    /// good snapshot at that snapshot's revision, or UNAVAILABLE without one); logged,
+    /// counted, and kept in the status.
+    fn tenant_failed(&mut self, tenant: &str, revision: u64, e: &crate::policy::CompileError) {
+        let last_good = self.cache.tenant(tenant).map(|s| s.revision);
+        error!(
+            tenant, revision, ?last_good, cause = %e,
+            "tenant does not compile; serving its last good policy at its own revision (UNAVAILABLE for newer min_revision, or without one)"
+        );
+        self.cache.mark_stale(tenant, revision, &e.to_string());
+        self.status.send_modify(|s| {
+            s.failures += 1;
+            s.last_error = Some(e.to_string());
+        });
     }
 
     /// Applies every change after the cache's revision, in order, then publishes.
@@ -367,7 +387,12 @@ impl Follow {
         }
         for tenant in order {
             let list = by_tenant.remove(tenant).unwrap_or_default();
-            let current = self.cache.tenant(tenant);
+            // Only a current tenant takes incremental changes: a stale one's last good
+            // snapshot misses the change that broke it, so it is rebuilt from the database.
+            let current = self.cache.lookup(tenant).and_then(|st| match &**st {
+                crate::cache::TenantState::Current(s) => Some(std::sync::Arc::clone(s)),
+                _ => None,
+            });
             // Skip what the tenant's snapshot already reflects (it may have been reloaded
             // at a newer revision than this batch).
             let applied = current.as_ref().map_or(0, |s| s.revision);
@@ -463,9 +488,10 @@ impl Follow {
                 gone.push(id.to_owned());
             }
         });
+        let at = u64::try_from(revision).unwrap_or(0);
         for id in &gone {
             warn!(tenant = %id, "consistency check: tenant is gone from the database; removing it");
-            self.cache.remove(id);
+            self.cache.remove(id, at);
         }
         for id in &differ {
             warn!(tenant = %id, "consistency check: cache differs from the database; reloading the tenant");

@@ -175,6 +175,45 @@ pub async fn read_revision(tx: &tokio_postgres::Transaction<'_>) -> Result<u64, 
     Ok(u64::try_from(r).unwrap_or(0))
 }
 
+/// The per-tenant limits the database holds policies to (its `authz_limits` row, which
+/// its validation triggers enforce at commit), so replicas compile with the same ones.
+/// A schema older than the table (migration V3) gives the defaults.
+pub async fn read_limits(
+    tx: &tokio_postgres::Transaction<'_>,
+) -> Result<crate::policy::Limits, StoreError> {
+    let exists: bool = tx
+        .query_one("SELECT to_regclass('authz_limits') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    let d = crate::policy::Limits::default();
+    if !exists {
+        return Ok(d);
+    }
+    let Some(row) = tx
+        .query_opt(
+            "SELECT max_include_depth, max_roles_per_tenant, max_rules_per_role,
+                    max_permissions_per_role, max_endpoints_per_tenant FROM authz_limits",
+            &[],
+        )
+        .await?
+    else {
+        return Ok(d);
+    };
+    let get = |i: usize, default: u32| -> u32 {
+        row.try_get::<_, i32>(i)
+            .ok()
+            .and_then(|v| u32::try_from(v).ok())
+            .unwrap_or(default)
+    };
+    Ok(crate::policy::Limits {
+        include_depth: get(0, d.include_depth),
+        roles_per_tenant: get(1, d.roles_per_tenant),
+        rules_per_role: get(2, d.rules_per_role),
+        permissions_per_role: get(3, d.permissions_per_role),
+        endpoints_per_tenant: get(4, d.endpoints_per_tenant),
+    })
+}
+
 /// Every tenant id, sorted.
 pub async fn tenant_ids(tx: &tokio_postgres::Transaction<'_>) -> Result<Vec<String>, StoreError> {
     Ok(tx

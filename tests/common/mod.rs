@@ -65,8 +65,15 @@ impl TestServer {
         let (compiled, text) = file::load(policy, 1).unwrap();
         let cache = Cache::new();
         cache.replace_all(compiled, 1);
-        let reloader =
-            reload.map(|i| file::spawn_reloader(policy.to_owned(), cache.clone(), i, text));
+        let reloader = reload.map(|i| {
+            file::spawn_reloader(
+                policy.to_owned(),
+                cache.clone(),
+                i,
+                text,
+                authz::policy::Limits::default(),
+            )
+        });
         Self::serve(cache, config, reloader).await
     }
 
