@@ -21,7 +21,8 @@
 //!   the generated bindings.
 //! - [`metrics`]: Prometheus metrics and their `/metrics` endpoint.
 //! - [`server`]: one listener with the query service, health and reflection; graceful
-//!   shutdown; [`tls`] its TLS and client-certificate settings. [`config`] and [`cli`]:
+//!   shutdown; [`tls`] its TLS and client-certificate settings; [`transport`] the socket
+//!   and HTTP/2 settings of every listener (TCP_NODELAY, keepalives, windows). [`config`] and [`cli`]:
 //!   the `authzd` command line.
 //!
 //! # The path a Check takes
@@ -44,3 +45,4 @@ pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod transport;

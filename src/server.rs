@@ -12,7 +12,6 @@
 use std::{future::Future, time::Duration};
 
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
@@ -127,7 +126,7 @@ pub async fn run(
     let admin = config
         .admin
         .map(|admin| admin.with_signals(cache.subscribe(), stopping_rx));
-    let mut builder = tonic::transport::Server::builder();
+    let mut builder = crate::transport::configure(tonic::transport::Server::builder());
     if let Some(age) = config.max_connection_age {
         builder = builder
             .max_connection_age(age)
@@ -152,7 +151,7 @@ pub async fn run(
                 .with_tokens(config.query_tokens)
                 .svc(),
         )
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {
+        .serve_with_incoming_shutdown(crate::transport::grpc_incoming(listener), async {
             let _ = drain_rx.await;
         });
     info!(%addr, tls = config.tls.is_some(), "serving");

@@ -14,6 +14,7 @@ use axum::{
     http::{StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
+    serve::ListenerExt,
 };
 use tokio::net::TcpListener;
 use tracing::{error, info};
@@ -36,7 +37,7 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "serving metrics");
     }
-    axum::serve(listener, app)
+    axum::serve(listener.tap_io(crate::transport::tune_accepted), app)
         .with_graceful_shutdown(shutdown)
         .await
 }
