@@ -13,7 +13,8 @@
 //! instructions per check, loop included (a handful of instructions). `N = 0` runs the
 //! set-up alone, so `(total(N) - total(0)) / N` over all kinds cross-checks it. Each
 //! `run_*` does what the server does per request minus gRPC and validation: the cache
-//! lookup (`Cache::tenant`), `TenantSnapshot::check`, and for `*_explain` the
+//! lookup (`Cache::resolve`: the applied revision, then the tenant's slot),
+//! `TenantSnapshot::check`, and for `*_explain` the
 //! explanation.
 #![allow(
     clippy::unwrap_used,
@@ -42,7 +43,8 @@ use authz::{
 fn run_check(cache: &Cache, tenant: &str, q: &Query<'_>, n: usize) -> usize {
     let mut allowed = 0;
     for _ in 0..n {
-        let snapshot = cache.tenant(black_box(tenant)).unwrap();
+        let resolved = cache.resolve(black_box(tenant), 0, None).unwrap();
+        let snapshot = resolved.snapshot().unwrap();
         allowed += usize::from(snapshot.check(black_box(q)).allowed());
     }
     allowed
@@ -53,7 +55,8 @@ fn run_check(cache: &Cache, tenant: &str, q: &Query<'_>, n: usize) -> usize {
 fn run_explain(cache: &Cache, tenant: &str, q: &Query<'_>, n: usize) -> usize {
     let mut len = 0;
     for _ in 0..n {
-        let snapshot = cache.tenant(black_box(tenant)).unwrap();
+        let resolved = cache.resolve(black_box(tenant), 0, None).unwrap();
+        let snapshot = resolved.snapshot().unwrap();
         let q = black_box(q);
         len += snapshot.explain(q, &snapshot.check(q)).explanation.len();
     }

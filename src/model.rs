@@ -345,9 +345,35 @@ impl MethodSet {
     }
 }
 
+impl MethodSet {
+    /// Appends the methods as [`MethodSet::to_strings`] lists them, joined with `,`,
+    /// without allocating anything but `out`'s growth.
+    pub fn write_to(&self, out: &mut String) {
+        if self.bits & ANY_BIT != 0 {
+            out.push('*');
+            return;
+        }
+        let mut first = true;
+        let known = KNOWN_METHODS
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.bits & (1 << i) != 0)
+            .map(|(_, m)| *m);
+        for m in known.chain(self.other.iter().map(|m| &**m)) {
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            out.push_str(m);
+        }
+    }
+}
+
 impl fmt::Display for MethodSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_strings().join(","))
+        let mut s = String::new();
+        self.write_to(&mut s);
+        f.write_str(&s)
     }
 }
 

@@ -91,6 +91,7 @@ async fn every_row_for_every_role_combination_grpc() {
                 subject_id: subject.clone(),
                 checks,
                 min_revision: 0,
+                detail: 0,
             })
             .await
             .unwrap()

@@ -177,6 +177,7 @@ async fn a_committed_state_that_does_not_compile_is_never_claimed() {
                 },
             ],
             min_revision: bad,
+            detail: 0,
         })
         .await
         .unwrap()
@@ -321,6 +322,7 @@ async fn a_batch_is_decided_on_one_snapshot_while_the_policy_flips() {
                 subject_id: "alice".into(),
                 checks: vec![item.clone(); 1000],
                 min_revision: 0,
+                detail: 0,
             })
             .await
             .unwrap()

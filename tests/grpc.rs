@@ -117,6 +117,7 @@ async fn batch_items_fail_alone_and_keep_order() {
             subject_id: "mia".into(),
             checks,
             min_revision: 0,
+            detail: 0,
         })
         .await
         .unwrap()

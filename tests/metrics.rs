@@ -72,6 +72,7 @@ async fn checks_move_the_counters_a_scrape_shows() {
             route("", "", "GET", ""),
         ],
         min_revision: 0,
+        detail: 0,
     })
     .await
     .unwrap();

@@ -121,6 +121,7 @@ async fn query_service_requires_a_token_when_configured() {
         subject_id: String::new(),
         checks: vec![check("acme"), check("globex"), check("acme")],
         min_revision: 0,
+        detail: 0,
     };
     let e = c.batch_check(batch.clone()).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);

@@ -101,6 +101,7 @@ async fn the_server_with_these_settings_answers_a_batch() {
             subject_id: "s".into(),
             checks: items,
             min_revision: 0,
+            detail: 0,
         })
         .await
         .unwrap()

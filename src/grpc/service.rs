@@ -13,7 +13,7 @@ use crate::{
     metrics::{InFlight, Metrics, Rpc},
     model::InputError,
     pb::{self, authorization_service_server::AuthorizationServiceServer},
-    policy::{Explanation, Query},
+    policy::{Explanation, Query, Reason},
 };
 
 /// Limits and waits of the query service.
@@ -265,6 +265,7 @@ impl AuthzService {
             .into());
         }
         self.fresh(req.min_revision).await?;
+        let decision_only = req.detail == pb::Detail::Decision as i32;
         // Tenants resolved so far (almost always one): a short list beats a map.
         let mut tenants: Vec<(&str, Result<Resolved, FreshnessError>)> = Vec::with_capacity(1);
         let mut results = Vec::with_capacity(req.checks.len());
@@ -295,6 +296,21 @@ impl AuthzService {
                                 }
                             };
                             match tenants.get(at).map(|(_, r)| r) {
+                                Some(Ok(resolved)) if decision_only => {
+                                    let reason = match resolved.snapshot() {
+                                        Some(snapshot) => snapshot.check(&query).reason,
+                                        None => Reason::UnknownTenant,
+                                    };
+                                    if let Some(m) = &self.metrics {
+                                        m.decision(Rpc::BatchCheck, reason);
+                                    }
+                                    pb::batch_check_result::Result::Response(pb::CheckResponse {
+                                        allowed: reason.allowed(),
+                                        reason: convert::reason_to_pb(reason) as i32,
+                                        revision: resolved.revision,
+                                        ..Default::default()
+                                    })
+                                }
                                 Some(Ok(resolved)) => {
                                     let explanation = explain_on(resolved, tenant, &query);
                                     self.count_decision(Rpc::BatchCheck, &explanation);

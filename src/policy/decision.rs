@@ -207,34 +207,43 @@ impl TenantSnapshot {
         }
     }
 
-    fn matched_text(&self, m: &Matched) -> (String, String) {
+    /// The matched rule or entry: its pattern, and appends its description
+    /// (``rule `GET /x` of role `r` `` or ``endpoint `GET /x` ``) to `what`.
+    fn matched_text(&self, m: &Matched, what: &mut String) -> String {
         match *m {
             Matched::Rule { role, rule } => {
-                let r = self.role(role).and_then(|r| r.rules.get(rule as usize));
-                match r {
-                    Some(r) => (
-                        r.pattern.to_string(),
-                        format!(
-                            "rule `{} {}` of role `{}`",
-                            r.methods,
-                            r.pattern,
-                            self.role_id(role)
-                        ),
-                    ),
-                    None => (String::new(), String::new()),
+                match self.role(role).and_then(|r| r.rules.get(rule as usize)) {
+                    Some(r) => {
+                        what.push_str("rule `");
+                        r.methods.write_to(what);
+                        what.push(' ');
+                        what.push_str(r.pattern.as_str());
+                        what.push_str("` of role `");
+                        what.push_str(self.role_id(role));
+                        what.push('`');
+                        r.pattern.as_str().to_owned()
+                    }
+                    None => String::new(),
                 }
             }
             Matched::Endpoint(e) => match self.endpoints.get(e as usize) {
-                Some(ep) => (
-                    ep.pattern.to_string(),
-                    format!("endpoint `{} {}`", ep.methods, ep.pattern),
-                ),
-                None => (String::new(), String::new()),
+                Some(ep) => {
+                    what.push_str("endpoint `");
+                    ep.methods.write_to(what);
+                    what.push(' ');
+                    what.push_str(ep.pattern.as_str());
+                    what.push('`');
+                    ep.pattern.as_str().to_owned()
+                }
+                None => String::new(),
             },
         }
     }
 
     /// Explains a decision this snapshot made for `tenant`'s query.
+    ///
+    /// The sentence is built by appending to one buffer (no `format!`): explanations are
+    /// made for every answer, on the request path.
     pub fn explain(&self, q: &Query<'_>, d: &Decision) -> Explanation {
         let mut ex = Explanation {
             allowed: d.allowed(),
@@ -245,57 +254,85 @@ impl TenantSnapshot {
             required_roles: Vec::new(),
             explanation: String::new(),
         };
-        let (pattern, what) = d
-            .matched
-            .as_ref()
-            .map(|m| self.matched_text(m))
-            .unwrap_or_default();
-        ex.matched_pattern = pattern;
-        let at = |scope: &str| {
+        let mut what = String::new();
+        if let Some(m) = d.matched.as_ref() {
+            ex.matched_pattern = self.matched_text(m, &mut what);
+        }
+        let at = |out: &mut String, scope: &str| {
             if scope.is_empty() {
-                "at the tenant root".to_owned()
+                out.push_str("at the tenant root");
             } else {
-                format!("in `{scope}`")
+                out.push_str("in `");
+                out.push_str(scope);
+                out.push('`');
             }
         };
         let subject = q.subject;
-        ex.explanation = match d.reason {
+        let mut s = String::with_capacity(128);
+        match d.reason {
             Reason::Granted => {
-                let g = ex.grant.as_ref();
-                let role = g.map_or(String::new(), |g| {
-                    let mut s = format!("role `{}`", g.role);
+                s.push_str("allowed, because ");
+                if let Some(g) = ex.grant.as_ref() {
+                    s.push_str("role `");
+                    s.push_str(&g.role);
+                    s.push('`');
                     if g.include_chain.len() > 1 {
-                        s.push_str(&format!(" (through `{}`)", g.include_chain.join(" -> ")));
+                        s.push_str(" (through `");
+                        for (i, r) in g.include_chain.iter().enumerate() {
+                            if i > 0 {
+                                s.push_str(" -> ");
+                            }
+                            s.push_str(r);
+                        }
+                        s.push_str("`)");
                     }
                     match g.source {
-                        "group" => s.push_str(&format!(
-                            ", assigned to group `{}` {}",
-                            g.group_id,
-                            at(&g.scope)
-                        )),
+                        "group" => {
+                            s.push_str(", assigned to group `");
+                            s.push_str(&g.group_id);
+                            s.push_str("` ");
+                            at(&mut s, &g.scope);
+                        }
                         "default" => s.push_str(", a default role of the tenant"),
-                        _ => s.push_str(&format!(", assigned directly {}", at(&g.scope))),
+                        _ => {
+                            s.push_str(", assigned directly ");
+                            at(&mut s, &g.scope);
+                        }
                     }
-                    s
-                });
+                }
                 match q.action {
                     Action::Permission(p) => {
-                        format!("allowed, because {role}, holds permission `{p}`")
+                        s.push_str(", holds permission `");
+                        s.push_str(p);
+                        s.push('`');
                     }
-                    Action::Route { .. } => format!("allowed, because {role}, matched {what}"),
+                    Action::Route { .. } => {
+                        s.push_str(", matched ");
+                        s.push_str(&what);
+                    }
                 }
             }
-            Reason::Public => format!("allowed, because {what} is public"),
-            Reason::UnknownTenant => "denied, because the tenant does not exist".to_owned(),
-            Reason::UnknownSubject if subject.is_empty() => {
-                "denied, because the request names no subject and is not for a public endpoint"
-                    .to_owned()
+            Reason::Public => {
+                s.push_str("allowed, because ");
+                s.push_str(&what);
+                s.push_str(" is public");
             }
-            Reason::UnknownSubject => format!(
-                "denied, because subject `{subject}` is not a member of tenant `{}`",
-                self.id
+            Reason::UnknownTenant => s.push_str("denied, because the tenant does not exist"),
+            Reason::UnknownSubject if subject.is_empty() => s.push_str(
+                "denied, because the request names no subject and is not for a public endpoint",
             ),
-            Reason::SubjectDisabled => format!("denied, because subject `{subject}` is disabled"),
+            Reason::UnknownSubject => {
+                s.push_str("denied, because subject `");
+                s.push_str(subject);
+                s.push_str("` is not a member of tenant `");
+                s.push_str(&self.id);
+                s.push('`');
+            }
+            Reason::SubjectDisabled => {
+                s.push_str("denied, because subject `");
+                s.push_str(subject);
+                s.push_str("` is disabled");
+            }
             Reason::NoGrant => match (q.action, d.matched) {
                 (Action::Route { .. }, Some(Matched::Endpoint(e))) => {
                     let roles: Vec<String> = self
@@ -308,49 +345,66 @@ impl TenantSnapshot {
                                 .collect()
                         })
                         .unwrap_or_default();
-                    let list = roles
-                        .iter()
-                        .map(|r| format!("`{r}`"))
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    let needs = if roles.len() == 1 {
-                        format!("role {list}")
+                    s.push_str("denied, because ");
+                    s.push_str(&what);
+                    s.push_str(" requires ");
+                    s.push_str(if roles.len() == 1 {
+                        "role "
                     } else {
-                        format!("one of roles {list}")
-                    };
+                        "one of roles "
+                    });
+                    for (i, r) in roles.iter().enumerate() {
+                        if i > 0 {
+                            s.push_str(", ");
+                        }
+                        s.push('`');
+                        s.push_str(r);
+                        s.push('`');
+                    }
+                    s.push_str(", which subject `");
+                    s.push_str(subject);
+                    s.push_str("` does not hold ");
+                    at(&mut s, q.scope);
                     ex.required_roles = roles;
-                    format!(
-                        "denied, because {what} requires {needs}, which subject `{subject}` does not hold {}",
-                        at(q.scope)
-                    )
                 }
                 (Action::Permission(p), _) => {
-                    format!(
-                        "denied, because no role that subject `{subject}` holds {} has permission `{p}`",
-                        at(q.scope)
-                    )
+                    s.push_str("denied, because no role that subject `");
+                    s.push_str(subject);
+                    s.push_str("` holds ");
+                    at(&mut s, q.scope);
+                    s.push_str(" has permission `");
+                    s.push_str(p);
+                    s.push('`');
                 }
-                (Action::Route { .. }, _) => format!(
-                    "denied, because no role that subject `{subject}` holds {} allows the route",
-                    at(q.scope)
-                ),
+                (Action::Route { .. }, _) => {
+                    s.push_str("denied, because no role that subject `");
+                    s.push_str(subject);
+                    s.push_str("` holds ");
+                    at(&mut s, q.scope);
+                    s.push_str(" allows the route");
+                }
             },
             Reason::MethodNotAllowed => {
                 let method = match q.action {
                     Action::Route { method, .. } => method.as_str(),
                     Action::Permission(_) => "",
                 };
-                format!(
-                    "denied, because the most specific match for the path, {what}, does not allow method `{method}`"
-                )
+                s.push_str("denied, because the most specific match for the path, ");
+                s.push_str(&what);
+                s.push_str(", does not allow method `");
+                s.push_str(method);
+                s.push('`');
             }
             Reason::NoMatchingRule => match q.action {
                 Action::Route { path, .. } => {
-                    format!("denied, because no rule or endpoint matches path `{path}`")
+                    s.push_str("denied, because no rule or endpoint matches path `");
+                    s.push_str(path);
+                    s.push('`');
                 }
-                Action::Permission(_) => "denied, because nothing matches".to_owned(),
+                Action::Permission(_) => s.push_str("denied, because nothing matches"),
             },
-        };
+        }
+        ex.explanation = s;
         ex
     }
 }
