@@ -815,7 +815,7 @@ async fn conflicts_missing_rows_and_refused_references() {
             .create_role(root(create_role(custom_role("b", &["ghost"], &[]))))
             .await,
         Code::FailedPrecondition,
-        "role `ghost` is not defined",
+        "tenant `acme`, role `b`: includes unknown role `ghost`",
     );
     assert_code(
         admin
@@ -825,7 +825,7 @@ async fn conflicts_missing_rows_and_refused_references() {
             }))
             .await,
         Code::FailedPrecondition,
-        "default role: role `ghost` is not defined",
+        "tenant `acme`: default role `ghost` is not defined",
     );
     // An include cycle: b includes a, then a includes b.
     admin

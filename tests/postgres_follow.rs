@@ -405,7 +405,7 @@ async fn bad_rows_are_rejected_before_commit_with_clear_errors() {
         ),
         (
             "INSERT INTO assignments (tenant_id, subject_id, role_id) VALUES ('acme', 'ghost', 'viewer')",
-            "foreign key",
+            "subject `ghost` is not registered",
         ),
         (
             "INSERT INTO assignments (tenant_id, subject_id, role_id, scope) VALUES ('acme', 'alice', 'viewer', '/ws')",

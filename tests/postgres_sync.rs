@@ -150,7 +150,11 @@ async fn migrate_twice_is_a_no_op() {
         let (db, _guard) = bare_db("sync_migrate").await;
         assert_eq!(
             migrate(&db.url).await.unwrap(),
-            vec!["V1__schema".to_owned(), "V2__audit".to_owned()]
+            vec![
+                "V1__schema".to_owned(),
+                "V2__audit".to_owned(),
+                "V3__validation".to_owned()
+            ]
         );
         assert_eq!(migrate(&db.url).await.unwrap(), Vec::<String>::new());
         assert_eq!(db.revision().await, 0);
@@ -562,7 +566,10 @@ async fn cli_migrate_apply_export_and_exit_codes() {
 
         let o = authzd(&["migrate", "--database-url", url], None).await;
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-        assert_eq!(stdout(&o), "applied V1__schema\napplied V2__audit\n");
+        assert_eq!(
+            stdout(&o),
+            "applied V1__schema\napplied V2__audit\napplied V3__validation\n"
+        );
         let o = authzd(&["migrate"], Some(url)).await;
         assert_eq!(stdout(&o), "schema up to date\n");
 

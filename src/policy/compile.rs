@@ -321,12 +321,16 @@ impl Context {
                     ),
                 );
             }
-            if r.permissions.len() > l.permissions_per_role as usize {
+            // Distinct permissions, as the database counts them (a repeat is one row).
+            let distinct = || r.permissions.iter().collect::<HashSet<_>>().len();
+            if r.permissions.len() > l.permissions_per_role as usize
+                && distinct() > l.permissions_per_role as usize
+            {
                 self.problem(
                     &loc,
                     format!(
                         "{} permissions, more than the limit max_permissions_per_role = {}",
-                        r.permissions.len(),
+                        distinct(),
                         l.permissions_per_role
                     ),
                 );
