@@ -122,6 +122,14 @@ pub struct Resolved {
 }
 
 impl Resolved {
+    /// Whether the answer comes from a stale tenant's last good snapshot (at that
+    /// snapshot's own revision, which may be older than the cache's).
+    pub fn is_stale(&self) -> bool {
+        self.state
+            .as_ref()
+            .is_some_and(|s| matches!(***s, TenantState::Stale(_)))
+    }
+
     /// The tenant's snapshot; `None` for a tenant that does not exist at [`Self::revision`].
     #[inline]
     pub fn snapshot(&self) -> Option<&TenantSnapshot> {

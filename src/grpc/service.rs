@@ -244,12 +244,52 @@ impl AuthzService {
         Ok(convert::explanation_to_pb(explanation))
     }
 
-    /// Every item of one tenant is decided on one snapshot of it, resolved once, at the
-    /// first item naming the tenant. The batch's `revision` is the revision of that
-    /// snapshot when the batch names one tenant (the usual case); when items name several
-    /// tenants, it is the highest of theirs, and each item's own `revision` says which
-    /// state it was decided on (tenants share nothing, so each tenant's items are exact
-    /// at their revision).
+    /// Resolves the tenants of a batch naming several, all at one revision R: every
+    /// snapshot returned answers exactly as the committed state at R. It reads R, loads
+    /// each tenant, and if one of them already reflects a newer revision (a writer
+    /// stores tenants before it publishes their revision), waits for that revision and
+    /// tries again, within `revision_wait`. A stale tenant cannot be answered at R: its
+    /// items fail with UNAVAILABLE (asked alone, it answers at its own revision).
+    async fn resolve_at_one_revision<'t>(
+        &self,
+        tenants: Vec<&'t str>,
+        min_revision: u64,
+    ) -> Result<(u64, Vec<(&'t str, Result<Resolved, FreshnessError>)>), FreshnessError> {
+        let deadline = tokio::time::Instant::now() + self.config.revision_wait;
+        loop {
+            let read = self.cache.revision();
+            let mut resolved: Vec<(&str, Result<Resolved, FreshnessError>)> = tenants
+                .iter()
+                .map(|&t| (t, self.resolve(t, min_revision)))
+                .collect();
+            let newest = resolved
+                .iter()
+                .filter_map(|(_, r)| r.as_ref().ok())
+                .filter(|r| !r.is_stale())
+                .map(|r| r.revision)
+                .max()
+                .unwrap_or(read);
+            if newest <= read {
+                for (t, r) in &mut resolved {
+                    if r.as_ref().is_ok_and(Resolved::is_stale) {
+                        *r = Err(FreshnessError::TenantStale {
+                            tenant: (*t).to_owned(),
+                            why: "a batch naming several tenants is answered at one revision, and this tenant's policy does not compile at it; ask for its items in a batch of their own".into(),
+                        });
+                    }
+                }
+                return Ok((read, resolved));
+            }
+            drop(resolved);
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            self.cache.wait_for(newest, left).await?;
+        }
+    }
+
+    /// Every item of a batch is decided on the committed state at one revision, the
+    /// response's `revision`: each tenant's snapshot is resolved once (the first item
+    /// naming it), and when the batch names several tenants they are resolved together at
+    /// one revision ([`Self::resolve_at_one_revision`]).
     async fn batch_check_many(
         &self,
         caller: Option<&Admin>,
@@ -266,8 +306,29 @@ impl AuthzService {
         }
         self.fresh(req.min_revision).await?;
         let decision_only = req.detail == pb::Detail::Decision as i32;
-        // Tenants resolved so far (almost always one): a short list beats a map.
-        let mut tenants: Vec<(&str, Result<Resolved, FreshnessError>)> = Vec::with_capacity(1);
+        // The tenants the items name (almost always one): a short list beats a map.
+        let mut names: Vec<&str> = Vec::with_capacity(1);
+        for item in &req.checks {
+            let t = if item.tenant_id.is_empty() {
+                req.tenant_id.as_str()
+            } else {
+                item.tenant_id.as_str()
+            };
+            if !names.contains(&t) {
+                names.push(t);
+            }
+        }
+        let (batch_revision, tenants) = match names.as_slice() {
+            [one] => {
+                let r = self.resolve(one, req.min_revision);
+                let revision = r.as_ref().map_or(0, |r| r.revision);
+                (revision, vec![(*one, r)])
+            }
+            _ => {
+                self.resolve_at_one_revision(names, req.min_revision)
+                    .await?
+            }
+        };
         let mut results = Vec::with_capacity(req.checks.len());
         for (i, item) in req.checks.iter().enumerate() {
             let result =
@@ -288,14 +349,7 @@ impl AuthzService {
                             item_error(&status, convert::field(Some(i), "tenant_id"))
                         }
                         None => {
-                            let at = match tenants.iter().position(|(t, _)| *t == tenant) {
-                                Some(at) => at,
-                                None => {
-                                    tenants.push((tenant, self.resolve(tenant, req.min_revision)));
-                                    tenants.len() - 1
-                                }
-                            };
-                            match tenants.get(at).map(|(_, r)| r) {
+                            match tenants.iter().find(|(t, _)| *t == tenant).map(|(_, r)| r) {
                                 Some(Ok(resolved)) if decision_only => {
                                     let reason = match resolved.snapshot() {
                                         Some(snapshot) => snapshot.check(&query).reason,
@@ -323,7 +377,7 @@ impl AuthzService {
                                     self.count_error(Rpc::BatchCheck, status.code());
                                     item_error(&status, convert::field(Some(i), "tenant_id"))
                                 }
-                                // Unreachable: `at` indexes `tenants`.
+                                // Unreachable: every valid item's tenant was resolved above.
                                 None => {
                                     let status = Status::internal("batch tenant lookup failed");
                                     self.count_error(Rpc::BatchCheck, status.code());
@@ -337,11 +391,11 @@ impl AuthzService {
                 result: Some(result),
             });
         }
-        let revision = tenants
-            .iter()
-            .filter_map(|(_, r)| r.as_ref().ok().map(|r| r.revision))
-            .max()
-            .unwrap_or_else(|| self.cache.revision());
+        let revision = if batch_revision == 0 {
+            self.cache.revision()
+        } else {
+            batch_revision
+        };
         Ok(pb::BatchCheckResponse { results, revision })
     }
 

@@ -140,7 +140,10 @@ impl TenantSnapshot {
                     let mut list = s.groups.to_vec();
                     list.retain(|&g| g != gi);
                     if adding {
-                        list.push(gi);
+                        // In group order, as a fresh compile lists memberships (explanations
+                        // name the first group that grants).
+                        let at = list.partition_point(|&g| g < gi);
+                        list.insert(at, gi);
                     }
                     s.groups = list.into_boxed_slice();
                     if let Some(g) = groups.get_mut(gi as usize) {

@@ -27,7 +27,7 @@ use tracing::{error, info, warn};
 use super::{
     file::AbortOnDrop,
     postgres::{
-        CHANNEL, StoreError, Tenants, read_document, read_document_in, read_limits, read_revision,
+        CHANNEL, StoreError, Tenants, read_document_in, read_limits, read_revision,
         snapshot_transaction, tenant_ids,
     },
 };
@@ -103,6 +103,7 @@ pub fn spawn_follower(config: FollowConfig, cache: Cache) -> Follower {
             cache,
             status: tx,
             shared: None,
+            shared_revision: 0,
         };
         f.run().await;
     });
@@ -118,6 +119,9 @@ struct Follow {
     status: watch::Sender<FollowStatus>,
     /// Compiled built-in roles and global endpoints, once loaded.
     shared: Option<Shared>,
+    /// The revision `shared` was read at: a tenant rebuilt later is compiled against it
+    /// only while no built-in change has committed since.
+    shared_revision: u64,
 }
 
 enum Event {
@@ -263,6 +267,7 @@ impl Follow {
         let seen: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
         self.cache.retain(|id| seen.contains(id), revision);
         self.shared = Some(shared);
+        self.shared_revision = revision;
         self.cache.publish(revision);
         self.status.send_modify(|s| {
             s.full_loads += 1;
@@ -272,12 +277,44 @@ impl Follow {
         Ok(())
     }
 
-    /// Rebuilds one tenant from the database (or removes it, if it is gone).
-    async fn reload_tenant(&mut self, client: &mut Client, tenant: &str) -> Result<(), StoreError> {
+    /// Rebuilds one tenant from the database (or removes it, if it is gone), from one
+    /// snapshot. Returns true if it loaded everything instead: when a built-in change
+    /// has committed since the built-in roles were compiled, the tenant's rows at this
+    /// snapshot must not be compiled against the older built-ins (the snapshot would
+    /// claim a revision whose built-in roles it does not have).
+    async fn reload_tenant(
+        &mut self,
+        client: &mut Client,
+        tenant: &str,
+    ) -> Result<bool, StoreError> {
+        if self.shared.is_none() {
+            self.full_load(client).await?;
+            return Ok(true);
+        }
+        let tx = snapshot_transaction(client).await?;
+        let revision = read_revision(&tx).await?;
+        let builtins_changed: bool = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM authz_changes WHERE tenant_id = '' AND revision > $1)",
+                &[&to_i64(self.shared_revision)],
+            )
+            .await?
+            .get(0);
+        if builtins_changed {
+            tx.commit().await?;
+            info!(
+                tenant,
+                "built-in roles changed since they were loaded; reloading everything"
+            );
+            self.full_load(client).await?;
+            return Ok(true);
+        }
         let only = [tenant.to_owned()];
-        let (revision, doc) = read_document(client, Tenants::Only(&only)).await?;
+        let doc = read_document_in(&tx, Tenants::Only(&only)).await?;
+        tx.commit().await?;
         let Some(shared) = &self.shared else {
-            return self.full_load(client).await;
+            self.full_load(client).await?;
+            return Ok(true);
         };
         match doc.tenants.iter().find(|t| t.id == tenant) {
             None => self.cache.remove(tenant, revision),
@@ -295,7 +332,7 @@ impl Follow {
             },
         }
         self.status.send_modify(|s| s.tenant_reloads += 1);
-        Ok(())
+        Ok(false)
     }
 
     /// A tenant's rows at `revision` do not compile: it goes stale (answers from its last
@@ -400,9 +437,13 @@ impl Follow {
             let Some(last) = pending.last().map(|c| c.revision) else {
                 continue;
             };
-            let member_only = pending
-                .iter()
-                .all(|c| MEMBER_ENTITIES.contains(&c.entity.as_str()));
+            // An UPDATE of an assignment or membership moves it; applied as revoke + grant
+            // it would land after rows it precedes in a fresh load (and explanations name
+            // the first grant found), so such a change rebuilds the tenant.
+            let member_only = pending.iter().all(|c| {
+                MEMBER_ENTITIES.contains(&c.entity.as_str())
+                    && (c.op != "UPDATE" || c.entity == "subjects")
+            });
             let updated = match (&current, member_only) {
                 (Some(snapshot), true) => {
                     let member_changes: Vec<MemberChange> =
@@ -426,7 +467,9 @@ impl Follow {
                 Some(s) => self.cache.store(s),
                 None => {
                     drop(current);
-                    self.reload_tenant(client, tenant).await?;
+                    if self.reload_tenant(client, tenant).await? {
+                        return Ok(true);
+                    }
                 }
             }
         }
@@ -495,7 +538,9 @@ impl Follow {
         }
         for id in &differ {
             warn!(tenant = %id, "consistency check: cache differs from the database; reloading the tenant");
-            self.reload_tenant(client, id).await?;
+            if self.reload_tenant(client, id).await? {
+                break;
+            }
         }
         let n = (differ.len() + gone.len()) as u64;
         if n > 0 {
