@@ -466,9 +466,15 @@ fn sighup_reloads_with_polling_off() {
         }
     });
     let wait_for = |what: &str| loop {
-        let line = logs
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("authzd logged `{what}` within 30s"));
+        let line = match logs.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => line,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("authzd exited (its log closed) before logging `{what}`")
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("authzd did not log `{what}` within 30s")
+            }
+        };
         if line.contains(what) {
             break line;
         }
