@@ -300,6 +300,7 @@ async fn a_batch_is_decided_on_one_snapshot_while_the_policy_flips() {
                         subjects: t.subjects.clone(),
                         groups: t.groups.clone(),
                         scopes: t.scopes.clone(),
+                        holders: Default::default(),
                     };
                     cache.store(s);
                 }

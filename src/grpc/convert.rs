@@ -93,6 +93,95 @@ pub fn check_request<'a>(
     ))
 }
 
+/// A validated LookupSubjects request.
+#[derive(Debug)]
+pub struct Lookup<'a> {
+    /// Tenant.
+    pub tenant: &'a str,
+    /// Scope.
+    pub scope: &'a str,
+    /// What is asked for.
+    pub action: Action<'a>,
+    /// Subjects per page.
+    pub page_size: usize,
+    /// Continue after this subject id (empty: from the start).
+    pub after: String,
+}
+
+/// Validates a LookupSubjects request. The page token is the hex form of the last
+/// subject id of the previous page (opaque to callers; any other value is
+/// INVALID_ARGUMENT `page_token`).
+pub fn lookup_request(req: &pb::LookupSubjectsRequest) -> Result<Lookup<'_>, FieldError> {
+    let tenant = at(None, "tenant_id", model::tenant_id(&req.tenant_id))?;
+    let scope = at(None, "scope", model::scope(&req.scope))?;
+    let action = match &req.action {
+        Some(pb::lookup_subjects_request::Action::Permission(p)) => {
+            Action::Permission(at(None, "permission", model::name(p))?)
+        }
+        Some(pb::lookup_subjects_request::Action::Route(r)) => Action::Route {
+            method: at(None, "route.method", Method::parse(&r.method))?,
+            path: at(None, "route.path", model::request_path(&r.path))?,
+        },
+        None => {
+            return Err(FieldError {
+                field: "action".into(),
+                error: InputError::Malformed("needs `permission` or `route`"),
+            });
+        }
+    };
+    let page_size = match req.page_size {
+        0 => 100,
+        n if n as usize > crate::policy::lookup::MAX_PAGE => {
+            return Err(FieldError {
+                field: "page_size".into(),
+                error: InputError::TooManyItems {
+                    limit: crate::policy::lookup::MAX_PAGE,
+                },
+            });
+        }
+        n => n as usize,
+    };
+    let after = decode_page_token(&req.page_token).ok_or_else(|| FieldError {
+        field: "page_token".into(),
+        error: InputError::Malformed("is not a token this server issued"),
+    })?;
+    Ok(Lookup {
+        tenant,
+        scope,
+        action,
+        page_size,
+        after,
+    })
+}
+
+/// The page token that continues after subject `id`: its bytes in hex.
+pub fn page_token(id: &str) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(id.len() * 2);
+    for b in id.bytes() {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// The subject id a page token continues after; `None` for a token this server does not
+/// issue (not hex, odd length, not a valid subject id).
+pub fn decode_page_token(token: &str) -> Option<String> {
+    if token.is_empty() {
+        return Some(String::new());
+    }
+    if !token.len().is_multiple_of(2) || token.len() > 2 * model::limits::SUBJECT_ID {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..token.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(token.get(i..i + 2)?, 16).ok())
+        .collect();
+    let id = String::from_utf8(bytes?).ok()?;
+    model::subject_id(&id).ok()?;
+    Some(id)
+}
+
 /// Validates a listing request: tenant, subject, scope.
 pub fn list_request(req: &pb::ListPermissionsRequest) -> Result<(&str, &str, &str), FieldError> {
     Ok((
@@ -116,7 +205,8 @@ pub fn reason_to_pb(r: Reason) -> pb::Reason {
     }
 }
 
-fn grant_to_pb(g: GrantView) -> pb::Grant {
+/// The wire form of a grant.
+pub fn grant_to_pb(g: GrantView) -> pb::Grant {
     pb::Grant {
         role: g.role,
         include_chain: g.include_chain,

@@ -185,6 +185,16 @@ impl pb::authorization_service_server::AuthorizationService for AuthzService {
         self.counted(Rpc::ListPermissions, result)
             .map(Response::new)
     }
+
+    async fn lookup_subjects(
+        &self,
+        request: Request<pb::LookupSubjectsRequest>,
+    ) -> Result<Response<pb::LookupSubjectsResponse>, Status> {
+        let _in_flight = self.start(Rpc::LookupSubjects);
+        let caller = self.caller(Rpc::LookupSubjects, &request)?;
+        let result = self.lookup(caller.as_ref(), request.into_inner()).await;
+        self.counted(Rpc::LookupSubjects, result).map(Response::new)
+    }
 }
 
 /// A credential limited to other tenants asked about this one (PERMISSION_DENIED, mapped
@@ -397,6 +407,53 @@ impl AuthzService {
             batch_revision
         };
         Ok(pb::BatchCheckResponse { results, revision })
+    }
+
+    /// One page of LookupSubjects, on one snapshot.
+    pub(crate) async fn lookup(
+        &self,
+        caller: Option<&Admin>,
+        req: pb::LookupSubjectsRequest,
+    ) -> Result<pb::LookupSubjectsResponse, Status> {
+        let l = convert::lookup_request(&req)?;
+        if let Some(refused) = refusal(caller, l.tenant) {
+            return Err(refused.into());
+        }
+        self.fresh(req.min_revision).await?;
+        let resolved = self.resolve(l.tenant, req.min_revision)?;
+        let Some(snapshot) = resolved.snapshot() else {
+            // An unknown tenant has no subjects.
+            return Ok(pb::LookupSubjectsResponse {
+                revision: resolved.revision,
+                ..Default::default()
+            });
+        };
+        let (page, more) = snapshot.lookup_subjects(l.scope, l.action, &l.after, l.page_size);
+        let next_page_token = match (more, page.last()) {
+            (true, Some(last)) => convert::page_token(last.subject),
+            _ => String::new(),
+        };
+        let subjects = page
+            .iter()
+            .map(|a| {
+                let q = Query {
+                    subject: a.subject,
+                    scope: l.scope,
+                    action: l.action,
+                };
+                let ex = snapshot.explain(&q, &snapshot.check(&q));
+                pb::AllowedSubject {
+                    subject_id: a.subject.to_owned(),
+                    reason: convert::reason_to_pb(ex.reason) as i32,
+                    grant: ex.grant.map(convert::grant_to_pb),
+                }
+            })
+            .collect();
+        Ok(pb::LookupSubjectsResponse {
+            subjects,
+            next_page_token,
+            revision: resolved.revision,
+        })
     }
 
     async fn list(

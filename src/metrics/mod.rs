@@ -16,7 +16,8 @@
 //! | `authz_policy_reload_failures_total` | counter | | policy versions the store rejected or could not read |
 //! | `authz_db_connected` | gauge | | 1 while the store's database connection is up, 0 while down; only exported once a store reports it |
 //!
-//! `rpc`: `check`, `batch_check`, `list_permissions` (no decisions), `envoy_check`.
+//! `rpc`: `check`, `batch_check`, `list_permissions` and `lookup_subjects` (no decisions),
+//! `envoy_check`.
 //! `result`: `allowed` (reasons `granted`, `public`) or `denied` (the other reasons).
 //! `code`: `invalid_argument`, `unavailable`, `internal`.
 //!
@@ -64,16 +65,19 @@ pub enum Rpc {
     BatchCheck,
     /// `authz.v1.AuthorizationService/ListPermissions`.
     ListPermissions,
+    /// `authz.v1.AuthorizationService/LookupSubjects`.
+    LookupSubjects,
     /// `envoy.service.auth.v3.Authorization/Check`.
     EnvoyCheck,
 }
 
 impl Rpc {
     /// Every RPC.
-    pub const ALL: [Rpc; 4] = [
+    pub const ALL: [Rpc; 5] = [
         Rpc::Check,
         Rpc::BatchCheck,
         Rpc::ListPermissions,
+        Rpc::LookupSubjects,
         Rpc::EnvoyCheck,
     ];
 
@@ -83,6 +87,7 @@ impl Rpc {
             Rpc::Check => "check",
             Rpc::BatchCheck => "batch_check",
             Rpc::ListPermissions => "list_permissions",
+            Rpc::LookupSubjects => "lookup_subjects",
             Rpc::EnvoyCheck => "envoy_check",
         }
     }
@@ -224,6 +229,7 @@ struct ByRpc<T> {
     check: T,
     batch_check: T,
     list_permissions: T,
+    lookup_subjects: T,
     envoy_check: T,
 }
 
@@ -233,6 +239,7 @@ impl<T> ByRpc<T> {
             check: f(Rpc::Check),
             batch_check: f(Rpc::BatchCheck),
             list_permissions: f(Rpc::ListPermissions),
+            lookup_subjects: f(Rpc::LookupSubjects),
             envoy_check: f(Rpc::EnvoyCheck),
         }
     }
@@ -242,6 +249,7 @@ impl<T> ByRpc<T> {
             Rpc::Check => &self.check,
             Rpc::BatchCheck => &self.batch_check,
             Rpc::ListPermissions => &self.list_permissions,
+            Rpc::LookupSubjects => &self.lookup_subjects,
             Rpc::EnvoyCheck => &self.envoy_check,
         }
     }

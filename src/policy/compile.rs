@@ -877,6 +877,7 @@ impl Context {
             subjects: Members::new(subjects),
             groups: groups.into_boxed_slice(),
             scopes: scopes.into_boxed_slice(),
+            holders: Default::default(),
         })
     }
 }

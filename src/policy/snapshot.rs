@@ -52,6 +52,13 @@ impl RoleSet {
     pub fn intersects(&self, other: &RoleSet) -> bool {
         self.0.iter().zip(other.0.iter()).any(|(a, b)| a & b != 0)
     }
+
+    /// Adds every role of `other` (those beyond this set's capacity are ignored).
+    pub fn union_with(&mut self, other: &RoleSet) {
+        for (a, b) in self.0.iter_mut().zip(other.0.iter()) {
+            *a |= *b;
+        }
+    }
 }
 
 /// A compiled role.
@@ -236,6 +243,36 @@ impl Members {
         self.ids.get(start..end).unwrap_or("")
     }
 
+    /// The position (in id order) of the first member whose id sorts after `after`
+    /// (0 for an empty `after`).
+    pub fn position_after(&self, after: &str) -> usize {
+        if after.is_empty() {
+            return 0;
+        }
+        let (mut lo, mut hi) = (0usize, self.entries.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.id_at(mid) <= after {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
+    /// The id of the member at `pos` (in id order).
+    pub fn id_at_position(&self, pos: usize) -> Option<&str> {
+        (pos < self.entries.len()).then(|| self.id_at(pos))
+    }
+
+    /// The position (in id order) of the member with this id.
+    pub fn position_of(&self, id: &str) -> Option<usize> {
+        self.index
+            .find(self.hash(id), |&i| self.id_at(i as usize) == id)
+            .map(|&i| i as usize)
+    }
+
     /// Number of members.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -360,6 +397,8 @@ pub struct TenantSnapshot {
     pub groups: Box<[Group]>,
     /// Scopes used by assignments; index 0 is the root `""`.
     pub scopes: Box<[Box<str>]>,
+    /// Role → holders, built by the first LookupSubjects on this snapshot.
+    pub holders: super::lookup::LazyHolders,
 }
 
 impl TenantSnapshot {

@@ -220,6 +220,7 @@ impl TenantSnapshot {
             subjects: Members::new(subjects),
             groups: groups.into_boxed_slice(),
             scopes: scopes.into_boxed_slice(),
+            holders: Default::default(),
         })
     }
 }
