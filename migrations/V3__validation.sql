@@ -670,42 +670,63 @@ BEGIN
 END
 $$;
 
+-- The tenants validated in each running transaction, keyed by transaction id. Not a
+-- temporary table: a session could fill its own temporary table before committing and
+-- so skip validation. Writers have no privilege on this table; only the two SECURITY
+-- DEFINER functions below (owned, like it, by the role that migrates) write it. UNLOGGED:
+-- it holds nothing worth recovering after a crash. Rows of finished transactions are
+-- removed by later writes (skipping rows another writer is removing at the same time).
+CREATE UNLOGGED TABLE authz_validated (
+    xact xid8 NOT NULL,
+    tenant_id text NOT NULL,
+    PRIMARY KEY (xact, tenant_id)
+);
+REVOKE ALL ON authz_validated FROM PUBLIC;
+
+-- Both are SECURITY DEFINER with a fixed search_path (this schema, then pg_temp last), so
+-- a session's own temporary `authz_validated` cannot stand in for the real one.
 -- The deferred constraint trigger: validates each tenant a transaction touched, once, at
 -- commit. Once '' (everything) is validated, the other tenants need not be again.
-CREATE OR REPLACE FUNCTION authz_validate() RETURNS trigger LANGUAGE plpgsql AS $$
+DO $do$ BEGIN EXECUTE format($fmt$
+CREATE OR REPLACE FUNCTION authz_validate() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = %1$I, pg_temp AS $body$
 DECLARE
     t text := authz_row_tenant(TG_TABLE_NAME, CASE WHEN TG_OP = 'DELETE' THEN to_jsonb(OLD) ELSE to_jsonb(NEW) END);
+    me xid8 := pg_current_xact_id();
 BEGIN
-    -- The tenants validated since the last write: a keyed set, so a transaction touching
-    -- thousands of tenants pays one lookup per row, not a scan of everything so far.
-    IF to_regclass('pg_temp.authz_validated') IS NULL THEN
-        CREATE TEMP TABLE authz_validated (tenant_id text PRIMARY KEY) ON COMMIT DELETE ROWS;
-    END IF;
-    IF t <> '' AND EXISTS (SELECT 1 FROM pg_temp.authz_validated WHERE tenant_id = '') THEN
+    -- A keyed set, so a transaction touching thousands of tenants pays one lookup per
+    -- row, not a scan of everything so far.
+    IF t <> '' AND EXISTS (SELECT 1 FROM authz_validated WHERE xact = me AND tenant_id = '') THEN
         RETURN NULL;
     END IF;
-    INSERT INTO pg_temp.authz_validated VALUES (t) ON CONFLICT DO NOTHING;
+    INSERT INTO authz_validated VALUES (me, t) ON CONFLICT DO NOTHING;
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
     PERFORM authz_validate_tenant(t);
     RETURN NULL;
 END
-$$;
+$body$
+$fmt$, current_schema()); END $do$;
 
--- A write statement makes earlier validations stale. With the default (deferred)
--- triggers this changes nothing: every validation runs at commit, after the last write.
--- After `SET CONSTRAINTS ALL IMMEDIATE` the validations run at the end of each
--- statement, and without this a later statement could change a tenant validated before
--- it and commit unchecked.
-CREATE FUNCTION authz_forget_validated() RETURNS trigger LANGUAGE plpgsql AS $$
+-- A write statement makes earlier validations of its transaction stale. With the default
+-- (deferred) triggers this changes nothing: every validation runs at commit, after the
+-- last write. After `SET CONSTRAINTS ALL IMMEDIATE` the validations run at the end of
+-- each statement, and without this a later statement could change a tenant validated
+-- before it and commit unchecked. Also removes the rows of finished transactions.
+DO $do$ BEGIN EXECUTE format($fmt$
+CREATE FUNCTION authz_forget_validated() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = %1$I, pg_temp AS $body$
 BEGIN
-    IF to_regclass('pg_temp.authz_validated') IS NOT NULL THEN
-        DELETE FROM pg_temp.authz_validated;
-    END IF;
+    DELETE FROM authz_validated WHERE ctid IN (
+        SELECT ctid FROM authz_validated
+         WHERE xact = pg_current_xact_id()
+            OR xact < pg_snapshot_xmin(pg_current_snapshot())
+         FOR UPDATE SKIP LOCKED);
     RETURN NULL;
 END
-$$;
+$body$
+$fmt$, current_schema()); END $do$;
 
 DO $$
 DECLARE t text;
@@ -721,6 +742,36 @@ BEGIN
     LOOP
         EXECUTE format('CREATE TRIGGER %I_forget_validated BEFORE INSERT OR UPDATE OR DELETE ON %I
                         FOR EACH STATEMENT EXECUTE FUNCTION authz_forget_validated()', t, t);
+    END LOOP;
+END
+$$;
+
+-- A row never moves to another tenant (or a tenant to another id): change capture and
+-- validation follow the row's tenant, and a move would change two tenants while naming
+-- one, so replicas would miss the change to the tenant the row left. Delete the row and
+-- insert it in the other tenant instead (one transaction: one revision).
+CREATE FUNCTION authz_keep_tenant() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF authz_row_tenant(TG_TABLE_NAME, to_jsonb(OLD)) IS DISTINCT FROM
+       authz_row_tenant(TG_TABLE_NAME, to_jsonb(NEW)) THEN
+        RAISE EXCEPTION USING ERRCODE = 'check_violation', MESSAGE = format(
+            'tenant `%s`, %s: a row cannot move to another tenant (`%s`); delete it and insert it there',
+            authz_row_tenant(TG_TABLE_NAME, to_jsonb(OLD)), TG_TABLE_NAME,
+            authz_row_tenant(TG_TABLE_NAME, to_jsonb(NEW)));
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+DO $$
+DECLARE t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['tenants', 'roles', 'role_includes', 'role_permissions',
+        'role_routes', 'endpoints', 'default_roles', 'subjects', 'groups', 'group_members',
+        'assignments']
+    LOOP
+        EXECUTE format('CREATE TRIGGER %I_keep_tenant BEFORE UPDATE ON %I
+                        FOR EACH ROW EXECUTE FUNCTION authz_keep_tenant()', t, t);
     END LOOP;
 END
 $$;

@@ -604,3 +604,102 @@ async fn set_constraints_immediate_does_not_skip_validation() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_row_cannot_move_to_another_tenant() {
+    bounded(async {
+        let (db, _guard, mut c) = test_db("rules_move").await;
+        c.batch_execute(
+            "INSERT INTO roles (tenant_id, id) VALUES ('', 'viewer');
+             INSERT INTO tenants (id) VALUES ('acme'), ('globex');
+             INSERT INTO subjects VALUES ('acme', 'ada', false), ('globex', 'ada', false);
+             INSERT INTO roles (tenant_id, id) VALUES ('acme', 'aud');
+             INSERT INTO assignments (tenant_id, subject_id, role_id) VALUES ('acme', 'ada', 'viewer');",
+        )
+        .await
+        .unwrap();
+        let before = state(&c).await;
+        // Capture and validation follow a row's tenant: a move would change the tenant it
+        // leaves without replicas hearing of it.
+        for sql in [
+            "UPDATE assignments SET tenant_id = 'globex' WHERE tenant_id = 'acme'",
+            "UPDATE roles SET tenant_id = 'globex' WHERE tenant_id = 'acme' AND id = 'aud'",
+            "UPDATE subjects SET tenant_id = 'globex2' WHERE tenant_id = 'acme'",
+            "UPDATE tenants SET id = 'initech' WHERE id = 'globex'",
+        ] {
+            let (_, message) = write(&mut c, sql).await.unwrap_err();
+            assert!(
+                message.contains("a row cannot move to another tenant")
+                    || message.contains("foreign key"),
+                "{sql}: {message}"
+            );
+        }
+        assert_eq!(state(&c).await, before);
+        db.drop_db().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_writer_cannot_mark_its_tenants_validated() {
+    bounded(async {
+        let (db, _guard, c) = test_db("rules_forge").await;
+        let role = format!("authz_test_writer_{}", std::process::id());
+        c.batch_execute(&format!(
+            "INSERT INTO tenants (id) VALUES ('acme');
+             DROP ROLE IF EXISTS {role};
+             CREATE ROLE {role} LOGIN;
+             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role};
+             REVOKE ALL ON authz_validated FROM {role};
+             GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role};"
+        ))
+        .await
+        .unwrap();
+        let before = state(&c).await;
+        // A writer without ownership: its own temporary `authz_validated` (or a row in the
+        // real one, which it may not write) must not stand in for the validation.
+        let url = match db.url.split_once("://") {
+            Some((scheme, rest)) => {
+                let host = rest.split_once('@').map_or(rest, |(_, h)| h);
+                format!("{scheme}://{role}@{host}")
+            }
+            None => panic!("unexpected database URL {}", db.url),
+        };
+        let (mut w, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let forged = write(
+            &mut w,
+            "INSERT INTO roles (tenant_id, id) VALUES ('acme', 'a'), ('acme', 'b');
+             INSERT INTO role_includes VALUES ('acme', 'a', 'b', 1), ('acme', 'b', 'a', 1);
+             CREATE TEMP TABLE authz_validated (xact xid8, tenant_id text, PRIMARY KEY (xact, tenant_id));
+             INSERT INTO pg_temp.authz_validated VALUES (pg_current_xact_id(), ''), (pg_current_xact_id(), 'acme');",
+        )
+        .await
+        .unwrap_err();
+        assert!(forged.1.contains("include cycle"), "{}", forged.1);
+        let direct = w
+            .batch_execute("INSERT INTO public.authz_validated VALUES (pg_current_xact_id(), 'acme')")
+            .await
+            .unwrap_err();
+        assert!(db_message(&direct).contains("permission denied"), "{direct}");
+        // Ordinary writes by that role work.
+        write(&mut w, "INSERT INTO roles (tenant_id, id) VALUES ('acme', 'ok')")
+            .await
+            .unwrap();
+        drop(w);
+        assert_ne!(state(&c).await, before);
+        drop(c);
+        db.drop_db().await;
+        let (admin, conn) = tokio_postgres::connect(&pg::server_url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        admin
+            .batch_execute(&format!("DROP ROLE IF EXISTS {role}"))
+            .await
+            .unwrap();
+    })
+    .await;
+}

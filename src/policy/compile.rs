@@ -185,6 +185,14 @@ pub fn compile_shared_with(
         });
     }
     let builtins = Arc::new(cx.builtins(roles));
+    if !cx.problems.is_empty() {
+        // The built-in roles did not compile: checking the global table against them
+        // would only report their absence again, entry by entry.
+        return Err(CompileError {
+            file: file.to_owned(),
+            problems: cx.problems,
+        });
+    }
     let global = cx.endpoint_docs("", endpoints);
     for spec in &global {
         for name in &spec.doc.roles {
