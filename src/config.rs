@@ -130,6 +130,16 @@ pub struct ServeArgs {
     /// Address to serve Prometheus metrics on, over HTTP at `/metrics` (off unless set).
     #[arg(long, env = "AUTHZ_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Address to serve the AuthZEN 1.0 Authorization API on, over HTTP/JSON (off unless
+    /// set; docs/authzen.md). Query credentials apply as on gRPC; TLS is not served on
+    /// it (terminate TLS in front of it; with --tls-cert set, serve refuses to start).
+    #[arg(long, env = "AUTHZ_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    /// AuthZEN: the tenant the root paths (`/access/v1/...`,
+    /// `/.well-known/authzen-configuration`) serve; without it they answer 404 and each
+    /// tenant is its own PDP at `/tenants/{tenant}`.
+    #[arg(long, env = "AUTHZ_HTTP_DEFAULT_TENANT")]
+    pub http_default_tenant: Option<String>,
     /// Envoy ext_authz: the request header naming the tenant.
     #[arg(long, env = "AUTHZ_ENVOY_TENANT_HEADER", default_value = "x-tenant-id", value_parser = header_name)]
     pub envoy_tenant_header: String,

@@ -20,6 +20,8 @@
 //!   tokens and client certificates, which can also guard the query service); [`pb`]
 //!   the generated bindings.
 //! - [`metrics`]: Prometheus metrics and their `/metrics` endpoint.
+//! - [`authzen`]: the OpenID AuthZEN 1.0 HTTP/JSON API, a second front door to the query
+//!   service (same evaluator, same snapshots).
 //! - [`server`]: one listener with the query service, health and reflection; graceful
 //!   shutdown; [`tls`] its TLS and client-certificate settings; [`transport`] the socket
 //!   and HTTP/2 settings of every listener (TCP_NODELAY, keepalives, windows). [`config`] and [`cli`]:
@@ -32,6 +34,7 @@
 //! the [`policy::Decision`] in words and returns it.
 #![forbid(unsafe_code)]
 
+pub mod authzen;
 pub mod cache;
 pub mod cli;
 pub mod config;

@@ -14,7 +14,7 @@ use crate::{
     shutdown,
     store::{
         admin::AdminStore,
-        file::{Reloader, load_with, spawn_reloader},
+        file::{AbortOnDrop, Reloader, load_with, spawn_reloader},
         follow::{FollowConfig, Follower, spawn_follower},
         postgres,
     },
@@ -230,6 +230,43 @@ async fn serve(args: ServeArgs) -> Exit {
         admin,
         query_tokens,
         tls,
+    };
+    // The AuthZEN HTTP front door: the same service (cache, limits, credentials,
+    // metrics) on its own listener, draining at the same signal.
+    let _http = match args.http_listen {
+        Some(addr) => {
+            if config.tls.is_some() {
+                error!(%addr, "--http-listen serves plain HTTP and --tls-cert is set: terminate TLS for the AuthZEN API in front of authzd, or leave --http-listen off");
+                return Exit::Usage;
+            }
+            if let Some(t) = &args.http_default_tenant
+                && let Err(e) = crate::model::tenant_id(t)
+            {
+                error!(tenant = %t, cause = %e, "invalid --http-default-tenant");
+                return Exit::Usage;
+            }
+            let http_listener = match TcpListener::bind(addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    error!(%addr, cause = %e, "cannot listen for AuthZEN HTTP");
+                    return Exit::Unavailable;
+                }
+            };
+            let svc = crate::grpc::AuthzService::new(cache.clone(), config.service.clone())
+                .with_metrics(config.metrics.clone())
+                .with_tokens(config.query_tokens.clone());
+            let http_config = crate::authzen::AuthzenConfig {
+                default_tenant: args.http_default_tenant.clone(),
+            };
+            Some(AbortOnDrop(tokio::spawn(async move {
+                if let Err(e) =
+                    crate::authzen::serve(http_listener, svc, http_config, shutdown::signal()).await
+                {
+                    error!(cause = %e, "the AuthZEN HTTP listener failed");
+                }
+            })))
+        }
+        None => None,
     };
     match server::run(listener, cache, config, shutdown::signal()).await {
         Ok(()) => Exit::Ok,

@@ -72,6 +72,16 @@ impl AuthzService {
         }
     }
 
+    /// The credentials the service requires (`--query-tokens-file`), if any.
+    pub(crate) fn tokens(&self) -> Option<&AdminTokens> {
+        self.tokens.as_deref()
+    }
+
+    /// Records an error answered over another front door (AuthZEN HTTP) under `rpc`.
+    pub(crate) fn count_http_error(&self, rpc: Rpc, code: tonic::Code) {
+        self.count_error(rpc, code);
+    }
+
     /// The caller, when the service requires credentials.
     fn caller<T>(&self, rpc: Rpc, req: &Request<T>) -> Result<Option<Admin>, Status> {
         match &self.tokens {
@@ -238,7 +248,7 @@ fn item_error(status: &Status, field: String) -> pb::batch_check_result::Result 
 }
 
 impl AuthzService {
-    async fn check_one(
+    pub(crate) async fn check_one(
         &self,
         caller: Option<&Admin>,
         req: pb::CheckRequest,
@@ -300,7 +310,7 @@ impl AuthzService {
     /// response's `revision`: each tenant's snapshot is resolved once (the first item
     /// naming it), and when the batch names several tenants they are resolved together at
     /// one revision ([`Self::resolve_at_one_revision`]).
-    async fn batch_check_many(
+    pub(crate) async fn batch_check_many(
         &self,
         caller: Option<&Admin>,
         req: pb::BatchCheckRequest,
@@ -456,7 +466,7 @@ impl AuthzService {
         })
     }
 
-    async fn list(
+    pub(crate) async fn list(
         &self,
         caller: Option<&Admin>,
         req: pb::ListPermissionsRequest,
