@@ -33,7 +33,10 @@ use crate::{
         pattern::Pattern,
         source::{AssignmentDoc, Format, RoleDoc, RouteDoc},
     },
-    store::admin::{AdminError, AdminStore, ChangeRow},
+    store::{
+        admin::{AdminError, AdminStore, ChangeRow},
+        off_runtime,
+    },
 };
 
 /// Revisions a Watch reads from the change log per query.
@@ -756,9 +759,15 @@ impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
             async {
                 // The document rewrites the built-in roles every tenant shares.
                 unlimited(&admin, "ApplyPolicy")?;
-                let doc = PolicyDocument::parse(&m.document, format(m.format)?, "document")
+                // Parsed (and compiled, in the store) on blocking threads: a large
+                // document must not stall the Checks this runtime answers.
+                let fmt = format(m.format)?;
+                let document = m.document;
+                let doc = off_runtime(move || PolicyDocument::parse(&document, fmt, "document"))
+                    .await
+                    .map_err(|e| AdminError::Db(e.to_string()))?
                     .map_err(|e| bad("document", e))?;
-                let report = self.store.apply_policy(&admin.name, &doc).await?;
+                let report = self.store.apply_policy(&admin.name, doc).await?;
                 let total = report.total();
                 info!(token = %admin.name, rpc = "ApplyPolicy", revision = report.current_revision(), "admin write");
                 Ok(pb::ApplyPolicyResponse {

@@ -646,9 +646,15 @@ impl AdminStore {
     pub async fn apply_policy(
         &self,
         actor: &str,
-        doc: &PolicyDocument,
+        doc: PolicyDocument,
     ) -> Result<sync::ApplyReport, AdminError> {
-        crate::policy::compile(doc, "document", 0).map_err(SyncError::from)?;
+        // Compiled on a blocking thread (the document can be as large as a gRPC
+        // message), then handed back for the writes.
+        let doc =
+            super::off_runtime(move || crate::policy::compile(&doc, "document", 0).map(|_| doc))
+                .await
+                .map_err(|e| AdminError::Db(e.to_string()))?
+                .map_err(SyncError::from)?;
         let tenants: Vec<&str> = doc.tenants.iter().map(|t| t.id.as_str()).collect();
         let audit = Audit {
             actor,
@@ -657,7 +663,7 @@ impl AdminStore {
         };
         let mut conn = self.pool.get().await?;
         let tx = conn.transaction().await?;
-        let report = sync::apply_in(&tx, doc).await?;
+        let report = sync::apply_in(&tx, &doc).await?;
         // Recorded even when nothing differed: someone applied this document.
         finish(tx, audit, json!({ "tenants": tenants })).await?;
         Ok(report)

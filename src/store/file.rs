@@ -313,10 +313,7 @@ impl Watcher {
         let limits = self.limits;
         let compiled = {
             let text = text.clone();
-            tokio::task::spawn_blocking(move || {
-                compile_text(&text, &name, format, revision, limits)
-            })
-            .await
+            super::off_runtime(move || compile_text(&text, &name, format, revision, limits)).await
         };
         let error = match compiled {
             Ok(Ok(policy)) => {
