@@ -38,6 +38,10 @@ pub struct Limits {
     pub permissions_per_role: u32,
     /// Most endpoint entries in one tenant's table; the global table likewise.
     pub endpoints_per_tenant: u32,
+    /// Largest policy file read, in bytes (checked before reading it; a database's
+    /// policy is bounded by the limits above, an ApplyPolicy document by the gRPC
+    /// message limit).
+    pub document_bytes: u64,
 }
 
 impl Default for Limits {
@@ -48,6 +52,7 @@ impl Default for Limits {
             rules_per_role: 1_000,
             permissions_per_role: 1_000,
             endpoints_per_tenant: 10_000,
+            document_bytes: 64 * 1024 * 1024,
         }
     }
 }

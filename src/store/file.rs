@@ -72,10 +72,16 @@ pub fn load_with(
     revision: u64,
     limits: Limits,
 ) -> Result<(Policy, String), LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SourceError::Io {
-        file: path.display().to_string(),
+    let file = path.display().to_string();
+    let io = |source| SourceError::Io {
+        file: file.clone(),
         source,
-    })?;
+    };
+    // Refused before reading: a huge file costs nothing but this stat.
+    let bytes = std::fs::metadata(path).map_err(io)?.len();
+    too_large(&file, bytes, limits.document_bytes)?;
+    let text = std::fs::read_to_string(path).map_err(io)?;
+    too_large(&file, text.len() as u64, limits.document_bytes)?;
     let policy = compile_text(
         &text,
         &path.display().to_string(),
@@ -84,6 +90,18 @@ pub fn load_with(
         limits,
     )?;
     Ok((policy, text))
+}
+
+/// Refuses a policy file of `bytes` over `limit`.
+fn too_large(file: &str, bytes: u64, limit: u64) -> Result<(), SourceError> {
+    if bytes > limit {
+        return Err(SourceError::TooLarge {
+            file: file.to_owned(),
+            bytes,
+            limit,
+        });
+    }
+    Ok(())
 }
 
 /// A task handle that aborts the task when dropped, so no background task outlives its
@@ -245,6 +263,13 @@ struct Watcher {
 impl Watcher {
     async fn read(&self) -> std::io::Result<Version> {
         let meta = tokio::fs::metadata(&self.path).await?;
+        let limit = self.limits.document_bytes;
+        if meta.len() > limit {
+            return Err(std::io::Error::other(format!(
+                "{} bytes is more than the limit max_policy_bytes = {limit}",
+                meta.len()
+            )));
+        }
         let text = tokio::fs::read_to_string(&self.path).await?;
         Ok(Version {
             len: meta.len(),

@@ -215,6 +215,7 @@ pub async fn read_limits(
         rules_per_role: get(2, d.rules_per_role),
         permissions_per_role: get(3, d.permissions_per_role),
         endpoints_per_tenant: get(4, d.endpoints_per_tenant),
+        document_bytes: d.document_bytes,
     })
 }
 
