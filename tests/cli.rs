@@ -225,7 +225,7 @@ fn validate_refuses_deep_and_large_documents_before_parsing() {
     let out = authzd(&["validate", deep.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(65));
     let err = text(&out.stderr);
-    assert!(err.contains("deep.yaml:5:"), "{err}");
+    assert!(err.contains("deep.yaml:5:127: "), "{err}");
     assert!(err.contains("nested deeper than 64 levels"), "{err}");
     let deep_json = dir.path().join("deep.json");
     std::fs::write(

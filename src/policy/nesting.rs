@@ -92,6 +92,10 @@ impl Scan {
                 let next = line.get(i + 1).copied();
                 if (b == b'-' || b == b'?') && matches!(next, None | Some(b' ' | b'\t')) {
                     compact += 1;
+                    // Named at the indicator that goes too deep, not the line's end.
+                    if self.depth(compact) > self.max {
+                        return Some(i);
+                    }
                     i += 1;
                     while matches!(line.get(i), Some(b' ' | b'\t')) {
                         i += 1;
