@@ -136,6 +136,11 @@ pub async fn run(
         builder = builder.tls_config(tls.server_config())?;
     }
     let serve = builder
+        // Undecodable and oversized requests: INVALID_ARGUMENT and RESOURCE_EXHAUSTED,
+        // not tonic's INTERNAL and OUT_OF_RANGE.
+        .layer(crate::grpc::rescue::RescueLayer::new(
+            config.metrics.clone(),
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -325,7 +325,7 @@ async fn every_admin_write_is_seen_by_check_at_its_revision() {
             }))
             .await,
         Code::FailedPrecondition,
-        "role `ws-manager` is not defined",
+        "tenant `acme`: role `ws-manager` is still in use (assigned 2 times); remove those references first",
     );
     admin
         .revoke_role(root(pb::RevokeRoleRequest {
@@ -528,6 +528,35 @@ async fn listings_are_paginated() {
         Code::InvalidArgument,
         "page_token",
     );
+    // Well-formed base64 of a key no id can be: refused before the database (a NUL byte
+    // reached PostgreSQL once and came back FAILED_PRECONDITION), and so is a token
+    // longer than any this server issues.
+    use base64::Engine as _;
+    for key in ["s1\0".to_owned(), "s\n1".to_owned(), "s".repeat(1000)] {
+        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&key);
+        assert_code(
+            admin
+                .list_subjects(root(pb::ListSubjectsRequest {
+                    tenant_id: "acme".into(),
+                    page_size: 2,
+                    page_token: token.clone(),
+                }))
+                .await,
+            Code::InvalidArgument,
+            "page_token",
+        );
+        assert_code(
+            admin
+                .list_roles(root(pb::ListRolesRequest {
+                    tenant_id: "acme".into(),
+                    page_size: 2,
+                    page_token: token,
+                }))
+                .await,
+            Code::InvalidArgument,
+            "page_token",
+        );
+    }
     assert_code(
         admin
             .list_subjects(root(pb::ListSubjectsRequest {
@@ -847,6 +876,29 @@ async fn conflicts_missing_rows_and_refused_references() {
     assert_eq!(env.db.revision().await, before_cycle);
     assert!(before_cycle > before);
     assert_eq!(audit_count(&env).await, audited + 1, "only role `b`");
+    // A role still included says so (not "role `a` is not defined").
+    assert_code(
+        admin
+            .delete_role(root(pb::DeleteRoleRequest {
+                tenant_id: "acme".into(),
+                role_id: "a".into(),
+            }))
+            .await,
+        Code::FailedPrecondition,
+        "role `a` is still in use (",
+    );
+    let refused = admin
+        .delete_role(root(pb::DeleteRoleRequest {
+            tenant_id: "acme".into(),
+            role_id: "a".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert!(
+        refused.message().contains("included by role `b`"),
+        "{}",
+        refused.message()
+    );
     env.stop().await;
 }
 
@@ -1442,4 +1494,169 @@ async fn watch_streams_committed_changes_from_a_revision() {
         .await
         .unwrap();
     assert!(!matches!(end, Ok(Some(_))), "the stream ended: {end:?}");
+}
+
+/// A TCP proxy to PostgreSQL that a test can cut: while down it closes every connection,
+/// open or new, as an outage would.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(target: String) -> Proxy {
+        use std::sync::{Arc, Mutex, atomic::AtomicBool};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(AtomicBool::new(true));
+        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let task = {
+            let (up, conns) = (up.clone(), conns.clone());
+            tokio::spawn(async move {
+                loop {
+                    let Ok((mut inbound, _)) = listener.accept().await else {
+                        return;
+                    };
+                    if !up.load(std::sync::atomic::Ordering::SeqCst) {
+                        continue; // dropped: closed at once
+                    }
+                    let target = target.clone();
+                    let h = tokio::spawn(async move {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    conns.lock().unwrap().push(h.abort_handle());
+                }
+            })
+        };
+        Proxy {
+            addr,
+            up,
+            conns,
+            task,
+        }
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.store(up, std::sync::atomic::Ordering::SeqCst);
+        if !up {
+            for h in self.conns.lock().unwrap().drain(..) {
+                h.abort();
+            }
+        }
+    }
+}
+
+/// Log lines written while the test runs (a subscriber for this thread only: the
+/// current-thread runtime runs the server's tasks here too).
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn lines(&self, needle: &str) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn a_database_outage_is_logged_once_with_a_count() {
+    let logs = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer({
+            let logs = logs.clone();
+            move || logs.clone()
+        })
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let db = TestDb::create("admin_outage").await;
+    db.client().await.batch_execute(SEED).await.unwrap();
+    let pg: tokio_postgres::Config = db.url.parse().unwrap();
+    let (tokio_postgres::config::Host::Tcp(host), Some(port)) =
+        (&pg.get_hosts()[0], pg.get_ports().first())
+    else {
+        panic!("a TCP database url with a port: {}", db.url)
+    };
+    let target = format!("{host}:{port}");
+    assert!(db.url.contains(&target), "{}", db.url);
+    let proxy = Proxy::start(target.clone()).await;
+    let admin_url = db.url.replacen(&target, &proxy.addr.to_string(), 1);
+    let tokens = AdminTokens::parse(
+        &format!("{}\n", file_line(ROOT, "*", Some("root"))),
+        "tokens",
+    )
+    .unwrap();
+    let admin = PolicyAdmin::new(
+        AdminStore::new(postgres::pool(&admin_url, 4).unwrap()),
+        tokens,
+    );
+    let config = ServerConfig {
+        shutdown_grace: Duration::from_secs(5),
+        admin: Some(admin),
+        ..ServerConfig::default()
+    };
+    let (server, _follower) =
+        TestServer::start_db_configured(FollowConfig::new(db.url.clone()), config).await;
+    let mut client = PolicyAdminServiceClient::new(server.channel.clone());
+    let register = |n: u32| {
+        root(pb::RegisterSubjectRequest {
+            tenant_id: "acme".into(),
+            subject_id: format!("s{n}"),
+            disabled: false,
+        })
+    };
+    client.register_subject(register(0)).await.unwrap();
+
+    proxy.set_up(false);
+    for n in 1..=50 {
+        let s = client.register_subject(register(n)).await.unwrap_err();
+        assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+    }
+    proxy.set_up(true);
+    // Pooled connections cut by the outage may fail a few more requests; bounded.
+    let mut n = 100;
+    loop {
+        match client.register_subject(register(n)).await {
+            Ok(_) => break,
+            Err(s) => assert_eq!(s.code(), Code::Unavailable, "{s:?}"),
+        }
+        n += 1;
+        assert!(n < 200, "the database answers again through the proxy");
+    }
+
+    let began = logs.lines("admin requests refused: the database is unavailable");
+    assert_eq!(began.len(), 1, "one ERROR line per outage: {began:?}");
+    assert!(began[0].contains("ERROR"), "{}", began[0]);
+    let ended = logs.lines("admin requests served again");
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    let refused = 50 + (n - 100);
+    assert!(
+        ended[0].contains(&format!("refused={refused}")),
+        "{} (expected refused={refused})",
+        ended[0]
+    );
+    assert!(logs.lines("ERROR").len() <= 2, "{:?}", logs.lines("ERROR"));
+    server.stop().await;
+    proxy.task.abort();
+    db.drop_db().await;
 }

@@ -155,3 +155,100 @@ async fn checks_move_the_counters_a_scrape_shows() {
     assert_eq!(status, 404);
     server.stop().await;
 }
+
+/// A `CheckRequest` as raw wire fields: `tenant_id` (field 1) as bytes, so a test can
+/// send one that is not UTF-8, or as a varint, the wrong wire type.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawCheck {
+    #[prost(bytes = "vec", optional, tag = "1")]
+    tenant_bytes: Option<Vec<u8>>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct VarintCheck {
+    #[prost(uint64, tag = "1")]
+    tenant_number: u64,
+}
+
+async fn raw_check<M: prost::Message + Send + Sync + 'static>(
+    channel: tonic::transport::Channel,
+    m: M,
+) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    grpc.unary::<M, pb::CheckResponse, _>(
+        tonic::Request::new(m),
+        tonic::codegen::http::uri::PathAndQuery::from_static(
+            "/authz.v1.AuthorizationService/Check",
+        ),
+        tonic_prost::ProstCodec::default(),
+    )
+    .await
+    .unwrap_err()
+}
+
+#[tokio::test]
+async fn undecodable_and_oversized_requests_get_client_codes_and_are_counted() {
+    let mut config = ServerConfig::default();
+    config.service.max_message_bytes = 4096;
+    let server = TestServer::start_configured(&example("chat-api.yaml"), config, true).await;
+
+    // Not UTF-8 in a string field: INVALID_ARGUMENT naming the field, not INTERNAL.
+    let s = raw_check(
+        server.channel.clone(),
+        RawCheck {
+            tenant_bytes: Some(vec![b'a', 0xff, 0xfe]),
+        },
+    )
+    .await;
+    assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+    assert!(
+        s.message().starts_with(
+            "the request does not decode: CheckRequest.tenant_id: invalid string value"
+        ),
+        "{}",
+        s.message()
+    );
+    // The wrong wire type.
+    let s = raw_check(server.channel.clone(), VarintCheck { tenant_number: 7 }).await;
+    assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+    assert!(
+        s.message().contains("CheckRequest.tenant_id"),
+        "{}",
+        s.message()
+    );
+    // Over the message limit: RESOURCE_EXHAUSTED, not OUT_OF_RANGE.
+    let mut c = server.client.clone();
+    let mut big = route("acme", "erin", "GET", "/chats/");
+    big.subject_id = "x".repeat(5000);
+    let s = c.check(big).await.unwrap_err();
+    assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
+    assert!(s.message().contains("the limit is"), "{}", s.message());
+    // The connection is still good.
+    assert!(
+        c.check(route("acme", "erin", "PUT", "/experts/e-1"))
+            .await
+            .unwrap()
+            .into_inner()
+            .allowed
+    );
+
+    let (_, _, text) = http_get(server.metrics_addr.unwrap(), "/metrics").await;
+    for (series, want) in [
+        (
+            "authz_request_errors_total{rpc=\"check\",code=\"invalid_argument\"}",
+            2.0,
+        ),
+        (
+            "authz_request_errors_total{rpc=\"check\",code=\"resource_exhausted\"}",
+            1.0,
+        ),
+        (
+            "authz_request_errors_total{rpc=\"check\",code=\"internal\"}",
+            0.0,
+        ),
+    ] {
+        assert_eq!(sample(&text, series), Some(want), "{series} in\n{text}");
+    }
+    server.stop().await;
+}

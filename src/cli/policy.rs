@@ -86,7 +86,7 @@ fn apply(args: &ApplyArgs) -> Exit {
             eprintln!("{e}");
             return match e {
                 SourceError::Io { .. } => Exit::NoInput,
-                SourceError::Syntax { .. } => Exit::DataErr,
+                SourceError::Syntax { .. } | SourceError::TooLarge { .. } => Exit::DataErr,
             };
         }
     };

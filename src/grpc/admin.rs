@@ -9,13 +9,20 @@
 //!    operations need a token for every tenant);
 //! 3. runs the store operation; its errors are mapped in `grpc/status.rs`.
 
-use std::{pin::Pin, sync::Arc, time::Duration};
+use std::{
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
+    time::{Duration, Instant},
+};
 
 use base64::Engine as _;
 use futures_util::Stream;
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, service::interceptor::InterceptedService};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::auth::{Admin, AdminAuth, AdminTokens};
 use crate::{
@@ -26,7 +33,10 @@ use crate::{
         pattern::Pattern,
         source::{AssignmentDoc, Format, RoleDoc, RouteDoc},
     },
-    store::admin::{AdminError, AdminStore, ChangeRow},
+    store::{
+        admin::{AdminError, AdminStore, ChangeRow},
+        off_runtime,
+    },
 };
 
 /// Revisions a Watch reads from the change log per query.
@@ -83,6 +93,8 @@ pub struct PolicyAdmin {
     /// Turns true when the server shuts down: Watch streams end then, so they do not
     /// hold the drain for the whole grace period.
     stopping: watch::Receiver<bool>,
+    /// Requests refused because the database is unavailable, logged once per outage.
+    outage: Arc<OutageLog>,
 }
 
 impl PolicyAdmin {
@@ -94,6 +106,7 @@ impl PolicyAdmin {
             revisions: None,
             // A sender dropped at once reads as "not stopping" until replaced.
             stopping: watch::channel(false).1,
+            outage: Arc::new(OutageLog::default()),
         }
     }
 
@@ -121,6 +134,132 @@ impl PolicyAdmin {
                 .max_encoding_message_size(max_message_bytes),
             auth,
         )
+    }
+}
+
+impl PolicyAdmin {
+    /// The response, or the error's status (an unavailable database logged once per
+    /// outage).
+    fn done<T>(&self, r: Result<T>) -> std::result::Result<Response<T>, Status> {
+        match r {
+            Ok(t) => {
+                self.outage.succeeded(Instant::now());
+                Ok(Response::new(t))
+            }
+            Err(e) => Err(self.status(e)),
+        }
+    }
+
+    fn status(&self, e: AdminRequestError) -> Status {
+        self.outage.status(e)
+    }
+}
+
+/// How often an ongoing database outage is summarized in the log.
+pub const OUTAGE_SUMMARY_EVERY: Duration = Duration::from_secs(30);
+
+/// Admin requests refused because the database is unavailable, logged once per outage
+/// rather than once per request (a 10 s outage under load once logged 282 ERROR lines):
+/// the first refusal at ERROR with its cause, then a WARN summary every
+/// [`OUTAGE_SUMMARY_EVERY`] while it lasts, and an INFO line with the count when the
+/// database answers again.
+#[derive(Debug, Default)]
+struct OutageLog {
+    /// Whether an outage is on: the fast path of every answered request.
+    active: AtomicBool,
+    state: Mutex<Option<Outage>>,
+}
+
+#[derive(Debug)]
+struct Outage {
+    started: Instant,
+    refused: u64,
+    summarized: Instant,
+    refused_since_summary: u64,
+}
+
+/// What the outage log writes for one event.
+#[derive(Debug, PartialEq, Eq)]
+enum OutageLine {
+    /// The first refusal of an outage (ERROR).
+    Began,
+    /// Refusals since the last line, while the outage lasts (WARN).
+    Ongoing { refused: u64, lasted: Duration },
+    /// The database answered again (INFO).
+    Ended { refused: u64, lasted: Duration },
+}
+
+impl OutageLog {
+    /// The status of a refused request, logging it if it starts or summarizes an
+    /// outage; any other error means the database answered (or was not asked).
+    fn status(&self, e: AdminRequestError) -> Status {
+        if let AdminRequestError::Store(AdminError::Unavailable(cause)) = &e {
+            match self.failed(Instant::now()) {
+                Some(OutageLine::Began) => {
+                    error!(%cause, "admin requests refused: the database is unavailable (logged once per outage, summarized every 30s)");
+                }
+                Some(OutageLine::Ongoing { refused, lasted }) => {
+                    warn!(%cause, refused, ?lasted, "admin requests still refused: the database is unavailable");
+                }
+                _ => {}
+            }
+        } else if matches!(e, AdminRequestError::Store(_)) {
+            self.succeeded(Instant::now());
+        }
+        Status::from(e)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Outage>> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn failed(&self, now: Instant) -> Option<OutageLine> {
+        let mut state = self.lock();
+        self.active.store(true, Relaxed);
+        match state.as_mut() {
+            None => {
+                *state = Some(Outage {
+                    started: now,
+                    refused: 1,
+                    summarized: now,
+                    refused_since_summary: 0,
+                });
+                Some(OutageLine::Began)
+            }
+            Some(o) => {
+                o.refused += 1;
+                o.refused_since_summary += 1;
+                (now.saturating_duration_since(o.summarized) >= OUTAGE_SUMMARY_EVERY).then(|| {
+                    let refused = std::mem::take(&mut o.refused_since_summary);
+                    o.summarized = now;
+                    OutageLine::Ongoing {
+                        refused,
+                        lasted: now.saturating_duration_since(o.started),
+                    }
+                })
+            }
+        }
+    }
+
+    fn succeeded(&self, now: Instant) -> Option<OutageLine> {
+        if !self.active.load(Relaxed) {
+            return None;
+        }
+        let ended = {
+            let mut state = self.lock();
+            // Under the lock: a refusal racing with this success starts a new outage.
+            self.active.store(false, Relaxed);
+            state.take()?
+        };
+        let (refused, lasted) = (ended.refused, now.saturating_duration_since(ended.started));
+        info!(
+            refused,
+            ?lasted,
+            "admin requests served again: the database answers"
+        );
+        Some(OutageLine::Ended { refused, lasted })
     }
 }
 
@@ -245,14 +384,26 @@ fn encode_token(key: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key)
 }
 
+/// The longest page token this server issues: the base64 of the longest key (a group
+/// or subject id of 256 bytes, an assignment number).
+const MAX_PAGE_TOKEN: usize = 400;
+
+/// The key a page token carries. Checked before it reaches the database: a key this
+/// server issued is an id or a number, never longer than an id and never holding a
+/// control character (a NUL byte would be refused by PostgreSQL as a server error).
 fn decode_token(token: &str) -> Result<String> {
     if token.is_empty() {
         return Ok(String::new());
     }
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(token)
-        .ok()
+    (token.len() <= MAX_PAGE_TOKEN)
+        .then(|| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(token)
+                .ok()
+        })
+        .flatten()
         .and_then(|b| String::from_utf8(b).ok())
+        .filter(|key| !key.chars().any(char::is_control))
         .ok_or_else(|| bad("page_token", "is not a token this server issued"))
 }
 
@@ -273,23 +424,20 @@ fn format(f: i32) -> Result<Format> {
     }
 }
 
-fn done<T>(r: Result<T>) -> std::result::Result<Response<T>, Status> {
-    r.map(Response::new).map_err(Status::from)
-}
-
 /// The body of a write RPC: the caller, the message, the store operation's revision,
 /// a log line, the response. (A body-only macro: `async_trait` must see the methods.)
 macro_rules! write_rpc {
-    ($request:ident, $store:expr, $resp:ident, |$admin:ident, $m:ident, $s:ident| $body:expr) => {{
+    ($request:ident, $svc:expr, $resp:ident, |$admin:ident, $m:ident, $s:ident| $body:expr) => {{
+        let svc: &PolicyAdmin = $svc;
         let $admin = caller(&$request)?;
         let $m = $request.into_inner();
-        let $s: &AdminStore = $store;
+        let $s: &AdminStore = &svc.store;
         let r: Result<u64> = async { Ok($body) }.await;
         if let Ok(revision) = &r {
             let rpc = stringify!($resp).trim_end_matches("Response");
             info!(token = %$admin.name, rpc, revision, "admin write");
         }
-        done(r.map(|revision| pb::$resp { revision }))
+        svc.done(r.map(|revision| pb::$resp { revision }))
     }};
 }
 
@@ -299,98 +447,68 @@ impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
         &self,
         request: Request<pb::CreateRoleRequest>,
     ) -> std::result::Result<Response<pb::CreateRoleResponse>, Status> {
-        write_rpc!(
-            request,
-            &self.store,
-            CreateRoleResponse,
-            |admin, m, store| {
-                let t = tenant(&admin, &m.tenant_id)?;
-                let r = role(m.role.as_ref())?;
-                store.create_role(&admin.name, t, &r).await?
-            }
-        )
+        write_rpc!(request, self, CreateRoleResponse, |admin, m, store| {
+            let t = tenant(&admin, &m.tenant_id)?;
+            let r = role(m.role.as_ref())?;
+            store.create_role(&admin.name, t, &r).await?
+        })
     }
 
     async fn update_role(
         &self,
         request: Request<pb::UpdateRoleRequest>,
     ) -> std::result::Result<Response<pb::UpdateRoleResponse>, Status> {
-        write_rpc!(
-            request,
-            &self.store,
-            UpdateRoleResponse,
-            |admin, m, store| {
-                let t = tenant(&admin, &m.tenant_id)?;
-                let r = role(m.role.as_ref())?;
-                store.update_role(&admin.name, t, &r).await?
-            }
-        )
+        write_rpc!(request, self, UpdateRoleResponse, |admin, m, store| {
+            let t = tenant(&admin, &m.tenant_id)?;
+            let r = role(m.role.as_ref())?;
+            store.update_role(&admin.name, t, &r).await?
+        })
     }
 
     async fn delete_role(
         &self,
         request: Request<pb::DeleteRoleRequest>,
     ) -> std::result::Result<Response<pb::DeleteRoleResponse>, Status> {
-        write_rpc!(
-            request,
-            &self.store,
-            DeleteRoleResponse,
-            |admin, m, store| {
-                let t = tenant(&admin, &m.tenant_id)?;
-                let r = input("role_id", model::name(&m.role_id))?;
-                store.delete_role(&admin.name, t, r).await?
-            }
-        )
+        write_rpc!(request, self, DeleteRoleResponse, |admin, m, store| {
+            let t = tenant(&admin, &m.tenant_id)?;
+            let r = input("role_id", model::name(&m.role_id))?;
+            store.delete_role(&admin.name, t, r).await?
+        })
     }
 
     async fn grant_role(
         &self,
         request: Request<pb::GrantRoleRequest>,
     ) -> std::result::Result<Response<pb::GrantRoleResponse>, Status> {
-        write_rpc!(
-            request,
-            &self.store,
-            GrantRoleResponse,
-            |admin, m, store| {
-                let t = tenant(&admin, &m.tenant_id)?;
-                let a = assignment(m.assignment.as_ref())?;
-                store.grant(&admin.name, t, &a).await?
-            }
-        )
+        write_rpc!(request, self, GrantRoleResponse, |admin, m, store| {
+            let t = tenant(&admin, &m.tenant_id)?;
+            let a = assignment(m.assignment.as_ref())?;
+            store.grant(&admin.name, t, &a).await?
+        })
     }
 
     async fn revoke_role(
         &self,
         request: Request<pb::RevokeRoleRequest>,
     ) -> std::result::Result<Response<pb::RevokeRoleResponse>, Status> {
-        write_rpc!(
-            request,
-            &self.store,
-            RevokeRoleResponse,
-            |admin, m, store| {
-                let t = tenant(&admin, &m.tenant_id)?;
-                let a = assignment(m.assignment.as_ref())?;
-                store.revoke(&admin.name, t, &a).await?
-            }
-        )
+        write_rpc!(request, self, RevokeRoleResponse, |admin, m, store| {
+            let t = tenant(&admin, &m.tenant_id)?;
+            let a = assignment(m.assignment.as_ref())?;
+            store.revoke(&admin.name, t, &a).await?
+        })
     }
 
     async fn register_subject(
         &self,
         request: Request<pb::RegisterSubjectRequest>,
     ) -> std::result::Result<Response<pb::RegisterSubjectResponse>, Status> {
-        write_rpc!(
-            request,
-            &self.store,
-            RegisterSubjectResponse,
-            |admin, m, store| {
-                let t = tenant(&admin, &m.tenant_id)?;
-                let s = input("subject_id", model::subject_id(&m.subject_id))?;
-                store
-                    .register_subject(&admin.name, t, s, m.disabled)
-                    .await?
-            }
-        )
+        write_rpc!(request, self, RegisterSubjectResponse, |admin, m, store| {
+            let t = tenant(&admin, &m.tenant_id)?;
+            let s = input("subject_id", model::subject_id(&m.subject_id))?;
+            store
+                .register_subject(&admin.name, t, s, m.disabled)
+                .await?
+        })
     }
 
     async fn set_subject_disabled(
@@ -399,7 +517,7 @@ impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
     ) -> std::result::Result<Response<pb::SetSubjectDisabledResponse>, Status> {
         write_rpc!(
             request,
-            &self.store,
+            self,
             SetSubjectDisabledResponse,
             |admin, m, store| {
                 let t = tenant(&admin, &m.tenant_id)?;
@@ -415,65 +533,45 @@ impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
         &self,
         request: Request<pb::DeleteSubjectRequest>,
     ) -> std::result::Result<Response<pb::DeleteSubjectResponse>, Status> {
-        write_rpc!(
-            request,
-            &self.store,
-            DeleteSubjectResponse,
-            |admin, m, store| {
-                let t = tenant(&admin, &m.tenant_id)?;
-                let s = input("subject_id", model::subject_id(&m.subject_id))?;
-                store.delete_subject(&admin.name, t, s).await?
-            }
-        )
+        write_rpc!(request, self, DeleteSubjectResponse, |admin, m, store| {
+            let t = tenant(&admin, &m.tenant_id)?;
+            let s = input("subject_id", model::subject_id(&m.subject_id))?;
+            store.delete_subject(&admin.name, t, s).await?
+        })
     }
 
     async fn create_group(
         &self,
         request: Request<pb::CreateGroupRequest>,
     ) -> std::result::Result<Response<pb::CreateGroupResponse>, Status> {
-        write_rpc!(
-            request,
-            &self.store,
-            CreateGroupResponse,
-            |admin, m, store| {
-                let t = tenant(&admin, &m.tenant_id)?;
-                let g = input("group_id", model::subject_id(&m.group_id))?;
-                store.create_group(&admin.name, t, g).await?
-            }
-        )
+        write_rpc!(request, self, CreateGroupResponse, |admin, m, store| {
+            let t = tenant(&admin, &m.tenant_id)?;
+            let g = input("group_id", model::subject_id(&m.group_id))?;
+            store.create_group(&admin.name, t, g).await?
+        })
     }
 
     async fn delete_group(
         &self,
         request: Request<pb::DeleteGroupRequest>,
     ) -> std::result::Result<Response<pb::DeleteGroupResponse>, Status> {
-        write_rpc!(
-            request,
-            &self.store,
-            DeleteGroupResponse,
-            |admin, m, store| {
-                let t = tenant(&admin, &m.tenant_id)?;
-                let g = input("group_id", model::subject_id(&m.group_id))?;
-                store.delete_group(&admin.name, t, g).await?
-            }
-        )
+        write_rpc!(request, self, DeleteGroupResponse, |admin, m, store| {
+            let t = tenant(&admin, &m.tenant_id)?;
+            let g = input("group_id", model::subject_id(&m.group_id))?;
+            store.delete_group(&admin.name, t, g).await?
+        })
     }
 
     async fn add_group_member(
         &self,
         request: Request<pb::AddGroupMemberRequest>,
     ) -> std::result::Result<Response<pb::AddGroupMemberResponse>, Status> {
-        write_rpc!(
-            request,
-            &self.store,
-            AddGroupMemberResponse,
-            |admin, m, store| {
-                let t = tenant(&admin, &m.tenant_id)?;
-                let g = input("group_id", model::subject_id(&m.group_id))?;
-                let s = input("subject_id", model::subject_id(&m.subject_id))?;
-                store.add_group_member(&admin.name, t, g, s).await?
-            }
-        )
+        write_rpc!(request, self, AddGroupMemberResponse, |admin, m, store| {
+            let t = tenant(&admin, &m.tenant_id)?;
+            let g = input("group_id", model::subject_id(&m.group_id))?;
+            let s = input("subject_id", model::subject_id(&m.subject_id))?;
+            store.add_group_member(&admin.name, t, g, s).await?
+        })
     }
 
     async fn remove_group_member(
@@ -482,7 +580,7 @@ impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
     ) -> std::result::Result<Response<pb::RemoveGroupMemberResponse>, Status> {
         write_rpc!(
             request,
-            &self.store,
+            self,
             RemoveGroupMemberResponse,
             |admin, m, store| {
                 let t = tenant(&admin, &m.tenant_id)?;
@@ -497,23 +595,18 @@ impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
         &self,
         request: Request<pb::SetDefaultRolesRequest>,
     ) -> std::result::Result<Response<pb::SetDefaultRolesResponse>, Status> {
-        write_rpc!(
-            request,
-            &self.store,
-            SetDefaultRolesResponse,
-            |admin, m, store| {
-                let t = tenant(&admin, &m.tenant_id)?;
-                let mut seen = std::collections::HashSet::new();
-                for (i, r) in m.role_ids.iter().enumerate() {
-                    let field = format!("role_ids[{i}]");
-                    input(&field, model::name(r))?;
-                    if !seen.insert(r) {
-                        return Err(bad(field, format!("lists `{r}` twice")));
-                    }
+        write_rpc!(request, self, SetDefaultRolesResponse, |admin, m, store| {
+            let t = tenant(&admin, &m.tenant_id)?;
+            let mut seen = std::collections::HashSet::new();
+            for (i, r) in m.role_ids.iter().enumerate() {
+                let field = format!("role_ids[{i}]");
+                input(&field, model::name(r))?;
+                if !seen.insert(r) {
+                    return Err(bad(field, format!("lists `{r}` twice")));
                 }
-                store.set_default_roles(&admin.name, t, &m.role_ids).await?
             }
-        )
+            store.set_default_roles(&admin.name, t, &m.role_ids).await?
+        })
     }
 
     async fn list_roles(
@@ -522,7 +615,7 @@ impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
     ) -> std::result::Result<Response<pb::ListRolesResponse>, Status> {
         let admin = caller(&request)?;
         let m = request.into_inner();
-        done(
+        self.done(
             async {
                 let t = tenant(&admin, &m.tenant_id)?;
                 let size = page_size(m.page_size)?;
@@ -567,7 +660,7 @@ impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
     ) -> std::result::Result<Response<pb::ListSubjectsResponse>, Status> {
         let admin = caller(&request)?;
         let m = request.into_inner();
-        done(
+        self.done(
             async {
                 let t = tenant(&admin, &m.tenant_id)?;
                 let size = page_size(m.page_size)?;
@@ -596,7 +689,7 @@ impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
     ) -> std::result::Result<Response<pb::ListGroupsResponse>, Status> {
         let admin = caller(&request)?;
         let m = request.into_inner();
-        done(
+        self.done(
             async {
                 let t = tenant(&admin, &m.tenant_id)?;
                 let size = page_size(m.page_size)?;
@@ -628,7 +721,7 @@ impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
     ) -> std::result::Result<Response<pb::ListAssignmentsResponse>, Status> {
         let admin = caller(&request)?;
         let m = request.into_inner();
-        done(
+        self.done(
             async {
                 let t = tenant(&admin, &m.tenant_id)?;
                 let size = page_size(m.page_size)?;
@@ -662,13 +755,19 @@ impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
     ) -> std::result::Result<Response<pb::ApplyPolicyResponse>, Status> {
         let admin = caller(&request)?;
         let m = request.into_inner();
-        done(
+        self.done(
             async {
                 // The document rewrites the built-in roles every tenant shares.
                 unlimited(&admin, "ApplyPolicy")?;
-                let doc = PolicyDocument::parse(&m.document, format(m.format)?, "document")
+                // Parsed (and compiled, in the store) on blocking threads: a large
+                // document must not stall the Checks this runtime answers.
+                let fmt = format(m.format)?;
+                let document = m.document;
+                let doc = off_runtime(move || PolicyDocument::parse(&document, fmt, "document"))
+                    .await
+                    .map_err(|e| AdminError::Db(e.to_string()))?
                     .map_err(|e| bad("document", e))?;
-                let report = self.store.apply_policy(&admin.name, &doc).await?;
+                let report = self.store.apply_policy(&admin.name, doc).await?;
                 let total = report.total();
                 info!(token = %admin.name, rpc = "ApplyPolicy", revision = report.current_revision(), "admin write");
                 Ok(pb::ApplyPolicyResponse {
@@ -689,7 +788,7 @@ impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
     ) -> std::result::Result<Response<pb::ExportPolicyResponse>, Status> {
         let admin = caller(&request)?;
         let m = request.into_inner();
-        done(
+        self.done(
             async {
                 let fmt = format(m.format)?;
                 let tenants = if m.tenant_ids.is_empty() {
@@ -721,7 +820,7 @@ impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
     ) -> std::result::Result<Response<pb::ListAuditEventsResponse>, Status> {
         let admin = caller(&request)?;
         let m = request.into_inner();
-        done(
+        self.done(
             async {
                 let only = if m.tenant_id.is_empty() {
                     unlimited(&admin, "listing every tenant's audit events")?;
@@ -777,11 +876,12 @@ impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
             .store
             .changes_after(tenant.as_deref(), m.after_revision, WATCH_BATCH)
             .await
-            .map_err(Status::from)?;
+            .map_err(|e| self.status(e.into()))?;
         info!(token = %admin.name, tenant = tenant.as_deref().unwrap_or("*"), after = m.after_revision, "watch started");
         let (tx, mut rx) = mpsc::channel(16);
         tokio::spawn(watch_task(
             self.store.clone(),
+            self.outage.clone(),
             tenant,
             first,
             tx,
@@ -799,6 +899,7 @@ type WatchItem = std::result::Result<pb::WatchResponse, Status>;
 /// the change log fails (sent as the stream's final status).
 async fn watch_task(
     store: AdminStore,
+    outage: Arc<OutageLog>,
     tenant: Option<String>,
     mut batch: crate::store::admin::Changes,
     tx: mpsc::Sender<WatchItem>,
@@ -851,7 +952,7 @@ async fn watch_task(
         {
             Ok(b) => b,
             Err(e) => {
-                let _ = tx.send(Err(Status::from(e))).await;
+                let _ = tx.send(Err(outage.status(e.into()))).await;
                 return;
             }
         };
@@ -883,4 +984,49 @@ fn group_by_revision(rows: Vec<ChangeRow>) -> Vec<pb::WatchResponse> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outage_is_logged_once_then_summarized_then_ended() {
+        let log = OutageLog::default();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(log.succeeded(t0), None, "no outage, nothing to say");
+        assert_eq!(log.failed(at(0)), Some(OutageLine::Began));
+        for i in 1..=100 {
+            assert_eq!(log.failed(at(i % 29)), None, "refusal {i} is only counted");
+        }
+        assert_eq!(
+            log.failed(at(30)),
+            Some(OutageLine::Ongoing {
+                refused: 101,
+                lasted: Duration::from_secs(30)
+            })
+        );
+        assert_eq!(log.failed(at(31)), None);
+        assert_eq!(
+            log.succeeded(at(40)),
+            Some(OutageLine::Ended {
+                refused: 103,
+                lasted: Duration::from_secs(40)
+            })
+        );
+        assert_eq!(log.succeeded(at(41)), None);
+        assert_eq!(log.failed(at(50)), Some(OutageLine::Began), "a new outage");
+    }
+
+    #[test]
+    fn page_tokens_carry_ids_only() {
+        assert_eq!(decode_token("").unwrap(), "");
+        assert_eq!(decode_token(&encode_token("alice")).unwrap(), "alice");
+        for key in ["a\0b", "a\nb", &"x".repeat(400)] {
+            assert!(decode_token(&encode_token(key)).is_err(), "{key:?}");
+        }
+        assert!(decode_token(&encode_token(&"x".repeat(256))).is_ok());
+        assert!(decode_number(&encode_token("12"), 0).unwrap() == 12);
+    }
 }

@@ -8,6 +8,9 @@
 //! | cache staler than `--max-staleness` | UNAVAILABLE |
 //! | query credential limited to other tenants ([`TenantRefused`]) | PERMISSION_DENIED |
 //!
+//! | request does not decode (tonic's INTERNAL, rewritten in [`super::rescue`]) | INVALID_ARGUMENT, naming the field |
+//! | request over `--max-message-bytes` (tonic's OUT_OF_RANGE, rewritten in [`super::rescue`]) | RESOURCE_EXHAUSTED |
+//!
 //! Unknown tenants and subjects are deny reasons, not errors. Nothing here is ever an
 //! allow.
 //!
@@ -80,10 +83,8 @@ impl From<AdminError> for Status {
             AdminError::Precondition(m) => Status::failed_precondition(m),
             AdminError::Invalid(m) => Status::invalid_argument(m),
             AdminError::OutOfRange(m) => Status::out_of_range(m),
-            AdminError::Unavailable(_) => {
-                error!(cause = %e, "admin request failed");
-                Status::unavailable(e.to_string())
-            }
+            // Logged once per outage by the admin service, not once per request.
+            AdminError::Unavailable(_) => Status::unavailable(e.to_string()),
             AdminError::Db(_) => {
                 error!(cause = %e, "admin request failed");
                 Status::internal(e.to_string())

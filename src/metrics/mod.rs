@@ -19,7 +19,8 @@
 //! `rpc`: `check`, `batch_check`, `list_permissions` and `lookup_subjects` (no decisions),
 //! `envoy_check`.
 //! `result`: `allowed` (reasons `granted`, `public`) or `denied` (the other reasons).
-//! `code`: `invalid_argument`, `unavailable`, `internal`.
+//! `code`: `invalid_argument`, `resource_exhausted` (a request over the message size
+//! limit), `unavailable`, `internal`.
 //!
 //! # The request path
 //! Every series a request can touch is created in [`Metrics::new`] and kept as a handle
@@ -97,14 +98,16 @@ impl Rpc {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ErrorCode {
     InvalidArgument,
+    ResourceExhausted,
     Unavailable,
     Internal,
 }
 
 impl ErrorCode {
     #[cfg(test)]
-    const ALL: [ErrorCode; 3] = [
+    const ALL: [ErrorCode; 4] = [
         ErrorCode::InvalidArgument,
+        ErrorCode::ResourceExhausted,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
     ];
@@ -112,16 +115,20 @@ impl ErrorCode {
     fn as_str(self) -> &'static str {
         match self {
             ErrorCode::InvalidArgument => "invalid_argument",
+            ErrorCode::ResourceExhausted => "resource_exhausted",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }
     }
 
-    /// The handlers return only INVALID_ARGUMENT and UNAVAILABLE (`grpc/status.rs`);
-    /// anything else would be a failure of ours, so it counts as `internal`.
+    /// The handlers return only INVALID_ARGUMENT and UNAVAILABLE (`grpc/status.rs`), and
+    /// the transport RESOURCE_EXHAUSTED for a request over the size limit
+    /// (`grpc/rescue.rs`); anything else would be a failure of ours, so it counts as
+    /// `internal`.
     fn from_code(code: tonic::Code) -> Self {
         match code {
             tonic::Code::InvalidArgument => ErrorCode::InvalidArgument,
+            tonic::Code::ResourceExhausted => ErrorCode::ResourceExhausted,
             tonic::Code::Unavailable => ErrorCode::Unavailable,
             _ => ErrorCode::Internal,
         }
@@ -191,6 +198,7 @@ impl<T> ByReason<T> {
 #[derive(Debug)]
 struct ByError<T> {
     invalid_argument: T,
+    resource_exhausted: T,
     unavailable: T,
     internal: T,
 }
@@ -199,6 +207,7 @@ impl<T> ByError<T> {
     fn new(mut f: impl FnMut(ErrorCode) -> T) -> Self {
         ByError {
             invalid_argument: f(ErrorCode::InvalidArgument),
+            resource_exhausted: f(ErrorCode::ResourceExhausted),
             unavailable: f(ErrorCode::Unavailable),
             internal: f(ErrorCode::Internal),
         }
@@ -207,6 +216,7 @@ impl<T> ByError<T> {
     fn get(&self, c: ErrorCode) -> &T {
         match c {
             ErrorCode::InvalidArgument => &self.invalid_argument,
+            ErrorCode::ResourceExhausted => &self.resource_exhausted,
             ErrorCode::Unavailable => &self.unavailable,
             ErrorCode::Internal => &self.internal,
         }

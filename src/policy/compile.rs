@@ -38,6 +38,10 @@ pub struct Limits {
     pub permissions_per_role: u32,
     /// Most endpoint entries in one tenant's table; the global table likewise.
     pub endpoints_per_tenant: u32,
+    /// Largest policy file read, in bytes (checked before reading it; a database's
+    /// policy is bounded by the limits above, an ApplyPolicy document by the gRPC
+    /// message limit).
+    pub document_bytes: u64,
 }
 
 impl Default for Limits {
@@ -48,6 +52,7 @@ impl Default for Limits {
             rules_per_role: 1_000,
             permissions_per_role: 1_000,
             endpoints_per_tenant: 10_000,
+            document_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -205,8 +210,7 @@ pub fn compile_shared_with(
         }
     }
     if cx.problems.is_empty() {
-        let (endpoints, matcher) =
-            cx.endpoint_table("", &[], &global, &|_| None, &builtins, builtins.roles.len());
+        let (endpoints, matcher) = cx.endpoint_table("", &[], &global, &|_| None, &builtins);
         Ok(Shared {
             builtins,
             global,
@@ -350,19 +354,19 @@ impl Context {
     fn builtins(&mut self, docs: &[RoleDoc]) -> Builtins {
         let index = self.role_index("", docs, &Map::default());
         let roles = self.roles("", docs, &index, 0, None);
-        let mut holders: Map<Box<str>, RoleSet> = Map::default();
+        let mut holders: Map<Box<str>, Vec<RoleIdx>> = Map::default();
         for (i, role) in roles.iter().enumerate() {
             for p in role.permissions.iter() {
-                holders
-                    .entry(p.clone())
-                    .or_insert_with(|| RoleSet::with_capacity(roles.len()))
-                    .insert(i as RoleIdx);
+                holders.entry(p.clone()).or_default().push(i as RoleIdx);
             }
         }
         Builtins {
             roles,
             index,
-            holders,
+            holders: holders
+                .into_iter()
+                .map(|(p, h)| (p, RoleSet::from_unsorted(h)))
+                .collect(),
         }
     }
 
@@ -494,13 +498,24 @@ impl Context {
             return Box::new([]);
         }
         let mut roles = Vec::with_capacity(docs.len());
+        // Which role's closure last reached each role: one array for all closures, never
+        // cleared, so computing them costs their sizes, not roles × roles.
+        let mut seen_by: Vec<RoleIdx> = vec![RoleIdx::MAX; total];
         for (i, r) in docs.iter().enumerate() {
             let me = base + i as RoleIdx;
             let loc = join(tenant_loc, &format!("role `{}`", r.id));
             // Breadth-first closure, remembering who included whom, for explanations.
             let mut closure: Vec<(RoleIdx, u32)> = vec![(me, 0)];
-            let mut set = RoleSet::with_capacity(total);
-            set.insert(me);
+            let mut visit = |n: RoleIdx| match seen_by.get_mut(n as usize) {
+                Some(s) if *s == me => false,
+                Some(s) => {
+                    *s = me;
+                    true
+                }
+                // Not a role of this tenant (never produced by the compiler).
+                None => false,
+            };
+            visit(me);
             let mut queue = VecDeque::from([0usize]);
             while let Some(pos) = queue.pop_front() {
                 let Some(&(role, _)) = closure.get(pos) else {
@@ -512,8 +527,7 @@ impl Context {
                     builtin_includes(builtins, role)
                 };
                 for n in next {
-                    if !set.contains(n) {
-                        set.insert(n);
+                    if visit(n) {
                         closure.push((n, pos as u32));
                         queue.push_back(closure.len() - 1);
                     }
@@ -559,8 +573,8 @@ impl Context {
                 id: r.id.as_str().into(),
                 description: r.description.as_str().into(),
                 builtin: builtins.is_none(),
+                closure_set: RoleSet::from_unsorted(closure.iter().map(|&(g, _)| g).collect()),
                 closure: closure.into_boxed_slice(),
-                closure_set: set,
                 permissions: permissions.into_boxed_slice(),
                 rules: rules.into_boxed_slice(),
                 matcher,
@@ -650,7 +664,6 @@ impl Context {
         global: &[EndpointSpec],
         custom: &dyn Fn(&str) -> Option<RoleIdx>,
         builtins: &Builtins,
-        total: usize,
     ) -> (Vec<Endpoint>, Matcher<EndpointGroup>) {
         let mut endpoints = Vec::new();
         let mut matcher = Matcher::default();
@@ -660,7 +673,6 @@ impl Context {
             .chain(global.iter().map(|s| (s, true)))
         {
             let mut roles = Vec::new();
-            let mut role_set = RoleSet::with_capacity(total);
             for name in &spec.doc.roles {
                 let found = builtins
                     .index
@@ -668,10 +680,7 @@ impl Context {
                     .copied()
                     .or_else(|| if is_global { None } else { custom(name) });
                 match found {
-                    Some(r) => {
-                        roles.push(r);
-                        role_set.insert(r);
-                    }
+                    Some(r) => roles.push(r),
                     // A global entry's unknown role is reported once, by compile_shared.
                     None if is_global => {}
                     None => self.problem(
@@ -699,8 +708,8 @@ impl Context {
             endpoints.push(Endpoint {
                 pattern: spec.pattern.clone(),
                 methods: spec.methods.clone(),
+                role_set: RoleSet::from_unsorted(roles.clone()),
                 roles: roles.into_boxed_slice(),
-                role_set,
                 public: spec.doc.public,
             });
         }
@@ -715,18 +724,21 @@ impl Context {
         // Built-in and custom ids while compiling; the snapshot keeps only the custom ones.
         let role_index = self.role_index(&loc, &t.roles, &builtins.index);
         let custom = self.roles(&loc, &t.roles, &role_index, base, Some(builtins));
-        let total = role_index.len();
 
         // Custom roles' permissions; built-in holders are shared in `Builtins`.
-        let mut permission_holders: Map<Box<str>, RoleSet> = Map::default();
+        let mut holders: Map<Box<str>, Vec<RoleIdx>> = Map::default();
         for (i, role) in custom.iter().enumerate() {
             for p in role.permissions.iter() {
-                permission_holders
+                holders
                     .entry(p.clone())
-                    .or_insert_with(|| RoleSet::with_capacity(total))
-                    .insert(base + i as RoleIdx);
+                    .or_default()
+                    .push(base + i as RoleIdx);
             }
         }
+        let permission_holders: Map<Box<str>, RoleSet> = holders
+            .into_iter()
+            .map(|(p, h)| (p, RoleSet::from_unsorted(h)))
+            .collect();
 
         // Endpoint table: the tenant's own entries first, so they shadow global ones. A
         // tenant without entries of its own shares the global table compiled once.
@@ -740,7 +752,7 @@ impl Context {
                 let own = self.endpoint_docs(&loc, &t.endpoints);
                 let custom_role = |name: &str| role_index.get(name).copied();
                 let (e, m) =
-                    self.endpoint_table(&loc, &own, &shared.global, &custom_role, builtins, total);
+                    self.endpoint_table(&loc, &own, &shared.global, &custom_role, builtins);
                 (e.into(), Arc::new(m))
             };
 

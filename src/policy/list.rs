@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::{
     decision::{GrantRef, GrantView, Reason},
-    snapshot::{RoleIdx, RoleSet, TenantSnapshot},
+    snapshot::{RoleIdx, TenantSnapshot},
 };
 use crate::model::{MethodSet, scope_covers};
 
@@ -76,12 +76,17 @@ impl TenantSnapshot {
                 }
             }
         }
-        let public_endpoints = |out: &mut Listing, held: Option<&RoleSet>| {
+        let public_endpoints = |out: &mut Listing, held: Option<&[bool]>| {
             for (ep, methods) in self.endpoints.iter().zip(&resolved) {
                 if methods.is_empty() {
                     continue;
                 }
-                if ep.public || held.is_some_and(|h| h.intersects(&ep.role_set)) {
+                let holds = |h: &[bool]| {
+                    ep.role_set
+                        .iter()
+                        .any(|r| h.get(r as usize).copied().unwrap_or(false))
+                };
+                if ep.public || held.is_some_and(holds) {
                     out.endpoints
                         .push((ep.pattern.to_string(), methods.to_strings(), ep.public));
                 }
@@ -103,15 +108,16 @@ impl TenantSnapshot {
         out.reason = Some(Reason::Granted);
 
         // Effective roles, the first way each is held winning (the order Check uses).
-        let mut held = RoleSet::with_capacity(self.role_count());
+        // Dense for this one listing (linear in the tenant's roles, like the listing).
+        let mut held = vec![false; self.role_count()];
         let mut roles: BTreeMap<String, (RoleIdx, ListedRole)> = BTreeMap::new();
         self.for_each_applicable(subject, scope, |assigned, at, source| {
             let role = self.role(assigned)?;
             for (pos, &(g, parent)) in role.closure.iter().enumerate() {
-                if held.contains(g) {
-                    continue;
+                match held.get_mut(g as usize) {
+                    Some(h) if !*h => *h = true,
+                    _ => continue,
                 }
-                held.insert(g);
                 let grant = GrantRef {
                     assigned,
                     // The assigned role itself: a view without the chain in between.

@@ -86,7 +86,7 @@ impl TenantSnapshot {
     /// permission; having a rule on the path, whatever its method; named by an endpoint
     /// entry on the path), and whether the route is public.
     fn could_grant(&self, action: &Action<'_>) -> (RoleSet, bool) {
-        let mut set = RoleSet::with_capacity(self.role_count());
+        let mut set: Vec<RoleIdx> = Vec::new();
         let mut public = false;
         match *action {
             Action::Permission(p) => {
@@ -94,7 +94,7 @@ impl TenantSnapshot {
                     .into_iter()
                     .flatten()
                 {
-                    set.union_with(h);
+                    set.extend(h.iter());
                 }
             }
             Action::Route { method, path } => {
@@ -103,7 +103,7 @@ impl TenantSnapshot {
                 self.endpoint_matcher.find_in(&segments, |group| {
                     for &e in &group.entries {
                         if let Some(ep) = self.endpoints.get(e as usize) {
-                            set.union_with(&ep.role_set);
+                            set.extend(ep.role_set.iter());
                             // The entry the router resolves to: public means anyone.
                             if !resolved && ep.methods.contains(method) {
                                 resolved = true;
@@ -119,12 +119,12 @@ impl TenantSnapshot {
                         .role(i)
                         .is_some_and(|r| r.matcher.find_in(&segments, |_| true).is_some())
                     {
-                        set.insert(i);
+                        set.push(i);
                     }
                 }
             }
         }
-        (set, public)
+        (RoleSet::from_unsorted(set), public)
     }
 
     /// The registered subjects `check` allows for `action` at `scope`, in subject id

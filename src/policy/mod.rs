@@ -1,12 +1,14 @@
 //! Policies: the document as written ([`source`]), compiled ([`mod@compile`]) into immutable
 //! per-tenant snapshots ([`snapshot`]) that the evaluator ([`eval`]) reads to make
-//! [`decision::Decision`]s, and listings of what a subject may do ([`list`]).
+//! [`decision::Decision`]s, and listings of what a subject may do ([`list`]). A document
+//! is scanned for its nesting depth ([`nesting`]) before it is parsed.
 
 pub mod compile;
 pub mod decision;
 pub mod eval;
 pub mod list;
 pub mod lookup;
+pub mod nesting;
 pub mod pattern;
 pub mod snapshot;
 pub mod source;

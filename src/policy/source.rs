@@ -151,6 +151,16 @@ pub enum SourceError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The file is larger than the limit (`--max-policy-bytes`).
+    #[error("{file}: {bytes} bytes is more than the limit max_policy_bytes = {limit}")]
+    TooLarge {
+        /// The file.
+        file: String,
+        /// Its size.
+        bytes: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// The text is not a valid document; line and column are 1-based when known.
     #[error("{file}:{line}:{column}: {message}")]
     Syntax {
@@ -194,8 +204,21 @@ impl PolicyDocument {
         Self::parse(&text, Format::from_path(path), &path.display().to_string())
     }
 
-    /// Parses a document; `file` names it in errors.
+    /// Parses a document; `file` names it in errors. A document nested deeper than
+    /// [`super::nesting::MAX_NESTING`] is refused before it is parsed (parsing it would
+    /// cost the square of its depth).
     pub fn parse(text: &str, format: Format, file: &str) -> Result<Self, SourceError> {
+        if let Some((line, column)) = super::nesting::too_deep(text, super::nesting::MAX_NESTING) {
+            return Err(SourceError::Syntax {
+                file: file.to_owned(),
+                line,
+                column,
+                message: format!(
+                    "nested deeper than {} levels (collections inside collections); refused before parsing",
+                    super::nesting::MAX_NESTING
+                ),
+            });
+        }
         let doc: PolicyDocument = match format {
             Format::Json => serde_json::from_str(text).map_err(|e| SourceError::Syntax {
                 file: file.to_owned(),
@@ -270,6 +293,27 @@ mod tests {
         )
         .unwrap();
         assert_eq!(y, j);
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_parsing_naming_the_line() {
+        // 100,000 levels: serde_yaml_ng would take most of a minute on this.
+        let text = format!("version: 1\nroles:\n{}x\n", "- ".repeat(100_000));
+        let err = PolicyDocument::parse(&text, Format::Yaml, "p.yaml").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("p.yaml:3:"), "{msg}");
+        assert!(msg.contains("nested deeper than 64 levels"), "{msg}");
+        let json = format!(
+            "{{\"version\": 1, \"roles\": {}{}}}",
+            "[".repeat(1000),
+            "]".repeat(1000)
+        );
+        let err = PolicyDocument::parse(&json, Format::Json, "p.json").unwrap_err();
+        assert!(err.to_string().starts_with("p.json:1:"), "{err}");
+        assert!(
+            err.to_string().contains("nested deeper than 64 levels"),
+            "{err}"
+        );
     }
 
     #[test]

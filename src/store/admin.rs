@@ -307,6 +307,7 @@ impl AdminStore {
         let txn = conn.transaction().await?;
         let tx = &txn;
         not_built_in(tx, role).await?;
+        not_referenced(tx, tenant, role).await?;
         let n = tx
             .execute(
                 "DELETE FROM roles WHERE tenant_id = $1 AND id = $2",
@@ -645,9 +646,15 @@ impl AdminStore {
     pub async fn apply_policy(
         &self,
         actor: &str,
-        doc: &PolicyDocument,
+        doc: PolicyDocument,
     ) -> Result<sync::ApplyReport, AdminError> {
-        crate::policy::compile(doc, "document", 0).map_err(SyncError::from)?;
+        // Compiled on a blocking thread (the document can be as large as a gRPC
+        // message), then handed back for the writes.
+        let doc =
+            super::off_runtime(move || crate::policy::compile(&doc, "document", 0).map(|_| doc))
+                .await
+                .map_err(|e| AdminError::Db(e.to_string()))?
+                .map_err(SyncError::from)?;
         let tenants: Vec<&str> = doc.tenants.iter().map(|t| t.id.as_str()).collect();
         let audit = Audit {
             actor,
@@ -656,7 +663,7 @@ impl AdminStore {
         };
         let mut conn = self.pool.get().await?;
         let tx = conn.transaction().await?;
-        let report = sync::apply_in(&tx, doc).await?;
+        let report = sync::apply_in(&tx, &doc).await?;
         // Recorded even when nothing differed: someone applied this document.
         finish(tx, audit, json!({ "tenants": tenants })).await?;
         Ok(report)
@@ -1018,6 +1025,66 @@ async fn not_built_in(tx: &Transaction<'_>, role: &str) -> Result<(), AdminError
         ))),
         None => Ok(()),
     }
+}
+
+/// Refuses to delete a role that assignments, other roles' `includes`, the default
+/// roles or endpoint entries still name, saying which (the commit-time validation would
+/// refuse it too, but as "role `x` is not defined" of the rows that name it). The
+/// validation triggers stay the guard against a reference committed concurrently.
+async fn not_referenced(tx: &Transaction<'_>, tenant: &str, role: &str) -> Result<(), AdminError> {
+    let row = tx
+        .query_one(
+            "SELECT \
+               (SELECT count(*) FROM assignments WHERE tenant_id = $1 AND role_id = $2), \
+               ARRAY(SELECT role_id FROM role_includes \
+                     WHERE tenant_id = $1 AND included = $2 ORDER BY role_id LIMIT 5), \
+               (SELECT count(*) FROM role_includes WHERE tenant_id = $1 AND included = $2), \
+               EXISTS (SELECT 1 FROM default_roles WHERE tenant_id = $1 AND role_id = $2), \
+               (SELECT count(*) FROM endpoints WHERE tenant_id = $1 AND $2 = ANY (roles))",
+            &[&tenant, &role],
+        )
+        .await?;
+    let assigned: i64 = row.try_get(0)?;
+    let includers: Vec<String> = row.try_get(1)?;
+    let included: i64 = row.try_get(2)?;
+    let default: bool = row.try_get(3)?;
+    let endpoints: i64 = row.try_get(4)?;
+    let mut uses = Vec::new();
+    if assigned > 0 {
+        uses.push(format!("assigned {assigned} time{}", plural(assigned)));
+    }
+    if included > 0 {
+        let mut names = includers
+            .iter()
+            .map(|r| format!("`{r}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let shown = i64::try_from(includers.len()).unwrap_or(i64::MAX);
+        if included > shown {
+            names.push_str(&format!(" and {} more", included - shown));
+        }
+        uses.push(format!("included by role{} {names}", plural(included)));
+    }
+    if default {
+        uses.push("a default role".to_owned());
+    }
+    if endpoints > 0 {
+        uses.push(format!(
+            "named by {endpoints} endpoint entr{}",
+            if endpoints == 1 { "y" } else { "ies" }
+        ));
+    }
+    if uses.is_empty() {
+        return Ok(());
+    }
+    Err(AdminError::Precondition(format!(
+        "tenant `{tenant}`: role `{role}` is still in use ({}); remove those references first",
+        uses.join(", ")
+    )))
+}
+
+fn plural(n: i64) -> &'static str {
+    if n == 1 { "" } else { "s" }
 }
 
 async fn insert_role_parts(

@@ -16,7 +16,7 @@
 //! exponentially. A tenant whose rows do not compile is never published: the last good
 //! snapshot stays, and the error is logged and kept in [`FollowStatus`].
 
-use std::{collections::HashMap, convert::Infallible, time::Duration};
+use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
 use serde_json::Value;
@@ -37,6 +37,7 @@ use crate::{
         compile::{Shared, compile_shared_with, compile_tenant},
         update::{AssignmentChange, MemberChange},
     },
+    store::off_runtime,
 };
 
 /// How the follower talks to the database.
@@ -117,8 +118,9 @@ struct Follow {
     config: FollowConfig,
     cache: Cache,
     status: watch::Sender<FollowStatus>,
-    /// Compiled built-in roles and global endpoints, once loaded.
-    shared: Option<Shared>,
+    /// Compiled built-in roles and global endpoints, once loaded (shared with the
+    /// blocking threads tenants are compiled on).
+    shared: Option<Arc<Shared>>,
     /// The revision `shared` was read at: a tenant rebuilt later is compiled against it
     /// only while no built-in change has committed since.
     shared_revision: u64,
@@ -245,20 +247,39 @@ impl Follow {
         let none: [String; 0] = [];
         let shared_doc = read_document_in(&tx, Tenants::Only(&none)).await?;
         let limits = read_limits(&tx).await?;
-        let shared =
-            compile_shared_with(&shared_doc.roles, &shared_doc.endpoints, "database", limits)?;
+        // Compiling is CPU work: on blocking threads (`store::off_runtime`), never on the
+        // runtime that answers Checks.
+        let shared = Arc::new(
+            off_runtime(move || {
+                compile_shared_with(&shared_doc.roles, &shared_doc.endpoints, "database", limits)
+            })
+            .await??,
+        );
         let mut failed = 0usize;
         for batch in ids.chunks(BATCH) {
             let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
                 continue;
             };
             let doc = read_document_in(&tx, Tenants::Between(first, last)).await?;
-            for t in &doc.tenants {
-                match compile_tenant(&shared, t, "database", revision) {
+            let compiled = {
+                let shared = Arc::clone(&shared);
+                off_runtime(move || {
+                    doc.tenants
+                        .iter()
+                        .map(|t| {
+                            compile_tenant(&shared, t, "database", revision)
+                                .map_err(|e| (t.id.clone(), e))
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .await?
+            };
+            for result in compiled {
+                match result {
                     Ok(s) => self.cache.store(s),
-                    Err(e) => {
+                    Err((id, e)) => {
                         failed += 1;
-                        self.tenant_failed(&t.id, revision, &e);
+                        self.tenant_failed(&id, revision, &e);
                     }
                 }
             }
@@ -312,24 +333,28 @@ impl Follow {
         let only = [tenant.to_owned()];
         let doc = read_document_in(&tx, Tenants::Only(&only)).await?;
         tx.commit().await?;
-        let Some(shared) = &self.shared else {
+        let Some(shared) = self.shared.clone() else {
             self.full_load(client).await?;
             return Ok(true);
         };
-        match doc.tenants.iter().find(|t| t.id == tenant) {
-            None => self.cache.remove(tenant, revision),
-            Some(t) => match compile_tenant(shared, t, "database", revision) {
-                Ok(s) => {
-                    if self.cache.is_stale(tenant) {
-                        info!(
-                            tenant,
-                            revision, "tenant compiles again; serving it current"
-                        );
-                    }
-                    self.cache.store(s)
+        let Some(t) = doc.tenants.into_iter().find(|t| t.id == tenant) else {
+            self.cache.remove(tenant, revision);
+            self.status.send_modify(|s| s.tenant_reloads += 1);
+            return Ok(false);
+        };
+        let compiled =
+            off_runtime(move || compile_tenant(&shared, &t, "database", revision)).await?;
+        match compiled {
+            Ok(s) => {
+                if self.cache.is_stale(tenant) {
+                    info!(
+                        tenant,
+                        revision, "tenant compiles again; serving it current"
+                    );
                 }
-                Err(e) => self.tenant_failed(tenant, revision, &e),
-            },
+                self.cache.store(s)
+            }
+            Err(e) => self.tenant_failed(tenant, revision, &e),
         }
         self.status.send_modify(|s| s.tenant_reloads += 1);
         Ok(false)

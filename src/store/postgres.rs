@@ -48,6 +48,9 @@ pub enum StoreError {
     /// The connection closed.
     #[error("database connection closed: {0}")]
     Closed(String),
+    /// A compile task on a blocking thread did not finish.
+    #[error(transparent)]
+    Task(#[from] super::CompileTaskError),
 }
 
 impl StoreError {
@@ -68,6 +71,7 @@ impl StoreError {
             StoreError::CreatePool(_)
             | StoreError::Migrate(_)
             | StoreError::Compile(_)
+            | StoreError::Task(_)
             | StoreError::Url(_) => false,
         }
     }
@@ -211,6 +215,7 @@ pub async fn read_limits(
         rules_per_role: get(2, d.rules_per_role),
         permissions_per_role: get(3, d.permissions_per_role),
         endpoints_per_tenant: get(4, d.endpoints_per_tenant),
+        document_bytes: d.document_bytes,
     })
 }
 
