@@ -23,24 +23,34 @@
 //! attribute), 401 with `WWW-Authenticate` when query credentials are required and
 //! missing, 403 for a tenant the credentials may not ask about, 503 when the policy
 //! cannot be served; the body is the message, as text. `X-Request-ID` is echoed.
+//!
+//! With `--tls-cert` the listener serves HTTPS ([`serve_tls`]) with the gRPC listener's
+//! certificate and key; client certificates are verified as on gRPC, and a request without
+//! a bearer token is judged by its connection's certificate (`cert:` lines), as on gRPC.
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use axum::{
     Router,
     body::Bytes,
-    extract::{Path, State},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    extract::{FromRequestParts, Path, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
     routing::{get, post},
     serve::ListenerExt,
 };
+use hyper_util::{rt::TokioIo, server::graceful::GracefulShutdown, service::TowerToHyperService};
 use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
-use tracing::{error, info};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, error, info};
 
 use crate::{
-    grpc::{AuthzService, auth::Admin, convert},
+    grpc::{
+        AuthzService,
+        auth::{Admin, common_name},
+        convert,
+    },
     metrics::Rpc,
     model::{self, Method},
     pb,
@@ -110,6 +120,91 @@ pub async fn serve(
     axum::serve(listener.tap_io(crate::transport::tune_accepted), app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// How long a client may take to complete the TLS handshake: a client that connects and
+/// stays silent holds a task and a socket only this long.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the AuthZEN API over HTTPS (HTTP/1.1 over TLS) on an already-bound listener
+/// until `shutdown` resolves: TCP_NODELAY on every accepted socket, the handshake bounded
+/// by [`TLS_HANDSHAKE_TIMEOUT`]. At shutdown it stops accepting, lets requests in flight
+/// finish and closes idle connections, as [`serve`] does.
+pub async fn serve_tls(
+    listener: TcpListener,
+    service: AuthzService,
+    config: AuthzenConfig,
+    tls: &crate::tls::TlsConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "serving AuthZEN over HTTPS");
+    }
+    let acceptor = TlsAcceptor::from(tls.http_server_config());
+    let app = router(service, config);
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (mut stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) if is_connection_error(&e) => continue,
+                Err(e) => {
+                    // Out of file descriptors, say: wait rather than spin.
+                    error!(cause = %e, "cannot accept an AuthZEN connection");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+        };
+        crate::transport::tune_accepted(&mut stream);
+        let (acceptor, app, watcher) = (acceptor.clone(), app.clone(), graceful.watcher());
+        tokio::spawn(async move {
+            let stream =
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => {
+                        debug!(%peer, cause = %e, "AuthZEN TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        debug!(%peer, "AuthZEN TLS handshake timed out");
+                        return;
+                    }
+                };
+            // A verified client certificate's name goes on every request of the
+            // connection, for `cert:` lines; connections without one take the router as is.
+            let cert_name = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|leaf| common_name(leaf))
+                .map(|cn| PeerCommonName(cn.into()));
+            let app = match cert_name {
+                Some(name) => app.layer(axum::Extension(name)),
+                None => app,
+            };
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+            if let Err(e) = watcher.watch(conn).await {
+                debug!(%peer, cause = %e, "AuthZEN connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// An accept error about one connection (reset before it was accepted), not the listener.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    )
 }
 
 /// Copies `X-Request-ID` from the request to the response.
@@ -205,8 +300,8 @@ fn body(headers: &HeaderMap, bytes: &Bytes) -> Result<Map<String, Value>, HttpEr
 }
 
 /// The caller, when query credentials are required: 401 without (or with an unknown)
-/// bearer token, 403 for a tenant it may not ask about.
-fn caller(app: &App, headers: &HeaderMap, tenant: &str) -> Result<Option<Admin>, HttpError> {
+/// bearer token or listed client certificate, 403 for a tenant it may not ask about.
+fn caller(app: &App, headers: &Headers, tenant: &str) -> Result<Option<Admin>, HttpError> {
     let Some(tokens) = app.service.tokens() else {
         return Ok(None);
     };
@@ -218,17 +313,27 @@ fn caller(app: &App, headers: &HeaderMap, tenant: &str) -> Result<Option<Admin>,
             (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty())
                 .then(|| token.trim())
         });
-    let Some(token) = token else {
-        return Err(HttpError(
-            StatusCode::UNAUTHORIZED,
-            "credentials are required: send `Authorization: Bearer <token>`".into(),
-        ));
-    };
-    let Some(admin) = tokens.authenticate(token) else {
-        return Err(HttpError(
-            StatusCode::UNAUTHORIZED,
-            "the bearer token is not valid for this service".into(),
-        ));
+    // As on gRPC: a request with a token is judged by it; without one, by the verified
+    // client certificate its TLS connection presented, if any.
+    let admin = match (token, &headers.peer) {
+        (Some(token), _) => tokens.authenticate(token).ok_or_else(|| {
+            HttpError(
+                StatusCode::UNAUTHORIZED,
+                "the bearer token is not valid for this service".into(),
+            )
+        })?,
+        (None, Some(PeerCommonName(cn))) => tokens.authenticate_cert(cn).ok_or_else(|| {
+            HttpError(
+                StatusCode::UNAUTHORIZED,
+                format!("client certificate `{cn}` may not call the query API"),
+            )
+        })?,
+        (None, None) => {
+            return Err(HttpError(
+                StatusCode::UNAUTHORIZED,
+                "credentials are required: send `Authorization: Bearer <token>`".into(),
+            ));
+        }
     };
     if !admin.may(tenant) {
         return Err(HttpError(
@@ -237,6 +342,37 @@ fn caller(app: &App, headers: &HeaderMap, tenant: &str) -> Result<Option<Admin>,
         ));
     }
     Ok(Some(admin.clone()))
+}
+
+/// The subject common name of the verified client certificate a TLS connection
+/// presented; [`serve_tls`] puts it on each of the connection's requests. Never read from
+/// the wire, so a client cannot claim one.
+#[derive(Clone, Debug)]
+struct PeerCommonName(Arc<str>);
+
+/// A request's headers, and the connection's verified client certificate name, if any.
+#[derive(Debug)]
+struct Headers {
+    map: HeaderMap,
+    peer: Option<PeerCommonName>,
+}
+
+impl std::ops::Deref for Headers {
+    type Target = HeaderMap;
+    fn deref(&self) -> &HeaderMap {
+        &self.map
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Headers {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Headers {
+            map: parts.headers.clone(),
+            peer: parts.extensions.get::<PeerCommonName>().cloned(),
+        })
+    }
 }
 
 /// A tenant named in the path, validated.
@@ -412,7 +548,7 @@ fn validate(req: &pb::CheckRequest, tenant: &str, prefix: &str) -> Result<(), Ht
 async fn evaluation(
     State(app): State<App>,
     Path(tenant): Path<String>,
-    headers: HeaderMap,
+    headers: Headers,
     bytes: Bytes,
 ) -> Response {
     respond(
@@ -422,7 +558,7 @@ async fn evaluation(
     )
 }
 
-async fn root_evaluation(State(app): State<App>, headers: HeaderMap, bytes: Bytes) -> Response {
+async fn root_evaluation(State(app): State<App>, headers: Headers, bytes: Bytes) -> Response {
     let r = match default_tenant(&app) {
         Ok(t) => eval_one(&app, &t, &headers, &bytes).await,
         Err(e) => Err(e),
@@ -454,7 +590,7 @@ fn respond(app: &App, rpc: Rpc, r: Result<Value, HttpError>) -> Response {
 async fn eval_one(
     app: &App,
     tenant: &str,
-    headers: &HeaderMap,
+    headers: &Headers,
     bytes: &Bytes,
 ) -> Result<Value, HttpError> {
     let tenant = tenant_of(tenant)?;
@@ -484,7 +620,7 @@ async fn eval_one(
 async fn evaluations(
     State(app): State<App>,
     Path(tenant): Path<String>,
-    headers: HeaderMap,
+    headers: Headers,
     bytes: Bytes,
 ) -> Response {
     respond(
@@ -494,7 +630,7 @@ async fn evaluations(
     )
 }
 
-async fn root_evaluations(State(app): State<App>, headers: HeaderMap, bytes: Bytes) -> Response {
+async fn root_evaluations(State(app): State<App>, headers: Headers, bytes: Bytes) -> Response {
     let r = match default_tenant(&app) {
         Ok(t) => eval_many(&app, &t, &headers, &bytes).await,
         Err(e) => Err(e),
@@ -513,7 +649,7 @@ enum Semantic {
 async fn eval_many(
     app: &App,
     tenant: &str,
-    headers: &HeaderMap,
+    headers: &Headers,
     bytes: &Bytes,
 ) -> Result<Value, HttpError> {
     let tenant = tenant_of(tenant)?;
@@ -688,7 +824,7 @@ fn page_of(top: &Map<String, Value>) -> Result<(String, u32), HttpError> {
 async fn search_subject(
     State(app): State<App>,
     Path(tenant): Path<String>,
-    headers: HeaderMap,
+    headers: Headers,
     bytes: Bytes,
 ) -> Response {
     respond(
@@ -698,7 +834,7 @@ async fn search_subject(
     )
 }
 
-async fn root_search_subject(State(app): State<App>, headers: HeaderMap, bytes: Bytes) -> Response {
+async fn root_search_subject(State(app): State<App>, headers: Headers, bytes: Bytes) -> Response {
     let r = match default_tenant(&app) {
         Ok(t) => subjects(&app, &t, &headers, &bytes).await,
         Err(e) => Err(e),
@@ -709,7 +845,7 @@ async fn root_search_subject(State(app): State<App>, headers: HeaderMap, bytes: 
 async fn subjects(
     app: &App,
     tenant: &str,
-    headers: &HeaderMap,
+    headers: &Headers,
     bytes: &Bytes,
 ) -> Result<Value, HttpError> {
     let tenant = tenant_of(tenant)?;
@@ -761,7 +897,7 @@ const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OP
 async fn search_action(
     State(app): State<App>,
     Path(tenant): Path<String>,
-    headers: HeaderMap,
+    headers: Headers,
     bytes: Bytes,
 ) -> Response {
     respond(
@@ -771,7 +907,7 @@ async fn search_action(
     )
 }
 
-async fn root_search_action(State(app): State<App>, headers: HeaderMap, bytes: Bytes) -> Response {
+async fn root_search_action(State(app): State<App>, headers: Headers, bytes: Bytes) -> Response {
     let r = match default_tenant(&app) {
         Ok(t) => actions(&app, &t, &headers, &bytes).await,
         Err(e) => Err(e),
@@ -782,7 +918,7 @@ async fn root_search_action(State(app): State<App>, headers: HeaderMap, bytes: B
 async fn actions(
     app: &App,
     tenant: &str,
-    headers: &HeaderMap,
+    headers: &Headers,
     bytes: &Bytes,
 ) -> Result<Value, HttpError> {
     let tenant = tenant_of(tenant)?;
@@ -863,7 +999,7 @@ async fn actions(
 async fn search_resource(
     State(app): State<App>,
     Path(tenant): Path<String>,
-    headers: HeaderMap,
+    headers: Headers,
     bytes: Bytes,
 ) -> Response {
     respond(
@@ -873,11 +1009,7 @@ async fn search_resource(
     )
 }
 
-async fn root_search_resource(
-    State(app): State<App>,
-    headers: HeaderMap,
-    bytes: Bytes,
-) -> Response {
+async fn root_search_resource(State(app): State<App>, headers: Headers, bytes: Bytes) -> Response {
     let r = match default_tenant(&app) {
         Ok(t) => resources(&app, &t, &headers, &bytes).await,
         Err(e) => Err(e),
@@ -888,7 +1020,7 @@ async fn root_search_resource(
 async fn resources(
     app: &App,
     tenant: &str,
-    headers: &HeaderMap,
+    headers: &Headers,
     bytes: &Bytes,
 ) -> Result<Value, HttpError> {
     let tenant = tenant_of(tenant)?;
@@ -1001,7 +1133,7 @@ async fn resources(
 async fn discovery(
     State(_app): State<App>,
     Path(tenant): Path<String>,
-    headers: HeaderMap,
+    headers: Headers,
 ) -> Response {
     match tenant_of(&tenant) {
         Ok(t) => json_ok(configuration(&headers, &format!("/tenants/{t}"))),
@@ -1009,7 +1141,7 @@ async fn discovery(
     }
 }
 
-async fn root_discovery(State(app): State<App>, headers: HeaderMap) -> Response {
+async fn root_discovery(State(app): State<App>, headers: Headers) -> Response {
     match default_tenant(&app) {
         Ok(_) => json_ok(configuration(&headers, "")),
         Err(e) => e.into_response(),

@@ -131,8 +131,9 @@ pub struct ServeArgs {
     #[arg(long, env = "AUTHZ_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
     /// Address to serve the AuthZEN 1.0 Authorization API on, over HTTP/JSON (off unless
-    /// set; docs/authzen.md). Query credentials apply as on gRPC; TLS is not served on
-    /// it (terminate TLS in front of it; with --tls-cert set, serve refuses to start).
+    /// set; docs/authzen.md). Query credentials apply as on gRPC (bearer tokens, and
+    /// client certificates over TLS); with --tls-cert set it serves HTTPS with the same
+    /// certificate, key and client CA.
     #[arg(long, env = "AUTHZ_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
     /// AuthZEN: the tenant the root paths (`/access/v1/...`,

@@ -1,4 +1,5 @@
-//! TLS on the gRPC listener, with certificates generated at test time.
+//! TLS on the gRPC listener and on the AuthZEN HTTP listener, with certificates
+//! generated at test time.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -12,7 +13,9 @@ mod common;
 use std::{net::SocketAddr, time::Duration};
 
 use authz::{
+    authzen::{self, AuthzenConfig},
     cache::Cache,
+    grpc::{AuthzService, ServiceConfig, auth::AdminTokens},
     pb::{self, authorization_service_client::AuthorizationServiceClient},
     server::{self, ServerConfig, ServerError},
     store::file,
@@ -343,7 +346,6 @@ mod admin {
 
 #[tokio::test]
 async fn query_service_takes_listed_client_certificates() {
-    use authz::grpc::auth::AdminTokens;
     use tonic::Code;
 
     let pki = Pki::new("test CA");
@@ -443,4 +445,217 @@ fn serve_refuses_bad_tls_and_query_token_files_before_binding() {
     ]);
     assert_eq!(code, Some(64), "{stderr}");
     assert!(stderr.contains("no-tokens"), "{stderr}");
+}
+
+/// An AuthZEN HTTPS listener over the console example; stops when the sender is dropped.
+async fn start_authzen(
+    tls: TlsConfig,
+    tokens: Option<AdminTokens>,
+) -> (SocketAddr, oneshot::Sender<()>) {
+    let (compiled, _) = file::load(&example("console.yaml"), 1).unwrap();
+    let cache = Cache::new();
+    cache.replace_all(compiled, 1);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = AuthzService::new(cache, ServiceConfig::default()).with_tokens(tokens);
+    let (stop, rx) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        authzen::serve_tls(listener, service, AuthzenConfig::default(), &tls, async {
+            let _ = rx.await;
+        })
+        .await
+    });
+    (addr, stop)
+}
+
+/// A rustls client trusting `ca`, presenting `identity` when given.
+fn https_client(ca: &str, identity: Option<(&str, &str)>) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap())
+        .unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+/// uma may use the workbench in acme, asked over AuthZEN.
+const UMA_EVALUATION: &str = r#"{"subject": {"type": "user", "id": "uma"}, "action": {"name": "workbench.use"}, "resource": {"type": "tenant", "id": "acme"}}"#;
+
+fn evaluation_request(addr: SocketAddr, headers: &str) -> String {
+    format!(
+        "POST /tenants/acme/access/v1/evaluation HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{UMA_EVALUATION}",
+        UMA_EVALUATION.len()
+    )
+}
+
+/// One HTTP/1.1 exchange over TLS: the response's status line and body, or the error.
+async fn https_evaluation(
+    addr: SocketAddr,
+    client: &tokio_rustls::TlsConnector,
+) -> Result<(String, String), String> {
+    https_evaluation_with(addr, client, "").await
+}
+
+/// [`https_evaluation`] with extra header lines (each ending in CRLF).
+async fn https_evaluation_with(
+    addr: SocketAddr,
+    client: &tokio_rustls::TlsConnector,
+    headers: &str,
+) -> Result<(String, String), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = client
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        tls.write_all(evaluation_request(addr, headers).as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut response = Vec::new();
+        tls.read_to_end(&mut response)
+            .await
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8(response).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        Ok((head.lines().next().unwrap().to_owned(), body.to_owned()))
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .expect("the exchange ends")
+}
+
+#[tokio::test]
+async fn authzen_serves_https_and_refuses_plaintext_and_untrusted_clients() {
+    let pki = Pki::new("test CA");
+    let (addr, _stop) = start_authzen(pki.server_tls(false), None).await;
+
+    let (status, body) = https_evaluation(addr, &https_client(&pki.ca_pem(), None))
+        .await
+        .unwrap();
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+        serde_json::json!({"decision": true})
+    );
+
+    // A plaintext request to the TLS port gets no HTTP answer.
+    let plaintext = async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(evaluation_request(addr, "").as_bytes())
+            .await
+            .unwrap();
+        let mut response = Vec::new();
+        let _ = tcp.read_to_end(&mut response).await;
+        response
+    };
+    let response = tokio::time::timeout(Duration::from_secs(10), plaintext)
+        .await
+        .expect("the plaintext attempt ends");
+    assert!(
+        !response.starts_with(b"HTTP/"),
+        "a plaintext request was answered: {}",
+        String::from_utf8_lossy(&response)
+    );
+
+    // A client that does not trust the server's CA fails the handshake.
+    let other = Pki::new("other CA");
+    let untrusted = https_evaluation(addr, &https_client(&other.ca_pem(), None)).await;
+    let err = untrusted.unwrap_err();
+    assert!(err.starts_with("handshake:"), "{err}");
+}
+
+#[tokio::test]
+async fn authzen_https_with_client_ca_takes_clients_with_and_without_certificates() {
+    let pki = Pki::new("test CA");
+    let (addr, _stop) = start_authzen(pki.server_tls(true), None).await;
+
+    // Client certificates are optional, as on gRPC.
+    let (status, _) = https_evaluation(addr, &https_client(&pki.ca_pem(), None))
+        .await
+        .unwrap();
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let (cert, key) = pki.issue("ops-client");
+    let (status, body) = https_evaluation(addr, &https_client(&pki.ca_pem(), Some((&cert, &key))))
+        .await
+        .unwrap();
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 200 OK", r#"{"decision":true}"#)
+    );
+
+    // A certificate from another CA fails the handshake (TLS 1.3 reports it on the
+    // first read).
+    let other = Pki::new("other CA");
+    let (cert, key) = other.issue("ops-client");
+    let refused = https_evaluation(addr, &https_client(&pki.ca_pem(), Some((&cert, &key)))).await;
+    assert!(refused.is_err(), "{refused:?}");
+}
+
+#[tokio::test]
+async fn authzen_https_takes_listed_client_certificates_and_bearer_tokens() {
+    let pki = Pki::new("test CA");
+    let token = "t0ken-for-the-portal";
+    let tokens = AdminTokens::parse(
+        &format!(
+            "cert:ops-client acme\n{}\n",
+            authz::grpc::auth::file_line(token, "*", Some("portal"))
+        ),
+        "tokens",
+    )
+    .unwrap();
+    let (addr, _stop) = start_authzen(pki.server_tls(true), Some(tokens)).await;
+    let ok = (
+        "HTTP/1.1 200 OK".to_owned(),
+        r#"{"decision":true}"#.to_owned(),
+    );
+
+    // A listed certificate without a token is let in, as on gRPC.
+    let (cert, key) = pki.issue("ops-client");
+    let listed = https_client(&pki.ca_pem(), Some((&cert, &key)));
+    assert_eq!(https_evaluation(addr, &listed).await.unwrap(), ok);
+    // A token is judged by itself, whatever the certificate.
+    let bad_token = https_evaluation_with(addr, &listed, "Authorization: Bearer nope\r\n")
+        .await
+        .unwrap();
+    assert_eq!(bad_token.0, "HTTP/1.1 401 Unauthorized");
+    // A verified certificate that is not listed: 401.
+    let (cert, key) = pki.issue("stranger");
+    let unlisted = https_client(&pki.ca_pem(), Some((&cert, &key)));
+    let (status, body) = https_evaluation(addr, &unlisted).await.unwrap();
+    assert_eq!(status, "HTTP/1.1 401 Unauthorized");
+    assert!(body.contains("`stranger`"), "{body}");
+    // No certificate, no token: 401; a bearer token: 200.
+    let anonymous = https_client(&pki.ca_pem(), None);
+    assert_eq!(
+        https_evaluation(addr, &anonymous).await.unwrap().0,
+        "HTTP/1.1 401 Unauthorized"
+    );
+    let header = format!("Authorization: Bearer {token}\r\n");
+    assert_eq!(
+        https_evaluation_with(addr, &anonymous, &header)
+            .await
+            .unwrap(),
+        ok
+    );
 }

@@ -232,13 +232,9 @@ async fn serve(args: ServeArgs) -> Exit {
         tls,
     };
     // The AuthZEN HTTP front door: the same service (cache, limits, credentials,
-    // metrics) on its own listener, draining at the same signal.
+    // metrics, TLS) on its own listener, draining at the same signal.
     let _http = match args.http_listen {
         Some(addr) => {
-            if config.tls.is_some() {
-                error!(%addr, "--http-listen serves plain HTTP and --tls-cert is set: terminate TLS for the AuthZEN API in front of authzd, or leave --http-listen off");
-                return Exit::Usage;
-            }
             if let Some(t) = &args.http_default_tenant
                 && let Err(e) = crate::model::tenant_id(t)
             {
@@ -258,10 +254,26 @@ async fn serve(args: ServeArgs) -> Exit {
             let http_config = crate::authzen::AuthzenConfig {
                 default_tenant: args.http_default_tenant.clone(),
             };
+            // TLS as on gRPC: the same certificate, key and client CA.
+            let tls = config.tls.clone();
             Some(AbortOnDrop(tokio::spawn(async move {
-                if let Err(e) =
-                    crate::authzen::serve(http_listener, svc, http_config, shutdown::signal()).await
-                {
+                let served = match &tls {
+                    Some(tls) => {
+                        crate::authzen::serve_tls(
+                            http_listener,
+                            svc,
+                            http_config,
+                            tls,
+                            shutdown::signal(),
+                        )
+                        .await
+                    }
+                    None => {
+                        crate::authzen::serve(http_listener, svc, http_config, shutdown::signal())
+                            .await
+                    }
+                };
+                if let Err(e) = served {
                     error!(cause = %e, "the AuthZEN HTTP listener failed");
                 }
             })))
