@@ -6,8 +6,9 @@
 //! Health: `""`, `authz.v1.AuthorizationService` and
 //! `envoy.service.auth.v3.Authorization` turn SERVING once the cache holds a policy, and
 //! NOT_SERVING when shutdown begins; then in-flight requests get `shutdown_grace` to
-//! finish. Reflection lists `authz.v1` and health, not the Envoy service (the
-//! `envoy-types` crate exposes no descriptor set to register).
+//! finish. Reflection lists the services served: the query service, health, reflection
+//! and the admin service when it is on; not the Envoy service (the `envoy-types` crate
+//! exposes no descriptor set to register).
 
 use std::{future::Future, time::Duration};
 
@@ -110,14 +111,22 @@ pub async fn run(
             }
         })
     };
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    // Reflection lists the services served, not every service of the descriptor set:
+    // without the admin API, `authz.v1.PolicyAdminService` is not listed.
+    let served = served_services(config.admin.is_some());
+    let reflection = || {
+        served.iter().fold(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+            |b, name| b.with_service_name(*name),
+        )
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+    if let Some(m) = &config.metrics {
+        m.set_admin_api_enabled(config.admin.is_some());
+    }
 
     let addr = listener.local_addr()?;
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
@@ -164,6 +173,21 @@ pub async fn run(
         shutdown,
     )
     .await
+}
+
+/// The services reflection lists: those served (the Envoy service is served but has no
+/// descriptor to register).
+fn served_services(admin: bool) -> Vec<&'static str> {
+    let mut names = vec![
+        SERVICE_NAME,
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ];
+    if admin {
+        names.push("authz.v1.PolicyAdminService");
+    }
+    names
 }
 
 async fn drain(

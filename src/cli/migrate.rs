@@ -12,7 +12,7 @@ use crate::store::{postgres::StoreError, sync::SyncError};
 #[derive(Clone, Debug, Args)]
 pub struct MigrateArgs {
     /// PostgreSQL URL, e.g. `postgres://user@host:5432/authz`.
-    #[arg(long, env = "AUTHZ_DATABASE_URL")]
+    #[arg(long, env = "AUTHZ_DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
 }
 

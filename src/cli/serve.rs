@@ -31,10 +31,16 @@ fn admin_service(args: &ServeArgs) -> Result<Option<PolicyAdmin>, Exit> {
     };
     let tokens = match AdminTokens::load(path) {
         Ok(Some(tokens)) => tokens,
-        Ok(None) => {
-            // Kubernetes mounts an optional Secret as a missing file.
-            info!(file = %path.display(), "admin API off: the tokens file does not exist");
+        Ok(None) if args.admin_tokens_optional => {
+            // Kubernetes mounts an absent optional Secret as a missing file.
+            warn!(file = %path.display(), "admin API off: the tokens file does not exist");
             return Ok(None);
+        }
+        Ok(None) => {
+            // Configured but absent: a lost Secret must not turn the admin API off
+            // silently.
+            error!(file = %path.display(), "the admin tokens file does not exist (pass --admin-tokens-optional if it may be missing)");
+            return Err(Exit::Usage);
         }
         Err(e) => {
             error!(cause = %e, "cannot read the admin tokens file");
@@ -152,6 +158,7 @@ async fn serve(args: ServeArgs) -> Exit {
             if let Some(path) = policy {
                 warn!(file = %path.display(), "serving from the database; --policy is ignored when --database-url is set");
             }
+            info!(database = %postgres::redact_url(url), "policy source: database");
             if args.migrate {
                 match postgres::migrate(url).await {
                     Ok(applied) => info!(?applied, "schema migrated"),

@@ -40,7 +40,7 @@ use crate::{
 };
 
 /// How the follower talks to the database.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct FollowConfig {
     /// The database URL.
     pub url: String,
@@ -51,6 +51,18 @@ pub struct FollowConfig {
     pub consistency_interval: Duration,
     /// Longest wait between reconnect attempts.
     pub max_backoff: Duration,
+}
+
+impl std::fmt::Debug for FollowConfig {
+    // The URL's password is never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FollowConfig")
+            .field("url", &super::postgres::redact_url(&self.url))
+            .field("poll_interval", &self.poll_interval)
+            .field("consistency_interval", &self.consistency_interval)
+            .field("max_backoff", &self.max_backoff)
+            .finish()
+    }
 }
 
 impl FollowConfig {

@@ -73,6 +73,61 @@ impl StoreError {
     }
 }
 
+/// A database URL with its password replaced by `***`, for logs and messages: the
+/// password of `postgres://user:PASSWORD@host/db`, a `password=` query parameter, or a
+/// `password=` key of the key-value form (`host=db password=...`).
+pub fn redact_url(url: &str) -> String {
+    let mut out = String::with_capacity(url.len());
+    let mut rest = url;
+    // postgres://user:PASSWORD@host: the userinfo ends at the last `@` before the path.
+    if let Some(scheme_end) = url.find("://") {
+        let (scheme, after) = url.split_at(scheme_end + 3);
+        let authority_end = after.find(['/', '?']).unwrap_or(after.len());
+        let (authority, tail) = after.split_at(authority_end);
+        out.push_str(scheme);
+        match authority.rsplit_once('@') {
+            Some((userinfo, host)) => {
+                match userinfo.split_once(':') {
+                    Some((user, _password)) => {
+                        out.push_str(user);
+                        out.push_str(":***");
+                    }
+                    None => out.push_str(userinfo),
+                }
+                out.push('@');
+                out.push_str(host);
+            }
+            None => out.push_str(authority),
+        }
+        rest = tail;
+    }
+    // `password=...` up to the next separator (`&` in a URL query, whitespace in the
+    // key-value form; a quoted value there runs to its closing quote).
+    let mut remaining = rest;
+    while let Some(at) = remaining.find("password=") {
+        let starts_key = at == 0
+            || remaining
+                .get(..at)
+                .and_then(|b| b.chars().last())
+                .is_some_and(|c| matches!(c, '?' | '&' | ' ' | '\t' | '\n'));
+        let (before, from) = remaining.split_at(at + "password=".len());
+        out.push_str(before);
+        if !starts_key {
+            remaining = from;
+            continue;
+        }
+        let end = if let Some(quoted) = from.strip_prefix('\'') {
+            quoted.find('\'').map_or(from.len(), |i| i + 2)
+        } else {
+            from.find(['&', ' ', '\t', '\n']).unwrap_or(from.len())
+        };
+        out.push_str("***");
+        remaining = from.get(end..).unwrap_or_default();
+    }
+    out.push_str(remaining);
+    out
+}
+
 /// Opens one connection; the connection's driver runs on a spawned task.
 pub async fn connect(url: &str) -> Result<Client, StoreError> {
     let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
@@ -431,4 +486,41 @@ async fn stream(
         Tenants::Between(a, b) => vec![a, b],
     };
     Ok(tx.query_raw(&sql, params).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        for (url, want) in [
+            (
+                "postgres://authz:s3cret@db:5432/authz",
+                "postgres://authz:***@db:5432/authz",
+            ),
+            (
+                "postgresql://authz:p%40ss@db/authz?sslmode=require",
+                "postgresql://authz:***@db/authz?sslmode=require",
+            ),
+            ("postgres://authz@db/authz", "postgres://authz@db/authz"),
+            ("postgres://db/authz", "postgres://db/authz"),
+            (
+                "postgres://db/authz?user=a&password=s3cret&sslmode=require",
+                "postgres://db/authz?user=a&password=***&sslmode=require",
+            ),
+            (
+                "host=db user=authz password=s3cret dbname=authz",
+                "host=db user=authz password=*** dbname=authz",
+            ),
+            (
+                "host=db password='s3 cret' dbname=authz",
+                "host=db password=*** dbname=authz",
+            ),
+            ("host=db dbname=mypassword=x", "host=db dbname=mypassword=x"),
+        ] {
+            assert_eq!(redact_url(url), want, "{url}");
+            assert!(!redact_url(url).contains("s3"), "{url}");
+        }
+    }
 }
