@@ -40,6 +40,8 @@ pub enum Command {
     GenDataset(crate::cli::dataset::GenDatasetArgs),
     /// Generate an admin API token and its line for the tokens file.
     AdminToken(AdminTokenArgs),
+    /// Ask a server's gRPC health service (plaintext or TLS); exit 0 only when SERVING.
+    Health(crate::cli::health::HealthArgs),
 }
 
 /// `authzd admin-token`.

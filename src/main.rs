@@ -31,5 +31,6 @@ fn main() -> Exit {
         Command::Policy(command) => cli::policy::run(&command),
         Command::GenDataset(args) => cli::dataset::run(&args),
         Command::AdminToken(args) => cli::admin_token::run(&args),
+        Command::Health(args) => cli::health::run(&args),
     }
 }
