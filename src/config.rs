@@ -98,6 +98,10 @@ pub struct ServeArgs {
     /// Run schema migrations at start (with `--database-url`).
     #[arg(long, env = "AUTHZ_MIGRATE", value_parser = BoolishValueParser::new())]
     pub migrate: bool,
+    /// With a database whose schema is missing or older than this binary's: wait (and
+    /// say so) until `authzd migrate` has run, instead of exiting with 69.
+    #[arg(long, env = "AUTHZ_WAIT_FOR_SCHEMA", value_parser = BoolishValueParser::new())]
+    pub wait_for_schema: bool,
     /// With a database: how often to look for changes without a notification.
     #[arg(long, env = "AUTHZ_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,

@@ -77,6 +77,83 @@ fn tls_config(args: &ServeArgs) -> Result<Option<TlsConfig>, Exit> {
     }
 }
 
+/// How often `--wait-for-schema` looks again.
+const SCHEMA_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Before binding: is the database's schema this binary's? Missing or older: exit 69
+/// with a message saying to run `authzd migrate`, or with `wait`, wait for it. Newer (a
+/// newer release migrated during a rollout): served, with a warning; migrations only add.
+/// An unreachable database is left to the follower, which retries (without `wait`).
+async fn check_schema(url: &str, wait: bool) -> Result<(), Exit> {
+    use postgres::SchemaState;
+    let expected = postgres::expected_schema_version();
+    let mut said = None;
+    loop {
+        let state = match tokio::time::timeout(SCHEMA_RETRY * 5, async {
+            let client = postgres::connect(url).await?;
+            postgres::schema_state(&client).await
+        })
+        .await
+        {
+            Ok(Ok(state)) => Some(state),
+            Ok(Err(e)) if !wait => {
+                warn!(cause = %e, "cannot check the database schema yet; the follower retries");
+                return Ok(());
+            }
+            Err(_) if !wait => {
+                warn!("cannot check the database schema yet (no answer); the follower retries");
+                return Ok(());
+            }
+            Ok(Err(e)) => {
+                if said != Some(None) {
+                    warn!(cause = %e, "waiting for the database to check its schema (--wait-for-schema)");
+                    said = Some(None);
+                }
+                None
+            }
+            Err(_) => None,
+        };
+        let applied = match state {
+            Some(SchemaState::Current) => return Ok(()),
+            Some(SchemaState::Ahead { applied }) => {
+                warn!(
+                    applied,
+                    expected, "the database schema is newer than this binary's; serving it"
+                );
+                return Ok(());
+            }
+            Some(SchemaState::Missing) => 0,
+            Some(SchemaState::Behind { applied }) => applied,
+            None => {
+                tokio::time::sleep(SCHEMA_RETRY).await;
+                continue;
+            }
+        };
+        if !wait {
+            error!(
+                applied,
+                expected,
+                "the database schema is {}; run `authzd migrate` first (or serve with --migrate, or --wait-for-schema to wait for it)",
+                if applied == 0 {
+                    "missing"
+                } else {
+                    "older than this binary's"
+                }
+            );
+            return Err(Exit::Unavailable);
+        }
+        if said != Some(Some(applied)) {
+            info!(
+                applied,
+                expected,
+                "waiting for `authzd migrate` to bring the schema up to date (--wait-for-schema)"
+            );
+            said = Some(Some(applied));
+        }
+        tokio::time::sleep(SCHEMA_RETRY).await;
+    }
+}
+
 /// Runs the server on a new multi-threaded runtime.
 pub fn run(args: ServeArgs) -> Exit {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -167,6 +244,8 @@ async fn serve(args: ServeArgs) -> Exit {
                         return Exit::Unavailable;
                     }
                 }
+            } else if let Err(exit) = check_schema(url, args.wait_for_schema).await {
+                return exit;
             }
             // The server binds at once and reports NOT_SERVING until the first full load;
             // the follower retries with backoff while the database is unreachable.

@@ -159,17 +159,87 @@ pub fn pool(url: &str, size: usize) -> Result<deadpool_postgres::Pool, StoreErro
         .map_err(|e| StoreError::Url(e.to_string()))
 }
 
-/// Brings the schema up to date; returns the versions applied now.
+/// The session-level advisory lock `migrate` holds while it migrates ("authzmig"), so
+/// that migrators started at once (an init container in every new pod of a rollout)
+/// run one after the other: the first applies, the others find nothing to do.
+const MIGRATION_LOCK: i64 = 0x6175_7468_7a6d_6967;
+
+/// Brings the schema up to date; returns the versions applied now. Concurrent calls on
+/// one database are serialized by an advisory lock.
 pub async fn migrate(url: &str) -> Result<Vec<String>, StoreError> {
     let mut client = connect(url).await?;
-    let report = embedded::migrations::runner()
-        .run_async(&mut client)
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await?;
-    Ok(report
+    let report = embedded::migrations::runner().run_async(&mut client).await;
+    // Released with the session anyway; unlocking now lets the next migrator go on
+    // before this connection is torn down.
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await;
+    Ok(report?
         .applied_migrations()
         .iter()
         .map(|m| format!("V{}__{}", m.version(), m.name()))
         .collect())
+}
+
+/// The newest migration embedded in this binary.
+pub fn expected_schema_version() -> i64 {
+    embedded::migrations::runner()
+        .get_migrations()
+        .iter()
+        .map(|m| i64::from(m.version()))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Where a database's schema stands against the migrations embedded in this binary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SchemaState {
+    /// No migration applied: an empty database.
+    Missing,
+    /// Migrated, but not to this binary's newest migration.
+    Behind {
+        /// The newest migration applied.
+        applied: i64,
+    },
+    /// Migrated to exactly this binary's newest migration.
+    Current,
+    /// Migrated by a newer binary (during a rollout, older replicas still run).
+    Ahead {
+        /// The newest migration applied.
+        applied: i64,
+    },
+}
+
+/// Reads refinery's migration table (`refinery_schema_history`) for the newest
+/// migration applied.
+pub async fn schema_state(client: &Client) -> Result<SchemaState, StoreError> {
+    let exists: bool = client
+        .query_one(
+            "SELECT to_regclass('refinery_schema_history') IS NOT NULL",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(SchemaState::Missing);
+    }
+    let applied: Option<i64> = client
+        .query_one(
+            "SELECT MAX(version)::int8 FROM refinery_schema_history",
+            &[],
+        )
+        .await?
+        .get(0);
+    let expected = expected_schema_version();
+    Ok(match applied {
+        None => SchemaState::Missing,
+        Some(v) if v < expected => SchemaState::Behind { applied: v },
+        Some(v) if v > expected => SchemaState::Ahead { applied: v },
+        Some(_) => SchemaState::Current,
+    })
 }
 
 /// Which tenants to read (the built-in roles and global endpoints are always read).
