@@ -5,5 +5,6 @@
 pub mod admin;
 pub mod file;
 pub mod follow;
+pub mod pgtls;
 pub mod postgres;
 pub mod sync;

@@ -8,7 +8,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use futures_util::{TryStreamExt, pin_mut};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use tracing::warn;
 
 use crate::policy::{
@@ -26,8 +26,10 @@ pub const CHANNEL: &str = "authz_changes";
 /// Why a database operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database refused or failed a statement, or the connection broke.
-    #[error("database: {0}")]
+    /// The database refused or failed a statement, or the connection broke. Shown with
+    /// its causes (tokio-postgres keeps "connection refused" or the TLS verifier's
+    /// reason in the source chain, not in its message).
+    #[error("database: {}", super::sync::chain(.0))]
     Db(#[from] tokio_postgres::Error),
     /// The connection pool could not hand out a connection.
     #[error("database pool: {0}")]
@@ -45,6 +47,10 @@ pub enum StoreError {
     /// The database URL is invalid.
     #[error("invalid database URL: {0}")]
     Url(String),
+    /// A TLS file named by the URL (`sslrootcert`, `sslcert`, `sslkey`) is unreadable
+    /// or holds no certificate or key.
+    #[error("database TLS: {0}")]
+    Tls(String),
     /// The connection closed.
     #[error("database connection closed: {0}")]
     Closed(String),
@@ -66,6 +72,7 @@ impl StoreError {
             }
             StoreError::Pool(_) | StoreError::Closed(_) => true,
             StoreError::CreatePool(_)
+            | StoreError::Tls(_)
             | StoreError::Migrate(_)
             | StoreError::Compile(_)
             | StoreError::Url(_) => false,
@@ -130,7 +137,8 @@ pub fn redact_url(url: &str) -> String {
 
 /// Opens one connection; the connection's driver runs on a spawned task.
 pub async fn connect(url: &str) -> Result<Client, StoreError> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    let (config, tls) = super::pgtls::connect_config(url)?;
+    let (client, connection) = config.connect(tls).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             warn!(cause = %e, "database connection closed");
@@ -141,12 +149,10 @@ pub async fn connect(url: &str) -> Result<Client, StoreError> {
 
 /// A connection pool for request-driven work (policy sync, admin writes).
 pub fn pool(url: &str, size: usize) -> Result<deadpool_postgres::Pool, StoreError> {
-    let config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e: tokio_postgres::Error| StoreError::Url(e.to_string()))?;
+    let (config, tls) = super::pgtls::connect_config(url)?;
     let manager = deadpool_postgres::Manager::from_config(
         config,
-        NoTls,
+        tls,
         deadpool_postgres::ManagerConfig {
             recycling_method: deadpool_postgres::RecyclingMethod::Fast,
         },
