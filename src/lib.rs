@@ -20,6 +20,7 @@
 //!   tokens and client certificates, which can also guard the query service); [`pb`]
 //!   the generated bindings.
 //! - [`metrics`]: Prometheus metrics and their `/metrics` endpoint.
+//! - [`reload`]: tokens files read again when they change (polling and SIGHUP).
 //! - [`server`]: one listener with the query service, health and reflection; graceful
 //!   shutdown; [`tls`] its TLS and client-certificate settings; [`transport`] the socket
 //!   and HTTP/2 settings of every listener (TCP_NODELAY, keepalives, windows). [`config`] and [`cli`]:
@@ -40,6 +41,7 @@ pub mod metrics;
 pub mod model;
 pub mod pb;
 pub mod policy;
+pub mod reload;
 pub mod server;
 pub mod shutdown;
 pub mod store;

@@ -24,8 +24,9 @@ use crate::{
 /// Connections the admin service may hold; admin writes are rare and short.
 const ADMIN_POOL_SIZE: usize = 4;
 
-/// The admin service, if `--admin-tokens-file` names a readable file of tokens.
-fn admin_service(args: &ServeArgs) -> Result<Option<PolicyAdmin>, Exit> {
+/// The admin service, if `--admin-tokens-file` names a readable file of tokens, and
+/// those tokens (a handle the file watch swaps new versions into).
+fn admin_service(args: &ServeArgs) -> Result<Option<(PolicyAdmin, AdminTokens)>, Exit> {
     let Some(path) = &args.admin_tokens_file else {
         return Ok(None);
     };
@@ -56,7 +57,10 @@ fn admin_service(args: &ServeArgs) -> Result<Option<PolicyAdmin>, Exit> {
         Exit::Usage
     })?;
     info!(file = %path.display(), "admin API on");
-    Ok(Some(PolicyAdmin::new(AdminStore::new(pool), tokens)))
+    Ok(Some((
+        PolicyAdmin::new(AdminStore::new(pool), tokens.clone()),
+        tokens,
+    )))
 }
 
 /// The listener's TLS settings, read and checked before anything binds.
@@ -179,8 +183,9 @@ enum Source {
 async fn serve(args: ServeArgs) -> Exit {
     let cache = Cache::new();
     // Checked before anything binds: a bad tokens file is a bad configuration.
-    let admin = match admin_service(&args) {
-        Ok(admin) => admin,
+    let (admin, admin_tokens) = match admin_service(&args) {
+        Ok(Some((admin, tokens))) => (Some(admin), Some(tokens)),
+        Ok(None) => (None, None),
         Err(exit) => return exit,
     };
     // A missing query tokens file is an error, unlike the admin one: leaving the query
@@ -202,6 +207,21 @@ async fn serve(args: ServeArgs) -> Exit {
             }
         },
     };
+    // Rotation without a restart: the tokens files are read again when they change.
+    let mut _watches = Vec::new();
+    for (path, tokens, what) in [
+        (&args.admin_tokens_file, &admin_tokens, "admin tokens"),
+        (&args.query_tokens_file, &query_tokens, "query tokens"),
+    ] {
+        if let (Some(path), Some(tokens)) = (path, tokens) {
+            _watches.push(crate::reload::watch_tokens(
+                path.clone(),
+                tokens.clone(),
+                args.reload_interval,
+                what,
+            ));
+        }
+    }
     let tls = match tls_config(&args) {
         Ok(tls) => tls,
         Err(exit) => return exit,
