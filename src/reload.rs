@@ -1,5 +1,5 @@
-//! Credentials that change without a restart: the admin and query tokens files are read
-//! again when their content changes, every `--reload-interval` (the policy file's) and
+//! Credentials that change without a restart: the admin and query tokens files, and the
+//! TLS certificate, key and client CA, are read again when their content changes, every `--reload-interval` (the policy file's) and
 //! on SIGHUP. A changed file that does not parse is not used: the previous credentials
 //! stay, and the error is logged once per bad version (and once per read outage).
 //!
@@ -105,4 +105,24 @@ pub fn watch_tokens(
             Err(e) => Err(e.to_string()),
         },
     )
+}
+
+/// Watches the TLS files (certificate chain, key, client CA) and swaps a new version
+/// into `tls` for the connections accepted from then on. A certificate and a key that do
+/// not match (say, one file updated before the other) are refused until both are.
+pub fn watch_tls(
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+    tls: crate::tls::TlsConfig,
+    interval: Duration,
+) -> AbortOnDrop {
+    let mut files = vec![cert.clone(), key.clone()];
+    files.extend(client_ca.clone());
+    spawn_file_watch(files, interval, "TLS files", move || {
+        let new = crate::tls::TlsConfig::load(&cert, &key, client_ca.as_deref())
+            .map_err(|e| e.to_string())?;
+        tls.replace(&new);
+        Ok(())
+    })
 }

@@ -26,6 +26,9 @@ use crate::{
     tls::TlsConfig,
 };
 
+/// The gRPC server's future, over plaintext or TLS connections.
+type Serving = std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+
 type EnvoyServer = envoy_types::ext_authz::v3::pb::AuthorizationServer<EnvoyAuthzService>;
 
 /// Why the server stopped with an error.
@@ -141,10 +144,7 @@ pub async fn run(
             .max_connection_age(age)
             .max_connection_age_grace(config.shutdown_grace);
     }
-    if let Some(tls) = &config.tls {
-        builder = builder.tls_config(tls.server_config())?;
-    }
-    let serve = builder
+    let router = builder
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -159,11 +159,31 @@ pub async fn run(
                 .with_metrics(config.metrics)
                 .with_tokens(config.query_tokens)
                 .svc(),
-        )
-        .serve_with_incoming_shutdown(crate::transport::grpc_incoming(listener), async {
-            let _ = drain_rx.await;
-        });
-    info!(%addr, tls = config.tls.is_some(), "serving");
+        );
+    let drained = async {
+        let _ = drain_rx.await;
+    };
+    // TLS: our own accept loop does the handshakes, with the configuration current at
+    // each accept, so a renewed certificate or client CA needs no restart.
+    let tls = config.tls.is_some();
+    let (serve, _accepting): (Serving, _) =
+        match config.tls {
+            None => (
+                Box::pin(router.serve_with_incoming_shutdown(
+                    crate::transport::grpc_incoming(listener),
+                    drained,
+                )),
+                None,
+            ),
+            Some(tls) => {
+                let (incoming, accepting) = crate::tls::incoming(listener, tls);
+                (
+                    Box::pin(router.serve_with_incoming_shutdown(incoming, drained)),
+                    Some(accepting),
+                )
+            }
+        };
+    info!(%addr, tls, "serving");
     drain(
         serve,
         health,

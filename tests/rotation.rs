@@ -184,3 +184,128 @@ async fn sighup_rereads_the_tokens_files() {
     let _ = child.kill();
     child.wait().unwrap();
 }
+
+/// A TLS channel to `addr` trusting `ca`, presenting `identity` if given.
+async fn tls_client(
+    addr: std::net::SocketAddr,
+    ca: &str,
+    identity: Option<(&str, &str)>,
+) -> Result<AuthorizationServiceClient<Channel>, String> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name("localhost");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    let channel = Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(AuthorizationServiceClient::new(channel))
+}
+
+#[tokio::test]
+async fn a_renewed_certificate_and_client_ca_need_no_restart() {
+    use authz::tls::TlsConfig;
+    use common::pki::Pki;
+    let old = Pki::new("old CA");
+    let new = Pki::new("new CA");
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let (cert, key) = old.issue("authzd");
+    let cert_file = write("server.pem", &cert);
+    let key_file = write("server-key.pem", &key);
+    let ca_file = write("client-ca.pem", &old.ca_pem());
+    let tls = TlsConfig::load(&cert_file, &key_file, Some(&ca_file)).unwrap();
+    let _watch = authz::reload::watch_tls(
+        cert_file.clone(),
+        key_file.clone(),
+        Some(ca_file.clone()),
+        tls.clone(),
+        Duration::from_millis(50),
+    );
+    // Query clients are let in by their client certificate's common name.
+    let tokens = AdminTokens::parse("cert:app *\n", "query-tokens").unwrap();
+    let config = ServerConfig {
+        tls: Some(tls),
+        query_tokens: Some(tokens),
+        ..ServerConfig::default()
+    };
+    let (compiled, _) = authz::store::file::load(&example("console.yaml"), 1).unwrap();
+    let cache = authz::cache::Cache::new();
+    cache.replace_all(compiled, 1);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(authz::server::run(listener, cache, config, async {
+        let _ = stopped.await;
+    }));
+    let (old_client_cert, old_client_key) = old.issue("app");
+    let (new_client_cert, new_client_key) = new.issue("app");
+    let old_id = Some((old_client_cert.as_str(), old_client_key.as_str()));
+    let new_id = Some((new_client_cert.as_str(), new_client_key.as_str()));
+    let ask = |mut c: AuthorizationServiceClient<Channel>| async move {
+        c.check(permission("acme"))
+            .await
+            .map(|_| ())
+            .map_err(|s| s.code())
+    };
+    let mut c = tls_client(addr, &old.ca_pem(), old_id).await.unwrap();
+    assert_eq!(ask(c.clone()).await, Ok(()));
+
+    // A bad version (a key that is not the certificate's): the old files stay in use.
+    let (_, other_key) = new.issue("authzd");
+    std::fs::write(&key_file, &other_key).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        ask(tls_client(addr, &old.ca_pem(), old_id).await.unwrap()).await,
+        Ok(())
+    );
+
+    // Renewed: a certificate from the new CA, and client certificates from the new CA.
+    let (cert, key) = new.issue("authzd");
+    std::fs::write(&cert_file, &cert).unwrap();
+    std::fs::write(&key_file, &key).unwrap();
+    std::fs::write(&ca_file, new.ca_pem()).unwrap();
+    eventually(
+        || async {
+            match tls_client(addr, &new.ca_pem(), new_id).await {
+                Ok(c) => ask(c).await.is_ok(),
+                Err(_) => false,
+            }
+        },
+        "new connections get the renewed certificate and client CA",
+    )
+    .await;
+    // Clients still trusting only the old CA cannot connect any more; a client
+    // certificate from the old CA is refused at the handshake.
+    assert!(tls_client(addr, &old.ca_pem(), None).await.is_err());
+    let refused = match tls_client(addr, &new.ca_pem(), old_id).await {
+        Err(_) => true,
+        Ok(c) => ask(c).await.is_err(),
+    };
+    assert!(refused, "a client certificate from the old CA");
+    // The connection opened before keeps working.
+    assert_eq!(
+        c.check(permission("acme"))
+            .await
+            .map(|_| ())
+            .map_err(|s| s.code()),
+        Ok(())
+    );
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}

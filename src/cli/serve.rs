@@ -226,6 +226,15 @@ async fn serve(args: ServeArgs) -> Exit {
         Ok(tls) => tls,
         Err(exit) => return exit,
     };
+    if let (Some(tls), Some(cert), Some(key)) = (&tls, &args.tls_cert, &args.tls_key) {
+        _watches.push(crate::reload::watch_tls(
+            cert.clone(),
+            key.clone(),
+            args.tls_client_ca.clone(),
+            tls.clone(),
+            args.reload_interval,
+        ));
+    }
     let _source = match (&args.policy, &args.database_url) {
         (Some(path), None) => {
             // Load before binding: a bad policy never opens a port.
