@@ -15,6 +15,10 @@ pub struct Cli {
     /// Log line format (logs go to stderr; `RUST_LOG` sets levels, default `info`).
     #[arg(long, global = true, env = "AUTHZ_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// OpenTelemetry: export the gRPC handlers' spans over OTLP/gRPC to this collector,
+    /// e.g. `http://otel-collector:4317` (off unless set).
+    #[arg(long, global = true, env = "AUTHZ_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// The command.
     #[command(subcommand)]
     pub command: Command,

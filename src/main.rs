@@ -21,7 +21,8 @@ fn main() -> Exit {
             };
         }
     };
-    telemetry::init(cli.log_format);
+    // Dropped when main returns: the last spans are flushed then.
+    let _telemetry = telemetry::init(cli.log_format, cli.otlp_endpoint.as_deref());
     match cli.command {
         Command::Serve(args) => cli::serve::run(*args),
         Command::Validate(args) => cli::validate::run(&args),
