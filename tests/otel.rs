@@ -123,7 +123,16 @@ async fn serve_exports_handler_spans_to_an_otlp_collector() {
     let exited = tokio::task::spawn_blocking(move || child.wait().unwrap())
         .await
         .unwrap();
-    assert_eq!(exited.code(), Some(0));
+    {
+        use std::os::unix::process::ExitStatusExt as _;
+        assert_eq!(
+            exited.code(),
+            Some(0),
+            "signal {:?}, collected {:?}",
+            exited.signal(),
+            collector.spans.lock().unwrap()
+        );
+    }
     let spans = collector.spans.lock().unwrap().clone();
     assert!(
         spans.iter().any(
