@@ -10,8 +10,9 @@ Two kinds of checks:
 * consistency: what a schema cannot see: selectors that match the pods, Service
   target ports that exist, the policy ConfigMap mounted where --policy points, gRPC
   probes on the port authzd listens on (and not on loopback, which the kubelet cannot
-  reach), the hardened securityContext, and the topology-specific parts of the
-  `central` and `sidecar` renders.
+  reach) or, with TLS on, exec probes running `authzd health --tls-ca ...` on it, the
+  hardened securityContext, and the topology-specific parts of the `central`,
+  `central-tls` and `sidecar` renders.
 
 Usage:
   check_manifests.py --versions 1.30 1.37 \
@@ -118,6 +119,14 @@ def arg_value(args: list[str], flag: str) -> str | None:
             return args[i + 1]
         if a.startswith(flag + "="):
             return a.split("=", 1)[1]
+    return None
+
+
+def exec_health_args(probe: dict[str, Any] | None) -> list[str] | None:
+    """The arguments after `health` of an exec probe running `authzd health`, else None."""
+    command = [str(a) for a in ((probe or {}).get("exec") or {}).get("command", []) or []]
+    if len(command) >= 2 and posixpath.basename(command[0]) == "authzd" and command[1] == "health":
+        return command[2:]
     return None
 
 
@@ -251,12 +260,27 @@ def authzd_checks(c: Checker, tag: str, w: dict[str, Any], ct: dict[str, Any],
             "kubelet gRPC probes connect to the pod IP")
     c.check(any(p.get("containerPort") == port for p in ct.get("ports", []) or []),
             f"[{tag}] {n}: containerPort {port} declared")
+    tls = "AUTHZ_TLS_CERT" in env or "--tls-cert" in args
     for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
         probe = ct.get(kind)
-        ok = bool(probe) and "grpc" in probe and probe["grpc"].get("port") == port
-        c.check(ok, f"[{tag}] {n}: {kind} is a gRPC probe on port {port}", str(probe))
-        if ok and kind != "livenessProbe":
-            c.check(probe["grpc"].get("service", "") in ("", AUTHZ_SERVICE),
+        if tls:
+            # The kubelet's gRPC probe speaks plaintext only: over TLS, `authzd health`.
+            health = exec_health_args(probe)
+            ok = health is not None and split_listen(arg_value(health, "--addr") or "")[1] == port
+            c.check(ok, f"[{tag}] {n}: {kind} execs `authzd health` on port {port} (TLS)", str(probe))
+            if not ok:
+                continue
+            c.check(arg_value(health, "--tls-ca") is not None,
+                    f"[{tag}] {n}: {kind} verifies the server certificate (--tls-ca)")
+            service = arg_value(health, "--service") or ""
+        else:
+            ok = bool(probe) and "grpc" in probe and probe["grpc"].get("port") == port
+            c.check(ok, f"[{tag}] {n}: {kind} is a gRPC probe on port {port}", str(probe))
+            if not ok:
+                continue
+            service = probe["grpc"].get("service", "")
+        if kind != "livenessProbe":
+            c.check(service in ("", AUTHZ_SERVICE),
                     f"[{tag}] {n}: {kind} asks a health service authzd reports")
 
     grace = duration_seconds((env.get("AUTHZ_SHUTDOWN_GRACE") or {}).get("value", "10s")) or 10
@@ -333,6 +357,30 @@ def central_checks(c: Checker, tag: str, objs: list[dict[str, Any]]) -> None:
             f"[{tag}] Prometheus annotations point at AUTHZ_METRICS_LISTEN's port ({metrics_port})")
 
 
+def central_tls_checks(c: Checker, tag: str, objs: list[dict[str, Any]]) -> None:
+    central_checks(c, tag, objs)
+    found = authz_workload(objs)
+    if found is None:
+        return
+    w, ct = found
+    env = env_map(ct)
+    cert = (env.get("AUTHZ_TLS_CERT") or {}).get("value")
+    key = (env.get("AUTHZ_TLS_KEY") or {}).get("value")
+    if not c.check(bool(cert and key), f"[{tag}] AUTHZ_TLS_CERT and AUTHZ_TLS_KEY are set"):
+        return
+    vols = {v["name"]: v for v in pod_spec(w).get("volumes", []) or []}
+    for path in (cert, key):
+        directory = posixpath.dirname(path)
+        mounts = [m for m in ct.get("volumeMounts", []) or [] if m["mountPath"].rstrip("/") == directory]
+        c.check(len(mounts) == 1 and "secret" in vols.get(mounts[0]["name"], {}),
+                f"[{tag}] {path} comes from a mounted Secret")
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        health = exec_health_args(ct.get(kind)) or []
+        ca = arg_value(health, "--tls-ca") or ""
+        c.check(any(m["mountPath"].rstrip("/") == posixpath.dirname(ca) for m in ct.get("volumeMounts", []) or []),
+                f"[{tag}] {kind}'s --tls-ca {ca} is in a mounted volume")
+
+
 def sidecar_checks(c: Checker, tag: str, objs: list[dict[str, Any]]) -> None:
     found = authz_workload(objs)
     if not c.check(found is not None, f"[{tag}] an application Deployment with the authzd sidecar is rendered"):
@@ -364,6 +412,7 @@ def sidecar_checks(c: Checker, tag: str, objs: list[dict[str, Any]]) -> None:
 
 PROFILES: dict[str, Callable[[Checker, str, list[dict[str, Any]]], None]] = {
     "central": central_checks,
+    "central-tls": central_tls_checks,
     "sidecar": sidecar_checks,
 }
 

@@ -4,7 +4,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum, builder::BoolishValueParser};
 
 use crate::{policy::Limits, telemetry::LogFormat};
 
@@ -15,6 +15,10 @@ pub struct Cli {
     /// Log line format (logs go to stderr; `RUST_LOG` sets levels, default `info`).
     #[arg(long, global = true, env = "AUTHZ_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// OpenTelemetry: export the gRPC handlers' spans over OTLP/gRPC to this collector,
+    /// e.g. `http://otel-collector:4317` (off unless set).
+    #[arg(long, global = true, env = "AUTHZ_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -40,6 +44,8 @@ pub enum Command {
     GenDataset(crate::cli::dataset::GenDatasetArgs),
     /// Generate an admin API token and its line for the tokens file.
     AdminToken(AdminTokenArgs),
+    /// Ask a server's gRPC health service (plaintext or TLS); exit 0 only when SERVING.
+    Health(crate::cli::health::HealthArgs),
 }
 
 /// `authzd admin-token`.
@@ -66,11 +72,16 @@ pub struct ServeArgs {
     #[arg(long, env = "AUTHZ_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// Admin API bearer tokens, one `sha256:<hex> [TENANTS] [NAME]` a line; needs
-    /// `--database-url`. The admin API is off without it, or when the file is missing.
+    /// `--database-url`. The admin API is off without it. A file that does not exist is
+    /// a start-up error, unless `--admin-tokens-optional`.
     // Not a clap `requires`: deploy/kubernetes sets the variable for an optional Secret
-    // whether or not a database is configured; a missing file must not stop the server.
+    // whether or not a database is configured.
     #[arg(long, env = "AUTHZ_ADMIN_TOKENS_FILE")]
     pub admin_tokens_file: Option<PathBuf>,
+    /// The admin tokens file may be missing (an optional Secret): the admin API is then
+    /// off, with a warning and `authz_admin_api_enabled 0`.
+    #[arg(long, env = "AUTHZ_ADMIN_TOKENS_OPTIONAL", value_parser = BoolishValueParser::new())]
+    pub admin_tokens_optional: bool,
     /// TLS: the server's certificate chain (PEM); needs `--tls-key`. Without it the
     /// listener speaks plaintext.
     #[arg(long, env = "AUTHZ_TLS_CERT", requires = "tls_key")]
@@ -89,8 +100,12 @@ pub struct ServeArgs {
     #[arg(long, env = "AUTHZ_QUERY_TOKENS_FILE")]
     pub query_tokens_file: Option<PathBuf>,
     /// Run schema migrations at start (with `--database-url`).
-    #[arg(long, env = "AUTHZ_MIGRATE")]
+    #[arg(long, env = "AUTHZ_MIGRATE", value_parser = BoolishValueParser::new())]
     pub migrate: bool,
+    /// With a database whose schema is missing or older than this binary's: wait (and
+    /// say so) until `authzd migrate` has run, instead of exiting with 69.
+    #[arg(long, env = "AUTHZ_WAIT_FOR_SCHEMA", value_parser = BoolishValueParser::new())]
+    pub wait_for_schema: bool,
     /// With a database: how often to look for changes without a notification.
     #[arg(long, env = "AUTHZ_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,

@@ -22,6 +22,7 @@
 //! - [`metrics`]: Prometheus metrics and their `/metrics` endpoint.
 //! - [`authzen`]: the OpenID AuthZEN 1.0 HTTP/JSON API, a second front door to the query
 //!   service (same evaluator, same snapshots).
+//! - [`reload`]: tokens files read again when they change (polling and SIGHUP).
 //! - [`server`]: one listener with the query service, health and reflection; graceful
 //!   shutdown; [`tls`] its TLS and client-certificate settings; [`transport`] the socket
 //!   and HTTP/2 settings of every listener (TCP_NODELAY, keepalives, windows). [`config`] and [`cli`]:
@@ -43,6 +44,7 @@ pub mod metrics;
 pub mod model;
 pub mod pb;
 pub mod policy;
+pub mod reload;
 pub mod server;
 pub mod shutdown;
 pub mod store;

@@ -21,7 +21,8 @@ fn main() -> Exit {
             };
         }
     };
-    telemetry::init(cli.log_format);
+    // Dropped when main returns: the last spans are flushed then.
+    let _telemetry = telemetry::init(cli.log_format, cli.otlp_endpoint.as_deref());
     match cli.command {
         Command::Serve(args) => cli::serve::run(*args),
         Command::Validate(args) => cli::validate::run(&args),
@@ -31,5 +32,6 @@ fn main() -> Exit {
         Command::Policy(command) => cli::policy::run(&command),
         Command::GenDataset(args) => cli::dataset::run(&args),
         Command::AdminToken(args) => cli::admin_token::run(&args),
+        Command::Health(args) => cli::health::run(&args),
     }
 }

@@ -6,8 +6,9 @@
 //! Health: `""`, `authz.v1.AuthorizationService` and
 //! `envoy.service.auth.v3.Authorization` turn SERVING once the cache holds a policy, and
 //! NOT_SERVING when shutdown begins; then in-flight requests get `shutdown_grace` to
-//! finish. Reflection lists `authz.v1` and health, not the Envoy service (the
-//! `envoy-types` crate exposes no descriptor set to register).
+//! finish. Reflection lists the services served: the query service, health, reflection
+//! and the admin service when it is on; not the Envoy service (the `envoy-types` crate
+//! exposes no descriptor set to register).
 
 use std::{future::Future, time::Duration};
 
@@ -24,6 +25,9 @@ use crate::{
     pb::authorization_service_server::AuthorizationServiceServer,
     tls::TlsConfig,
 };
+
+/// The gRPC server's future, over plaintext or TLS connections.
+type Serving = std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
 
 type EnvoyServer = envoy_types::ext_authz::v3::pb::AuthorizationServer<EnvoyAuthzService>;
 
@@ -110,14 +114,22 @@ pub async fn run(
             }
         })
     };
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    // Reflection lists the services served, not every service of the descriptor set:
+    // without the admin API, `authz.v1.PolicyAdminService` is not listed.
+    let served = served_services(config.admin.is_some());
+    let reflection = || {
+        served.iter().fold(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+            |b, name| b.with_service_name(*name),
+        )
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+    if let Some(m) = &config.metrics {
+        m.set_admin_api_enabled(config.admin.is_some());
+    }
 
     let addr = listener.local_addr()?;
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
@@ -132,10 +144,7 @@ pub async fn run(
             .max_connection_age(age)
             .max_connection_age_grace(config.shutdown_grace);
     }
-    if let Some(tls) = &config.tls {
-        builder = builder.tls_config(tls.server_config())?;
-    }
-    let serve = builder
+    let router = builder
         // Undecodable and oversized requests: INVALID_ARGUMENT and RESOURCE_EXHAUSTED,
         // not tonic's INTERNAL and OUT_OF_RANGE.
         .layer(crate::grpc::rescue::RescueLayer::new(
@@ -155,11 +164,31 @@ pub async fn run(
                 .with_metrics(config.metrics)
                 .with_tokens(config.query_tokens)
                 .svc(),
-        )
-        .serve_with_incoming_shutdown(crate::transport::grpc_incoming(listener), async {
-            let _ = drain_rx.await;
-        });
-    info!(%addr, tls = config.tls.is_some(), "serving");
+        );
+    let drained = async {
+        let _ = drain_rx.await;
+    };
+    // TLS: our own accept loop does the handshakes, with the configuration current at
+    // each accept, so a renewed certificate or client CA needs no restart.
+    let tls = config.tls.is_some();
+    let (serve, _accepting): (Serving, _) =
+        match config.tls {
+            None => (
+                Box::pin(router.serve_with_incoming_shutdown(
+                    crate::transport::grpc_incoming(listener),
+                    drained,
+                )),
+                None,
+            ),
+            Some(tls) => {
+                let (incoming, accepting) = crate::tls::incoming(listener, tls);
+                (
+                    Box::pin(router.serve_with_incoming_shutdown(incoming, drained)),
+                    Some(accepting),
+                )
+            }
+        };
+    info!(%addr, tls, "serving");
     drain(
         serve,
         health,
@@ -169,6 +198,21 @@ pub async fn run(
         shutdown,
     )
     .await
+}
+
+/// The services reflection lists: those served (the Envoy service is served but has no
+/// descriptor to register).
+fn served_services(admin: bool) -> Vec<&'static str> {
+    let mut names = vec![
+        SERVICE_NAME,
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ];
+    if admin {
+        names.push("authz.v1.PolicyAdminService");
+    }
+    names
 }
 
 async fn drain(

@@ -1,7 +1,15 @@
 //! Logging: `tracing-subscriber` to stderr, filtered by `RUST_LOG` (default `info`), as
-//! text or one JSON object per line.
+//! text or one JSON object per line. Tracing (off by default): with an OTLP endpoint,
+//! the spans of authz's own code at debug level and above (the gRPC handlers) are
+//! exported over OTLP/gRPC to an OpenTelemetry collector, as service `authzd`.
+//!
+//! The two have separate filters: `RUST_LOG` decides what is logged, not what is traced,
+//! so the handlers' spans cost nothing unless tracing (or debug logging) is on.
 
-use tracing_subscriber::EnvFilter;
+use tracing::Level;
+use tracing_subscriber::{
+    EnvFilter, Layer as _, filter::Targets, layer::SubscriberExt as _, util::SubscriberInitExt as _,
+};
 
 /// Log line format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -13,16 +21,96 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber. Safe to call more than once (later calls do nothing).
-pub fn init(format: LogFormat) {
+/// What [`init`] set up; dropping it flushes the spans not exported yet.
+#[derive(Debug, Default)]
+#[must_use = "dropping it shuts tracing down"]
+pub struct Telemetry {
+    tracer: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.tracer.take()
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("warning: cannot flush the last spans: {e}");
+        }
+    }
+}
+
+/// Installs the global subscriber; with `otlp_endpoint`, also the span exporter. Safe to
+/// call more than once (later calls do nothing).
+pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Telemetry {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    // Colour codes only for a person at a terminal, not for log collectors.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        // Colour codes only for a person at a terminal, not for log collectors.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        .with_ansi(ansi);
+    let fmt = match format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
     };
+    let (otel, error, tracer) = match otlp_endpoint.map(tracer_provider) {
+        None => (None, None, None),
+        Some(Ok(provider)) => {
+            use opentelemetry::trace::TracerProvider as _;
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("authzd"))
+                .with_filter(Targets::new().with_target("authz", Level::DEBUG));
+            (Some(layer), None, Some(provider))
+        }
+        Some(Err(e)) => (None, Some(e), None),
+    };
+    let _ = tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(otel)
+        .try_init();
+    if let Some(e) = error {
+        tracing::error!(cause = %e, "cannot set up OpenTelemetry tracing; not tracing");
+    } else if let Some(endpoint) = otlp_endpoint {
+        tracing::info!(endpoint, "OpenTelemetry tracing on");
+    }
+    Telemetry { tracer }
+}
+
+/// A tracer provider exporting over OTLP/gRPC in batches. tonic needs a Tokio runtime
+/// for its connection: the exporter gets a small one of its own on a background thread,
+/// so it works for every command and outlives the server's runtime (spans are flushed
+/// when [`Telemetry`] drops, after serving ended).
+fn tracer_provider(endpoint: &str) -> Result<opentelemetry_sdk::trace::SdkTracerProvider, String> {
+    use opentelemetry_otlp::WithExportConfig as _;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("otlp-export".into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => {
+                    let _ = tx.send(Ok(rt.handle().clone()));
+                    rt.block_on(std::future::pending::<()>());
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                }
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    let handle = rx.recv().map_err(|e| e.to_string())??;
+    let _entered = handle.enter();
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint)
+        .build()
+        .map_err(|e| e.to_string())?;
+    Ok(opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name("authzd")
+                .build(),
+        )
+        .build())
 }

@@ -393,6 +393,19 @@ async fn reflection_v1_and_v1alpha_both_answer() {
             .any(|s| s.name == "authz.v1.AuthorizationService"),
         "{list:?}"
     );
+    // Only what is served: no admin API here, so it is not listed.
+    let mut names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "authz.v1.AuthorizationService",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ],
+        "{list:?}"
+    );
 
     let mut c0 =
         v1alpha::server_reflection_client::ServerReflectionClient::new(server.channel.clone());

@@ -156,6 +156,63 @@ async fn checks_move_the_counters_a_scrape_shows() {
     server.stop().await;
 }
 
+#[tokio::test]
+async fn refused_callers_are_counted_by_their_own_code() {
+    use authz::grpc::auth::{AdminTokens, file_line};
+    let tokens = AdminTokens::parse(&file_line("globex-token", "globex", Some("g")), "q").unwrap();
+    let config = ServerConfig {
+        query_tokens: Some(tokens),
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start_configured(&example("chat-api.yaml"), config, true).await;
+    let metrics = server.metrics_addr.unwrap();
+    let mut c = server.client.clone();
+
+    // No credentials: UNAUTHENTICATED.
+    let err = c
+        .check(route("acme", "erin", "PUT", "/experts/e-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    // A token limited to another tenant: PERMISSION_DENIED.
+    let mut req = tonic::Request::new(route("acme", "erin", "PUT", "/experts/e-1"));
+    req.metadata_mut()
+        .insert("authorization", "Bearer globex-token".parse().unwrap());
+    let err = c.check(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+
+    let (_, _, text) = http_get(metrics, "/metrics").await;
+    for (series, want) in [
+        (
+            "authz_request_errors_total{rpc=\"check\",code=\"unauthenticated\"}",
+            1.0,
+        ),
+        (
+            "authz_request_errors_total{rpc=\"check\",code=\"permission_denied\"}",
+            1.0,
+        ),
+        (
+            "authz_request_errors_total{rpc=\"check\",code=\"internal\"}",
+            0.0,
+        ),
+        (
+            "authz_request_errors_total{rpc=\"list_permissions\",code=\"resource_exhausted\"}",
+            0.0,
+        ),
+        // No admin API in this server.
+        ("authz_admin_api_enabled", 0.0),
+    ] {
+        assert_eq!(sample(&text, series), Some(want), "{series} in\n{text}");
+    }
+    let build = format!(
+        "authz_build_info{{version=\"{}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(sample(&text, &build), Some(1.0), "{text}");
+    assert!(sample(&text, "process_resident_memory_bytes").unwrap() > 0.0);
+    server.stop().await;
+}
+
 /// A `CheckRequest` as raw wire fields: `tenant_id` (field 1) as bytes, so a test can
 /// send one that is not UTF-8, or as a varint, the wrong wire type.
 #[derive(Clone, PartialEq, prost::Message)]

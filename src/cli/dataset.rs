@@ -49,7 +49,7 @@ use crate::{
 #[derive(Clone, Debug, Args)]
 pub struct GenDatasetArgs {
     /// PostgreSQL URL of an empty, migrated database; the user must be a superuser.
-    #[arg(long, env = "AUTHZ_DATABASE_URL")]
+    #[arg(long, env = "AUTHZ_DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
     /// Number of tenants.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(0..=10_000_000))]

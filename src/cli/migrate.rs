@@ -12,14 +12,27 @@ use crate::store::{postgres::StoreError, sync::SyncError};
 #[derive(Clone, Debug, Args)]
 pub struct MigrateArgs {
     /// PostgreSQL URL, e.g. `postgres://user@host:5432/authz`.
-    #[arg(long, env = "AUTHZ_DATABASE_URL")]
-    pub database_url: String,
+    #[arg(
+        long,
+        env = "AUTHZ_DATABASE_URL",
+        hide_env_values = true,
+        required_unless_present = "if_configured"
+    )]
+    pub database_url: Option<String>,
+    /// Without a database URL, do nothing and exit 0 (an init container in manifests
+    /// whose database Secret is optional).
+    #[arg(long)]
+    pub if_configured: bool,
 }
 
-/// Runs the command.
+/// Runs the command. Migrators started at once take turns (an advisory lock).
 pub fn run(args: &MigrateArgs) -> Exit {
+    let Some(url) = &args.database_url else {
+        super::say!("no database configured; nothing to migrate");
+        return Exit::Ok;
+    };
     block_on(async {
-        match crate::store::postgres::migrate(&args.database_url).await {
+        match crate::store::postgres::migrate(url).await {
             Ok(applied) if applied.is_empty() => {
                 super::say!("schema up to date");
                 Exit::Ok

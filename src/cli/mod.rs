@@ -13,6 +13,7 @@ pub(crate) use say;
 pub mod admin_token;
 pub mod check;
 pub mod dataset;
+pub mod health;
 pub mod migrate;
 pub mod policy;
 pub mod serve;
@@ -25,6 +26,8 @@ use std::process::{ExitCode, Termination};
 pub enum Exit {
     /// Success; for `check`, allowed.
     Ok,
+    /// `health`: the server is not SERVING, or did not answer.
+    Unhealthy,
     /// `check`: the request is denied (not an error).
     Denied,
     /// Bad command line or request value.
@@ -44,6 +47,7 @@ impl Exit {
     pub fn code(self) -> u8 {
         match self {
             Exit::Ok => 0,
+            Exit::Unhealthy => 1,
             Exit::Denied => 3,
             Exit::Usage => 64,
             Exit::DataErr => 65,

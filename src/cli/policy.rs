@@ -39,7 +39,7 @@ pub struct ApplyArgs {
     /// Policy file (YAML, or JSON if it ends in `.json`).
     pub file: PathBuf,
     /// PostgreSQL URL, e.g. `postgres://user@host:5432/authz`.
-    #[arg(long, env = "AUTHZ_DATABASE_URL")]
+    #[arg(long, env = "AUTHZ_DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
 }
 
@@ -56,7 +56,7 @@ pub enum ExportFormat {
 #[derive(Clone, Debug, Args)]
 pub struct ExportArgs {
     /// PostgreSQL URL, e.g. `postgres://user@host:5432/authz`.
-    #[arg(long, env = "AUTHZ_DATABASE_URL")]
+    #[arg(long, env = "AUTHZ_DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
     /// Export only this tenant (repeatable); the built-in roles and the global endpoint
     /// table are always exported. Default: every tenant.

@@ -24,17 +24,24 @@ use crate::{
 /// Connections the admin service may hold; admin writes are rare and short.
 const ADMIN_POOL_SIZE: usize = 4;
 
-/// The admin service, if `--admin-tokens-file` names a readable file of tokens.
-fn admin_service(args: &ServeArgs) -> Result<Option<PolicyAdmin>, Exit> {
+/// The admin service, if `--admin-tokens-file` names a readable file of tokens, and
+/// those tokens (a handle the file watch swaps new versions into).
+fn admin_service(args: &ServeArgs) -> Result<Option<(PolicyAdmin, AdminTokens)>, Exit> {
     let Some(path) = &args.admin_tokens_file else {
         return Ok(None);
     };
     let tokens = match AdminTokens::load(path) {
         Ok(Some(tokens)) => tokens,
-        Ok(None) => {
-            // Kubernetes mounts an optional Secret as a missing file.
-            info!(file = %path.display(), "admin API off: the tokens file does not exist");
+        Ok(None) if args.admin_tokens_optional => {
+            // Kubernetes mounts an absent optional Secret as a missing file.
+            warn!(file = %path.display(), "admin API off: the tokens file does not exist");
             return Ok(None);
+        }
+        Ok(None) => {
+            // Configured but absent: a lost Secret must not turn the admin API off
+            // silently.
+            error!(file = %path.display(), "the admin tokens file does not exist (pass --admin-tokens-optional if it may be missing)");
+            return Err(Exit::Usage);
         }
         Err(e) => {
             error!(cause = %e, "cannot read the admin tokens file");
@@ -50,7 +57,10 @@ fn admin_service(args: &ServeArgs) -> Result<Option<PolicyAdmin>, Exit> {
         Exit::Usage
     })?;
     info!(file = %path.display(), "admin API on");
-    Ok(Some(PolicyAdmin::new(AdminStore::new(pool), tokens)))
+    Ok(Some((
+        PolicyAdmin::new(AdminStore::new(pool), tokens.clone()),
+        tokens,
+    )))
 }
 
 /// The listener's TLS settings, read and checked before anything binds.
@@ -68,6 +78,83 @@ fn tls_config(args: &ServeArgs) -> Result<Option<TlsConfig>, Exit> {
             error!(cause = %e, "cannot set up TLS");
             Err(Exit::Usage)
         }
+    }
+}
+
+/// How often `--wait-for-schema` looks again.
+const SCHEMA_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Before binding: is the database's schema this binary's? Missing or older: exit 69
+/// with a message saying to run `authzd migrate`, or with `wait`, wait for it. Newer (a
+/// newer release migrated during a rollout): served, with a warning; migrations only add.
+/// An unreachable database is left to the follower, which retries (without `wait`).
+async fn check_schema(url: &str, wait: bool) -> Result<(), Exit> {
+    use postgres::SchemaState;
+    let expected = postgres::expected_schema_version();
+    let mut said = None;
+    loop {
+        let state = match tokio::time::timeout(SCHEMA_RETRY * 5, async {
+            let client = postgres::connect(url).await?;
+            postgres::schema_state(&client).await
+        })
+        .await
+        {
+            Ok(Ok(state)) => Some(state),
+            Ok(Err(e)) if !wait => {
+                warn!(cause = %e, "cannot check the database schema yet; the follower retries");
+                return Ok(());
+            }
+            Err(_) if !wait => {
+                warn!("cannot check the database schema yet (no answer); the follower retries");
+                return Ok(());
+            }
+            Ok(Err(e)) => {
+                if said != Some(None) {
+                    warn!(cause = %e, "waiting for the database to check its schema (--wait-for-schema)");
+                    said = Some(None);
+                }
+                None
+            }
+            Err(_) => None,
+        };
+        let applied = match state {
+            Some(SchemaState::Current) => return Ok(()),
+            Some(SchemaState::Ahead { applied }) => {
+                warn!(
+                    applied,
+                    expected, "the database schema is newer than this binary's; serving it"
+                );
+                return Ok(());
+            }
+            Some(SchemaState::Missing) => 0,
+            Some(SchemaState::Behind { applied }) => applied,
+            None => {
+                tokio::time::sleep(SCHEMA_RETRY).await;
+                continue;
+            }
+        };
+        if !wait {
+            error!(
+                applied,
+                expected,
+                "the database schema is {}; run `authzd migrate` first (or serve with --migrate, or --wait-for-schema to wait for it)",
+                if applied == 0 {
+                    "missing"
+                } else {
+                    "older than this binary's"
+                }
+            );
+            return Err(Exit::Unavailable);
+        }
+        if said != Some(Some(applied)) {
+            info!(
+                applied,
+                expected,
+                "waiting for `authzd migrate` to bring the schema up to date (--wait-for-schema)"
+            );
+            said = Some(Some(applied));
+        }
+        tokio::time::sleep(SCHEMA_RETRY).await;
     }
 }
 
@@ -96,8 +183,9 @@ enum Source {
 async fn serve(args: ServeArgs) -> Exit {
     let cache = Cache::new();
     // Checked before anything binds: a bad tokens file is a bad configuration.
-    let admin = match admin_service(&args) {
-        Ok(admin) => admin,
+    let (admin, admin_tokens) = match admin_service(&args) {
+        Ok(Some((admin, tokens))) => (Some(admin), Some(tokens)),
+        Ok(None) => (None, None),
         Err(exit) => return exit,
     };
     // A missing query tokens file is an error, unlike the admin one: leaving the query
@@ -119,10 +207,34 @@ async fn serve(args: ServeArgs) -> Exit {
             }
         },
     };
+    // Rotation without a restart: the tokens files are read again when they change.
+    let mut _watches = Vec::new();
+    for (path, tokens, what) in [
+        (&args.admin_tokens_file, &admin_tokens, "admin tokens"),
+        (&args.query_tokens_file, &query_tokens, "query tokens"),
+    ] {
+        if let (Some(path), Some(tokens)) = (path, tokens) {
+            _watches.push(crate::reload::watch_tokens(
+                path.clone(),
+                tokens.clone(),
+                args.reload_interval,
+                what,
+            ));
+        }
+    }
     let tls = match tls_config(&args) {
         Ok(tls) => tls,
         Err(exit) => return exit,
     };
+    if let (Some(tls), Some(cert), Some(key)) = (&tls, &args.tls_cert, &args.tls_key) {
+        _watches.push(crate::reload::watch_tls(
+            cert.clone(),
+            key.clone(),
+            args.tls_client_ca.clone(),
+            tls.clone(),
+            args.reload_interval,
+        ));
+    }
     let _source = match (&args.policy, &args.database_url) {
         (Some(path), None) => {
             // Load before binding: a bad policy never opens a port.
@@ -152,6 +264,7 @@ async fn serve(args: ServeArgs) -> Exit {
             if let Some(path) = policy {
                 warn!(file = %path.display(), "serving from the database; --policy is ignored when --database-url is set");
             }
+            info!(database = %postgres::redact_url(url), "policy source: database");
             if args.migrate {
                 match postgres::migrate(url).await {
                     Ok(applied) => info!(?applied, "schema migrated"),
@@ -160,6 +273,8 @@ async fn serve(args: ServeArgs) -> Exit {
                         return Exit::Unavailable;
                     }
                 }
+            } else if let Err(exit) = check_schema(url, args.wait_for_schema).await {
+                return exit;
             }
             // The server binds at once and reports NOT_SERVING until the first full load;
             // the follower retries with backoff while the database is unreachable.

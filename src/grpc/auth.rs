@@ -16,6 +16,8 @@
 
 use std::{fmt::Write as _, path::Path, sync::Arc};
 
+use arc_swap::ArcSwap;
+
 use sha2::{Digest, Sha256};
 use tonic::{Request, Status, service::Interceptor};
 use tracing::warn;
@@ -67,11 +69,20 @@ struct CertName {
     admin: Admin,
 }
 
-/// The configured credentials: tokens and client-certificate names.
-#[derive(Clone, Debug)]
-pub struct AdminTokens {
+/// One version of a tokens file: tokens and client-certificate names.
+#[derive(Debug)]
+struct TokenList {
     tokens: Vec<Token>,
     certs: Vec<CertName>,
+}
+
+/// The configured credentials: tokens and client-certificate names. A cheap handle:
+/// clones share one current version, which [`AdminTokens::replace`] swaps whole (a file
+/// reloaded while serving), so a request sees either the old or the new file, never a
+/// mix.
+#[derive(Clone, Debug)]
+pub struct AdminTokens {
+    list: Arc<ArcSwap<TokenList>>,
 }
 
 /// Why a tokens file was refused.
@@ -217,7 +228,25 @@ impl AdminTokens {
                 file: file.to_owned(),
             });
         }
-        Ok(AdminTokens { tokens, certs })
+        Ok(AdminTokens {
+            list: Arc::new(ArcSwap::from_pointee(TokenList { tokens, certs })),
+        })
+    }
+
+    /// Makes every clone of this handle use `new`'s credentials from now on.
+    pub fn replace(&self, new: &AdminTokens) {
+        self.list.store(new.list.load_full());
+    }
+
+    /// How many tokens and certificate names the current version holds.
+    pub fn len(&self) -> usize {
+        let list = self.list.load();
+        list.tokens.len() + list.certs.len()
+    }
+
+    /// Whether the current version holds no credential (never, once parsed).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Reads a tokens file; `Ok(None)` when it does not exist (the admin API is then
@@ -232,24 +261,27 @@ impl AdminTokens {
     }
 
     /// The caller a token belongs to, if any.
-    pub fn authenticate(&self, token: &str) -> Option<&Admin> {
+    pub fn authenticate(&self, token: &str) -> Option<Admin> {
         let presented = hash(token);
+        let list = self.list.load();
         let mut found = None;
         // Every hash is compared, match or not.
-        for t in &self.tokens {
+        for t in &list.tokens {
             if ct_eq(&t.hash, &presented) && found.is_none() {
                 found = Some(&t.admin);
             }
         }
-        found
+        found.cloned()
     }
 
     /// The caller a verified client certificate's common name belongs to, if any.
-    pub fn authenticate_cert(&self, common_name: &str) -> Option<&Admin> {
-        self.certs
+    pub fn authenticate_cert(&self, common_name: &str) -> Option<Admin> {
+        self.list
+            .load()
+            .certs
             .iter()
             .find(|c| c.common_name == common_name)
-            .map(|c| &c.admin)
+            .map(|c| c.admin.clone())
     }
 
     /// The caller presenting `req`'s credentials: its bearer token when it sends one,
@@ -274,7 +306,7 @@ impl AdminTokens {
             ));
         };
         match self.authenticate(token) {
-            Some(admin) => Ok(admin.clone()),
+            Some(admin) => Ok(admin),
             None => {
                 let prefix = hex(hash(token).get(..6).unwrap_or_default());
                 warn!(reason = "unknown token", token_sha256_prefix = %prefix, service, "request refused");
@@ -302,7 +334,7 @@ impl AdminTokens {
             ));
         };
         match self.authenticate_cert(&cn) {
-            Some(admin) => Ok(admin.clone()),
+            Some(admin) => Ok(admin),
             None => {
                 warn!(reason = "unlisted client certificate", common_name = %cn, service, "request refused");
                 Err(Status::unauthenticated(format!(

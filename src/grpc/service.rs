@@ -163,6 +163,11 @@ impl AuthzService {
 // The trait methods time the request and count errors; the handlers below do the work.
 #[tonic::async_trait]
 impl pb::authorization_service_server::AuthorizationService for AuthzService {
+    #[tracing::instrument(
+        level = "debug",
+        name = "authz.v1.AuthorizationService/Check",
+        skip_all
+    )]
     async fn check(
         &self,
         request: Request<pb::CheckRequest>,
@@ -173,6 +178,11 @@ impl pb::authorization_service_server::AuthorizationService for AuthzService {
         self.counted(Rpc::Check, result).map(Response::new)
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        name = "authz.v1.AuthorizationService/BatchCheck",
+        skip_all
+    )]
     async fn batch_check(
         &self,
         request: Request<pb::BatchCheckRequest>,
@@ -185,6 +195,11 @@ impl pb::authorization_service_server::AuthorizationService for AuthzService {
         self.counted(Rpc::BatchCheck, result).map(Response::new)
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        name = "authz.v1.AuthorizationService/ListPermissions",
+        skip_all
+    )]
     async fn list_permissions(
         &self,
         request: Request<pb::ListPermissionsRequest>,

@@ -15,12 +15,15 @@
 //! | `authz_policy_last_reload_timestamp_seconds` | gauge | | Unix time the store last applied a policy version |
 //! | `authz_policy_reload_failures_total` | counter | | policy versions the store rejected or could not read |
 //! | `authz_db_connected` | gauge | | 1 while the store's database connection is up, 0 while down; only exported once a store reports it |
+//! | `authz_admin_api_enabled` | gauge | | 1 when the admin API is served, 0 when it is off |
+//! | `authz_build_info` | gauge | `version` | always 1 |
+//! | `process_*` | | | CPU seconds, resident and virtual memory, open and maximum fds, start time (Linux, from `/proc`; [`process`]) |
 //!
 //! `rpc`: `check`, `batch_check`, `list_permissions` and `lookup_subjects` (no decisions),
 //! `envoy_check`.
 //! `result`: `allowed` (reasons `granted`, `public`) or `denied` (the other reasons).
-//! `code`: `invalid_argument`, `resource_exhausted` (a request over the message size
-//! limit), `unavailable`, `internal`.
+//! `code`: the gRPC status code in snake case (`invalid_argument`, `unauthenticated`,
+//! `permission_denied`, `unavailable`, ...), every code but OK.
 //!
 //! # The request path
 //! Every series a request can touch is created in [`Metrics::new`] and kept as a handle
@@ -33,6 +36,8 @@
 
 pub mod histogram;
 pub mod http;
+#[cfg(target_os = "linux")]
+mod process;
 
 use std::{
     sync::{
@@ -94,44 +99,51 @@ impl Rpc {
     }
 }
 
-/// Why a request got no decision (label `code`), from its gRPC status code.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ErrorCode {
-    InvalidArgument,
-    ResourceExhausted,
-    Unavailable,
-    Internal,
-}
+/// Every status code a request can end with instead of a decision (label `code`): all
+/// of gRPC's but OK, counted as they are, so a caller refused for missing credentials
+/// (`unauthenticated`) or another tenant (`permission_denied`) is not mistaken for a
+/// failure of ours (`internal`).
+#[cfg(test)]
+const ERROR_CODES: [tonic::Code; 16] = [
+    tonic::Code::Cancelled,
+    tonic::Code::Unknown,
+    tonic::Code::InvalidArgument,
+    tonic::Code::DeadlineExceeded,
+    tonic::Code::NotFound,
+    tonic::Code::AlreadyExists,
+    tonic::Code::PermissionDenied,
+    tonic::Code::ResourceExhausted,
+    tonic::Code::FailedPrecondition,
+    tonic::Code::Aborted,
+    tonic::Code::OutOfRange,
+    tonic::Code::Unimplemented,
+    tonic::Code::Internal,
+    tonic::Code::Unavailable,
+    tonic::Code::DataLoss,
+    tonic::Code::Unauthenticated,
+];
 
-impl ErrorCode {
-    #[cfg(test)]
-    const ALL: [ErrorCode; 4] = [
-        ErrorCode::InvalidArgument,
-        ErrorCode::ResourceExhausted,
-        ErrorCode::Unavailable,
-        ErrorCode::Internal,
-    ];
-
-    fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::InvalidArgument => "invalid_argument",
-            ErrorCode::ResourceExhausted => "resource_exhausted",
-            ErrorCode::Unavailable => "unavailable",
-            ErrorCode::Internal => "internal",
-        }
-    }
-
-    /// The handlers return only INVALID_ARGUMENT and UNAVAILABLE (`grpc/status.rs`), and
-    /// the transport RESOURCE_EXHAUSTED for a request over the size limit
-    /// (`grpc/rescue.rs`); anything else would be a failure of ours, so it counts as
-    /// `internal`.
-    fn from_code(code: tonic::Code) -> Self {
-        match code {
-            tonic::Code::InvalidArgument => ErrorCode::InvalidArgument,
-            tonic::Code::ResourceExhausted => ErrorCode::ResourceExhausted,
-            tonic::Code::Unavailable => ErrorCode::Unavailable,
-            _ => ErrorCode::Internal,
-        }
+/// The label value of a status code: its name in snake case, as gRPC's own
+/// instrumentation (`grpc_code`) spells it in lower case.
+fn code_label(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::Ok => "ok",
+        tonic::Code::Cancelled => "cancelled",
+        tonic::Code::Unknown => "unknown",
+        tonic::Code::InvalidArgument => "invalid_argument",
+        tonic::Code::DeadlineExceeded => "deadline_exceeded",
+        tonic::Code::NotFound => "not_found",
+        tonic::Code::AlreadyExists => "already_exists",
+        tonic::Code::PermissionDenied => "permission_denied",
+        tonic::Code::ResourceExhausted => "resource_exhausted",
+        tonic::Code::FailedPrecondition => "failed_precondition",
+        tonic::Code::Aborted => "aborted",
+        tonic::Code::OutOfRange => "out_of_range",
+        tonic::Code::Unimplemented => "unimplemented",
+        tonic::Code::Internal => "internal",
+        tonic::Code::Unavailable => "unavailable",
+        tonic::Code::DataLoss => "data_loss",
+        tonic::Code::Unauthenticated => "unauthenticated",
     }
 }
 
@@ -151,6 +163,11 @@ struct ErrorLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RpcLabels {
     rpc: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
 }
 
 /// One handle per reason.
@@ -194,32 +211,24 @@ impl<T> ByReason<T> {
     }
 }
 
-/// One handle per error code.
+/// One handle per error status code, indexed by the code's number (OK, 0, is never
+/// counted: its slot is there so that indexing needs no offset).
 #[derive(Debug)]
 struct ByError<T> {
-    invalid_argument: T,
-    resource_exhausted: T,
-    unavailable: T,
-    internal: T,
+    by_code: [T; 17],
 }
 
 impl<T> ByError<T> {
-    fn new(mut f: impl FnMut(ErrorCode) -> T) -> Self {
+    fn new(mut f: impl FnMut(tonic::Code) -> T) -> Self {
         ByError {
-            invalid_argument: f(ErrorCode::InvalidArgument),
-            resource_exhausted: f(ErrorCode::ResourceExhausted),
-            unavailable: f(ErrorCode::Unavailable),
-            internal: f(ErrorCode::Internal),
+            by_code: std::array::from_fn(|i| {
+                f(tonic::Code::from_i32(i32::try_from(i).unwrap_or(2)))
+            }),
         }
     }
 
-    fn get(&self, c: ErrorCode) -> &T {
-        match c {
-            ErrorCode::InvalidArgument => &self.invalid_argument,
-            ErrorCode::ResourceExhausted => &self.resource_exhausted,
-            ErrorCode::Unavailable => &self.unavailable,
-            ErrorCode::Internal => &self.internal,
-        }
+    fn get(&self, c: tonic::Code) -> Option<&T> {
+        self.by_code.get(c as usize)
     }
 }
 
@@ -324,6 +333,7 @@ struct Inner {
     registry: Registry,
     rpcs: ByRpc<RpcSeries>,
     db_connected: Arc<AtomicU8>,
+    admin_api: Gauge,
 }
 
 impl Metrics {
@@ -354,10 +364,14 @@ impl Metrics {
                     })
                 }),
                 errors: ByError::new(|code| {
+                    // OK is no error: its slot holds a counter no family exports.
+                    if code == tonic::Code::Ok {
+                        return Counter::default();
+                    }
                     errors
                         .get_or_create(&ErrorLabels {
                             rpc: rpc.as_str(),
-                            code: code.as_str(),
+                            code: code_label(code),
                         })
                         .clone()
                 }),
@@ -385,6 +399,25 @@ impl Metrics {
             "Requests being handled, by RPC",
             in_flight,
         );
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register(
+            "authz_build_info",
+            "The running build: always 1, with the version as a label",
+            build,
+        );
+        let admin_api = Gauge::default();
+        registry.register(
+            "authz_admin_api_enabled",
+            "1 when the admin API (authz.v1.PolicyAdminService) is served, 0 when it is off",
+            admin_api.clone(),
+        );
+        #[cfg(target_os = "linux")]
+        registry.register_collector(Box::new(process::ProcessCollector::new()));
         let db_connected = Arc::new(AtomicU8::new(DB_UNKNOWN));
         registry.register_collector(Box::new(PolicyCollector {
             cache,
@@ -396,6 +429,7 @@ impl Metrics {
                 registry,
                 rpcs,
                 db_connected,
+                admin_api,
             }),
         }
     }
@@ -420,12 +454,9 @@ impl Metrics {
 
     /// Counts a request (or BatchCheck item) answered with an error status.
     pub fn error(&self, rpc: Rpc, code: tonic::Code) {
-        self.inner
-            .rpcs
-            .get(rpc)
-            .errors
-            .get(ErrorCode::from_code(code))
-            .inc();
+        if let Some(counter) = self.inner.rpcs.get(rpc).errors.get(code) {
+            counter.inc();
+        }
     }
 
     /// For a store with a database: whether its connection is up. `authz_db_connected`
@@ -435,6 +466,11 @@ impl Metrics {
         self.inner
             .db_connected
             .store(if connected { DB_UP } else { DB_DOWN }, Relaxed);
+    }
+
+    /// Whether the admin API is served (`authz_admin_api_enabled`).
+    pub fn set_admin_api_enabled(&self, enabled: bool) {
+        self.inner.admin_api.set(i64::from(enabled));
     }
 
     /// Decisions counted so far for `rpc` and `reason` (tests and benchmarks).
@@ -600,10 +636,10 @@ mod tests {
                 let want = (rpc != Rpc::ListPermissions).then_some(0.0);
                 assert_eq!(sample(&text, &series), want, "{series}");
             }
-            for code in ErrorCode::ALL {
+            for code in ERROR_CODES {
                 let series = format!(
                     "authz_request_errors_total{{rpc=\"{r}\",code=\"{}\"}}",
-                    code.as_str()
+                    code_label(code)
                 );
                 assert_eq!(sample(&text, &series), Some(0.0), "{series}");
             }
@@ -611,6 +647,17 @@ mod tests {
             assert_eq!(sample(&text, &series), Some(0.0), "{series}");
         }
         assert_eq!(sample(&text, "authz_policy_revision"), Some(0.0));
+        assert_eq!(
+            sample(
+                &text,
+                &format!(
+                    "authz_build_info{{version=\"{}\"}}",
+                    env!("CARGO_PKG_VERSION")
+                )
+            ),
+            Some(1.0)
+        );
+        assert_eq!(sample(&text, "authz_admin_api_enabled"), Some(0.0));
         assert!(!text.contains("authz_db_connected"), "not reported yet");
         assert!(!text.contains("staleness"), "nothing loaded");
         assert!(!text.contains("reload"), "no source");
@@ -620,6 +667,9 @@ mod tests {
             m.decision(Rpc::Check, Reason::NoGrant);
             m.decision(Rpc::ListPermissions, Reason::Granted);
             m.error(Rpc::EnvoyCheck, tonic::Code::InvalidArgument);
+            m.error(Rpc::Check, tonic::Code::Unauthenticated);
+            m.error(Rpc::BatchCheck, tonic::Code::PermissionDenied);
+            m.error(Rpc::Check, tonic::Code::Ok);
             let text = m.encode().unwrap();
             assert_eq!(
                 sample(&text, "authz_requests_in_flight{rpc=\"check\"}"),
@@ -644,6 +694,29 @@ mod tests {
             Some(1.0)
         );
         assert_eq!(
+            sample(
+                &text,
+                "authz_request_errors_total{rpc=\"check\",code=\"unauthenticated\"}"
+            ),
+            Some(1.0),
+            "counted as it is, not as internal"
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "authz_request_errors_total{rpc=\"batch_check\",code=\"permission_denied\"}"
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "authz_request_errors_total{rpc=\"check\",code=\"internal\"}"
+            ),
+            Some(0.0)
+        );
+        assert!(!text.contains("code=\"ok\""), "OK is no error");
+        assert_eq!(
             sample(&text, "authz_requests_in_flight{rpc=\"check\"}"),
             Some(0.0)
         );
@@ -656,6 +729,28 @@ mod tests {
         assert_eq!(
             sample(&m.encode().unwrap(), "authz_db_connected"),
             Some(1.0)
+        );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn process_metrics_come_from_proc() {
+        let text = Metrics::new(Cache::new(), None).encode().unwrap();
+        let cpu = sample(&text, "process_cpu_seconds_total").unwrap();
+        assert!(cpu >= 0.0, "{text}");
+        assert!(sample(&text, "process_resident_memory_bytes").unwrap() > 1e5);
+        assert!(sample(&text, "process_virtual_memory_bytes").unwrap() > 1e5);
+        assert!(sample(&text, "process_open_fds").unwrap() >= 3.0);
+        assert!(sample(&text, "process_max_fds").unwrap() >= 3.0);
+        let started = sample(&text, "process_start_time_seconds").unwrap();
+        let now = unix_seconds(SystemTime::now());
+        assert!(
+            (now - 24.0 * 3600.0..=now + 1.0).contains(&started),
+            "{started} vs {now}"
+        );
+        assert!(
+            text.contains("# TYPE process_cpu_seconds counter"),
+            "{text}"
         );
     }
 

@@ -377,21 +377,21 @@ impl Watcher {
 }
 
 #[cfg(unix)]
-type Hangup = Option<tokio::signal::unix::Signal>;
+pub(crate) type Hangup = Option<tokio::signal::unix::Signal>;
 #[cfg(not(unix))]
-type Hangup = Option<()>;
+pub(crate) type Hangup = Option<()>;
 
 #[cfg(unix)]
-fn hangup_signal() -> Hangup {
+pub(crate) fn hangup_signal() -> Hangup {
     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
 }
 #[cfg(not(unix))]
-fn hangup_signal() -> Hangup {
+pub(crate) fn hangup_signal() -> Hangup {
     None
 }
 
 #[cfg(unix)]
-async fn recv(h: &mut Hangup) {
+pub(crate) async fn recv(h: &mut Hangup) {
     match h {
         Some(s) => {
             s.recv().await;
@@ -400,7 +400,7 @@ async fn recv(h: &mut Hangup) {
     }
 }
 #[cfg(not(unix))]
-async fn recv(_: &mut Hangup) {
+pub(crate) async fn recv(_: &mut Hangup) {
     std::future::pending().await
 }
 

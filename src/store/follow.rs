@@ -21,7 +21,7 @@ use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
 use futures_util::StreamExt;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
 use tracing::{error, info, warn};
 
 use super::{
@@ -41,7 +41,7 @@ use crate::{
 };
 
 /// How the follower talks to the database.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct FollowConfig {
     /// The database URL.
     pub url: String,
@@ -52,6 +52,18 @@ pub struct FollowConfig {
     pub consistency_interval: Duration,
     /// Longest wait between reconnect attempts.
     pub max_backoff: Duration,
+}
+
+impl std::fmt::Debug for FollowConfig {
+    // The URL's password is never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FollowConfig")
+            .field("url", &super::postgres::redact_url(&self.url))
+            .field("poll_interval", &self.poll_interval)
+            .field("consistency_interval", &self.consistency_interval)
+            .field("max_backoff", &self.max_backoff)
+            .finish()
+    }
 }
 
 impl FollowConfig {
@@ -173,12 +185,13 @@ impl Follow {
 
     /// One connection's life: returns only with the error that ended it.
     async fn session(&mut self) -> Result<Infallible, StoreError> {
-        let mut pg: tokio_postgres::Config = self.config.url.parse()?;
+        // The TLS files are read at every connect: a renewed CA is used from the next on.
+        let (mut pg, tls) = super::pgtls::connect_config(&self.config.url)?;
         // So operators can find the listener in pg_stat_activity.
         if pg.get_application_name().is_none() {
             pg.application_name("authzd");
         }
-        let (mut client, mut connection) = pg.connect(NoTls).await?;
+        let (mut client, mut connection) = pg.connect(tls).await?;
         let (tx, mut events) = mpsc::unbounded_channel();
         let _driver = AbortOnDrop(tokio::spawn(async move {
             let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));

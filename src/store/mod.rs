@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod file;
 pub mod follow;
+pub mod pgtls;
 pub mod postgres;
 pub mod sync;
 

@@ -8,7 +8,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use futures_util::{TryStreamExt, pin_mut};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use tracing::warn;
 
 use crate::policy::{
@@ -26,8 +26,10 @@ pub const CHANNEL: &str = "authz_changes";
 /// Why a database operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database refused or failed a statement, or the connection broke.
-    #[error("database: {0}")]
+    /// The database refused or failed a statement, or the connection broke. Shown with
+    /// its causes (tokio-postgres keeps "connection refused" or the TLS verifier's
+    /// reason in the source chain, not in its message).
+    #[error("database: {}", super::sync::chain(.0))]
     Db(#[from] tokio_postgres::Error),
     /// The connection pool could not hand out a connection.
     #[error("database pool: {0}")]
@@ -45,6 +47,10 @@ pub enum StoreError {
     /// The database URL is invalid.
     #[error("invalid database URL: {0}")]
     Url(String),
+    /// A TLS file named by the URL (`sslrootcert`, `sslcert`, `sslkey`) is unreadable
+    /// or holds no certificate or key.
+    #[error("database TLS: {0}")]
+    Tls(String),
     /// The connection closed.
     #[error("database connection closed: {0}")]
     Closed(String),
@@ -69,6 +75,7 @@ impl StoreError {
             }
             StoreError::Pool(_) | StoreError::Closed(_) => true,
             StoreError::CreatePool(_)
+            | StoreError::Tls(_)
             | StoreError::Migrate(_)
             | StoreError::Compile(_)
             | StoreError::Task(_)
@@ -77,9 +84,65 @@ impl StoreError {
     }
 }
 
+/// A database URL with its password replaced by `***`, for logs and messages: the
+/// password of `postgres://user:PASSWORD@host/db`, a `password=` query parameter, or a
+/// `password=` key of the key-value form (`host=db password=...`).
+pub fn redact_url(url: &str) -> String {
+    let mut out = String::with_capacity(url.len());
+    let mut rest = url;
+    // postgres://user:PASSWORD@host: the userinfo ends at the last `@` before the path.
+    if let Some(scheme_end) = url.find("://") {
+        let (scheme, after) = url.split_at(scheme_end + 3);
+        let authority_end = after.find(['/', '?']).unwrap_or(after.len());
+        let (authority, tail) = after.split_at(authority_end);
+        out.push_str(scheme);
+        match authority.rsplit_once('@') {
+            Some((userinfo, host)) => {
+                match userinfo.split_once(':') {
+                    Some((user, _password)) => {
+                        out.push_str(user);
+                        out.push_str(":***");
+                    }
+                    None => out.push_str(userinfo),
+                }
+                out.push('@');
+                out.push_str(host);
+            }
+            None => out.push_str(authority),
+        }
+        rest = tail;
+    }
+    // `password=...` up to the next separator (`&` in a URL query, whitespace in the
+    // key-value form; a quoted value there runs to its closing quote).
+    let mut remaining = rest;
+    while let Some(at) = remaining.find("password=") {
+        let starts_key = at == 0
+            || remaining
+                .get(..at)
+                .and_then(|b| b.chars().last())
+                .is_some_and(|c| matches!(c, '?' | '&' | ' ' | '\t' | '\n'));
+        let (before, from) = remaining.split_at(at + "password=".len());
+        out.push_str(before);
+        if !starts_key {
+            remaining = from;
+            continue;
+        }
+        let end = if let Some(quoted) = from.strip_prefix('\'') {
+            quoted.find('\'').map_or(from.len(), |i| i + 2)
+        } else {
+            from.find(['&', ' ', '\t', '\n']).unwrap_or(from.len())
+        };
+        out.push_str("***");
+        remaining = from.get(end..).unwrap_or_default();
+    }
+    out.push_str(remaining);
+    out
+}
+
 /// Opens one connection; the connection's driver runs on a spawned task.
 pub async fn connect(url: &str) -> Result<Client, StoreError> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    let (config, tls) = super::pgtls::connect_config(url)?;
+    let (client, connection) = config.connect(tls).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             warn!(cause = %e, "database connection closed");
@@ -90,12 +153,10 @@ pub async fn connect(url: &str) -> Result<Client, StoreError> {
 
 /// A connection pool for request-driven work (policy sync, admin writes).
 pub fn pool(url: &str, size: usize) -> Result<deadpool_postgres::Pool, StoreError> {
-    let config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e: tokio_postgres::Error| StoreError::Url(e.to_string()))?;
+    let (config, tls) = super::pgtls::connect_config(url)?;
     let manager = deadpool_postgres::Manager::from_config(
         config,
-        NoTls,
+        tls,
         deadpool_postgres::ManagerConfig {
             recycling_method: deadpool_postgres::RecyclingMethod::Fast,
         },
@@ -108,17 +169,87 @@ pub fn pool(url: &str, size: usize) -> Result<deadpool_postgres::Pool, StoreErro
         .map_err(|e| StoreError::Url(e.to_string()))
 }
 
-/// Brings the schema up to date; returns the versions applied now.
+/// The session-level advisory lock `migrate` holds while it migrates ("authzmig"), so
+/// that migrators started at once (an init container in every new pod of a rollout)
+/// run one after the other: the first applies, the others find nothing to do.
+const MIGRATION_LOCK: i64 = 0x6175_7468_7a6d_6967;
+
+/// Brings the schema up to date; returns the versions applied now. Concurrent calls on
+/// one database are serialized by an advisory lock.
 pub async fn migrate(url: &str) -> Result<Vec<String>, StoreError> {
     let mut client = connect(url).await?;
-    let report = embedded::migrations::runner()
-        .run_async(&mut client)
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await?;
-    Ok(report
+    let report = embedded::migrations::runner().run_async(&mut client).await;
+    // Released with the session anyway; unlocking now lets the next migrator go on
+    // before this connection is torn down.
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await;
+    Ok(report?
         .applied_migrations()
         .iter()
         .map(|m| format!("V{}__{}", m.version(), m.name()))
         .collect())
+}
+
+/// The newest migration embedded in this binary.
+pub fn expected_schema_version() -> i64 {
+    embedded::migrations::runner()
+        .get_migrations()
+        .iter()
+        .map(|m| i64::from(m.version()))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Where a database's schema stands against the migrations embedded in this binary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SchemaState {
+    /// No migration applied: an empty database.
+    Missing,
+    /// Migrated, but not to this binary's newest migration.
+    Behind {
+        /// The newest migration applied.
+        applied: i64,
+    },
+    /// Migrated to exactly this binary's newest migration.
+    Current,
+    /// Migrated by a newer binary (during a rollout, older replicas still run).
+    Ahead {
+        /// The newest migration applied.
+        applied: i64,
+    },
+}
+
+/// Reads refinery's migration table (`refinery_schema_history`) for the newest
+/// migration applied.
+pub async fn schema_state(client: &Client) -> Result<SchemaState, StoreError> {
+    let exists: bool = client
+        .query_one(
+            "SELECT to_regclass('refinery_schema_history') IS NOT NULL",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(SchemaState::Missing);
+    }
+    let applied: Option<i64> = client
+        .query_one(
+            "SELECT MAX(version)::int8 FROM refinery_schema_history",
+            &[],
+        )
+        .await?
+        .get(0);
+    let expected = expected_schema_version();
+    Ok(match applied {
+        None => SchemaState::Missing,
+        Some(v) if v < expected => SchemaState::Behind { applied: v },
+        Some(v) if v > expected => SchemaState::Ahead { applied: v },
+        Some(_) => SchemaState::Current,
+    })
 }
 
 /// Which tenants to read (the built-in roles and global endpoints are always read).
@@ -436,4 +567,41 @@ async fn stream(
         Tenants::Between(a, b) => vec![a, b],
     };
     Ok(tx.query_raw(&sql, params).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        for (url, want) in [
+            (
+                "postgres://authz:s3cret@db:5432/authz",
+                "postgres://authz:***@db:5432/authz",
+            ),
+            (
+                "postgresql://authz:p%40ss@db/authz?sslmode=require",
+                "postgresql://authz:***@db/authz?sslmode=require",
+            ),
+            ("postgres://authz@db/authz", "postgres://authz@db/authz"),
+            ("postgres://db/authz", "postgres://db/authz"),
+            (
+                "postgres://db/authz?user=a&password=s3cret&sslmode=require",
+                "postgres://db/authz?user=a&password=***&sslmode=require",
+            ),
+            (
+                "host=db user=authz password=s3cret dbname=authz",
+                "host=db user=authz password=*** dbname=authz",
+            ),
+            (
+                "host=db password='s3 cret' dbname=authz",
+                "host=db password=*** dbname=authz",
+            ),
+            ("host=db dbname=mypassword=x", "host=db dbname=mypassword=x"),
+        ] {
+            assert_eq!(redact_url(url), want, "{url}");
+            assert!(!redact_url(url).contains("s3"), "{url}");
+        }
+    }
 }

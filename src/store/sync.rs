@@ -119,7 +119,7 @@ impl From<StoreError> for SyncError {
 
 /// An error and its causes, joined with `: ` (tokio-postgres puts the cause, such as
 /// "connection refused", in the source chain).
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
     while let Some(s) = cur {

@@ -9,6 +9,7 @@
 
 pub mod chat;
 pub mod pg;
+pub mod pki;
 
 use std::{
     net::SocketAddr,

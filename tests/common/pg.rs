@@ -18,8 +18,15 @@ pub struct TestDb {
 }
 
 impl TestDb {
-    /// Creates an empty database, and migrates it unless `bare`.
+    /// Creates a database and migrates it.
     pub async fn create(tag: &str) -> TestDb {
+        let db = Self::create_bare(tag).await;
+        authz::store::postgres::migrate(&db.url).await.unwrap();
+        db
+    }
+
+    /// Creates an empty database (no schema).
+    pub async fn create_bare(tag: &str) -> TestDb {
         static N: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "authz_test_{}_{}_{}",
@@ -41,7 +48,6 @@ impl TestDb {
             Some(i) => format!("{}/{name}", &base[..i]),
             None => panic!("AUTHZ_TEST_DATABASE_URL `{base}` has no database part"),
         };
-        authz::store::postgres::migrate(&url).await.unwrap();
         TestDb { name, url }
     }
 
