@@ -67,11 +67,18 @@ pub struct AuthzenConfig {
 struct App {
     service: AuthzService,
     config: Arc<AuthzenConfig>,
+    /// Whether the listener serves TLS (discovery then names `https` URLs).
+    https: bool,
 }
 
 /// The AuthZEN routes over `service`.
 pub fn router(service: AuthzService, config: AuthzenConfig) -> Router {
+    router_for(service, config, false)
+}
+
+fn router_for(service: AuthzService, config: AuthzenConfig, https: bool) -> Router {
     let app = App {
+        https,
         service,
         config: Arc::new(config),
     };
@@ -141,7 +148,7 @@ pub async fn serve_tls(
         info!(%addr, "serving AuthZEN over HTTPS");
     }
     let acceptor = TlsAcceptor::from(tls.http_server_config());
-    let app = router(service, config);
+    let app = router_for(service, config, true);
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -293,10 +300,38 @@ fn body(headers: &HeaderMap, bytes: &Bytes) -> Result<Map<String, Value>, HttpEr
         return Err(bad("the body is empty: send a JSON object"));
     }
     match serde_json::from_slice::<Value>(bytes) {
-        Ok(Value::Object(m)) => Ok(m),
+        Ok(Value::Object(m)) => {
+            shape(&m, "")?;
+            Ok(m)
+        }
         Ok(_) => Err(bad("the body must be a JSON object")),
         Err(e) => Err(bad(format!("malformed JSON: {e}"))),
     }
+}
+
+/// The members that must be objects when present: `options`, `page`, `context`, and the
+/// `properties` of the subject, action and resource (a wrong type is a 400, as the
+/// specification asks, never silently ignored).
+fn shape(m: &Map<String, Value>, prefix: &str) -> Result<(), HttpError> {
+    for key in [
+        "options", "page", "context", "subject", "action", "resource",
+    ] {
+        match m.get(key) {
+            None | Some(Value::Null) | Some(Value::Object(_)) => {}
+            Some(_) => return Err(bad(format!("`{prefix}{key}` must be an object"))),
+        }
+    }
+    for key in ["subject", "action", "resource"] {
+        if let Some(Value::Object(e)) = m.get(key) {
+            match e.get("properties") {
+                None | Some(Value::Null) | Some(Value::Object(_)) => {}
+                Some(_) => {
+                    return Err(bad(format!("`{prefix}{key}.properties` must be an object")));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The caller, when query credentials are required: 401 without (or with an unknown)
@@ -699,6 +734,7 @@ async fn eval_many(
         contexts.push(wants_context(&merged));
         let prefix = format!("evaluations[{i}]");
         let parsed = (|| -> Result<pb::CheckRequest, HttpError> {
+            shape(item, &format!("{prefix}."))?;
             let subject = object_at(&merged, "subject", &format!("{prefix}.subject"))?
                 .ok_or_else(|| bad(format!("`{prefix}.subject` is required")))?;
             let id = req_str(subject, "id").map_err(|e| rename(e, &format!("{prefix}.subject")))?;
@@ -1131,36 +1167,83 @@ async fn resources(
 // ------------------------------------------------------------------- discovery
 
 async fn discovery(
-    State(_app): State<App>,
+    State(app): State<App>,
     Path(tenant): Path<String>,
     headers: Headers,
 ) -> Response {
-    match tenant_of(&tenant) {
-        Ok(t) => json_ok(configuration(&headers, &format!("/tenants/{t}"))),
+    let doc = tenant_of(&tenant)
+        .and_then(|t| configuration(&app, &headers, &format!("/tenants/{}", encode_segment(&t))));
+    match doc {
+        Ok(v) => json_ok(v),
         Err(e) => e.into_response(),
     }
 }
 
 async fn root_discovery(State(app): State<App>, headers: Headers) -> Response {
-    match default_tenant(&app) {
-        Ok(_) => json_ok(configuration(&headers, "")),
+    match default_tenant(&app).and_then(|_| configuration(&app, &headers, "")) {
+        Ok(v) => json_ok(v),
         Err(e) => e.into_response(),
     }
 }
 
+/// A path segment percent-encoded: every byte but RFC 3986's unreserved characters.
+fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Whether a Host header value is a host name or address with an optional port (RFC
+/// 3986 `host [":" port]`, reg-name and IP literals only): anything else could steer
+/// the discovery document's URLs elsewhere.
+fn valid_host(h: &str) -> bool {
+    let (host, port) = match h.rsplit_once(':') {
+        // A bare IPv6 address (unbracketed colons) is not a valid Host.
+        Some((host, _)) if !host.ends_with(']') && host.contains(':') => return false,
+        Some((host, port)) => (host, port),
+        None => (h, ""),
+    };
+    let host_ok = if let Some(inner) = host.strip_prefix('[').and_then(|x| x.strip_suffix(']')) {
+        !inner.is_empty()
+            && inner
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+    } else {
+        !host.is_empty()
+            && host.len() <= 253
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    };
+    host_ok && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// The discovery document of the PDP at `base` (a path) on the host the client used.
-fn configuration(headers: &HeaderMap, base: &str) -> Value {
+/// 400 without a Host header or with one that is not a plain host and port.
+fn configuration(app: &App, headers: &HeaderMap, base: &str) -> Result<Value, HttpError> {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost");
-    let pdp = format!("http://{host}{base}");
-    json!({
+        .ok_or_else(|| bad("discovery needs a `Host` header naming this server"))?;
+    if !valid_host(host) {
+        return Err(bad(
+            "the `Host` header is not a host name or address with an optional port",
+        ));
+    }
+    let scheme = if app.https { "https" } else { "http" };
+    let pdp = format!("{scheme}://{host}{base}");
+    Ok(json!({
         "policy_decision_point": pdp,
         "access_evaluation_endpoint": format!("{pdp}/access/v1/evaluation"),
         "access_evaluations_endpoint": format!("{pdp}/access/v1/evaluations"),
         "search_subject_endpoint": format!("{pdp}/access/v1/search/subject"),
         "search_action_endpoint": format!("{pdp}/access/v1/search/action"),
         "search_resource_endpoint": format!("{pdp}/access/v1/search/resource"),
-    })
+    }))
 }

@@ -80,7 +80,10 @@ async fn send(
 ) -> Answer {
     let exchange = async {
         let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+        if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+            req.push_str(&format!("Host: {addr}\r\n"));
+        }
         for (n, v) in headers {
             req.push_str(&format!("{n}: {v}\r\n"));
         }
@@ -648,5 +651,119 @@ async fn api_gateway_scenario_with_route_templates() {
             }
         }
     }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn page_tokens_hosts_and_member_types_are_checked() {
+    let server = TestServer::start(&example("chat-api.yaml")).await;
+    let (addr, _stop) = start(server.cache.clone(), None, None).await;
+    let search = |path: &str, token: Option<&str>| {
+        let mut v = json!({
+            "subject": {"type": "user"},
+            "action": {"name": "GET"},
+            "resource": {"type": "route", "id": path},
+            "page": {"limit": 1},
+        });
+        if let Some(t) = token {
+            v["page"]["token"] = json!(t);
+        }
+        v
+    };
+    let first = post(
+        addr,
+        "/tenants/acme/access/v1/search/subject",
+        &search("/health/", None),
+    )
+    .await
+    .json();
+    let token = first["page"]["next_token"].as_str().unwrap().to_owned();
+    assert!(!token.is_empty());
+    // Good for the same question only: another route, another tenant, or a token this
+    // server never issued (upper case, or a bare subject id in hex) is a 400.
+    let same = post(
+        addr,
+        "/tenants/acme/access/v1/search/subject",
+        &search("/health/", Some(&token)),
+    )
+    .await;
+    assert_eq!(same.status, 200, "{}", same.body);
+    let other_route = post(
+        addr,
+        "/tenants/acme/access/v1/search/subject",
+        &search("/experts/", Some(&token)),
+    )
+    .await;
+    assert_eq!(other_route.status, 400, "{}", other_route.body);
+    let other_tenant = post(
+        addr,
+        "/tenants/globex/access/v1/search/subject",
+        &search("/health/", Some(&token)),
+    )
+    .await;
+    assert_eq!(other_tenant.status, 400, "{}", other_tenant.body);
+    for forged in [token.to_uppercase(), "616461".to_owned()] {
+        let a = post(
+            addr,
+            "/tenants/acme/access/v1/search/subject",
+            &search("/health/", Some(&forged)),
+        )
+        .await;
+        assert_eq!(a.status, 400, "{forged}: {}", a.body);
+    }
+    // Discovery names only a plain host and port.
+    for bad_host in ["evil.example/x?y#", "a\"b", "::1"] {
+        let a = send(
+            addr,
+            "GET",
+            "/.well-known/authzen-configuration/tenants/acme",
+            &[("Host", bad_host)],
+            "",
+        )
+        .await;
+        assert_eq!(a.status, 400, "{bad_host}: {}", a.body);
+    }
+    let a = send(
+        addr,
+        "GET",
+        "/.well-known/authzen-configuration/tenants/a.b",
+        &[("Host", "[::1]:8080")],
+        "",
+    )
+    .await;
+    assert_eq!(
+        a.json()["policy_decision_point"],
+        "http://[::1]:8080/tenants/a.b"
+    );
+    // Wrong types are 400, never ignored: a string `options` would have run as execute_all.
+    let mut v = json!({
+        "subject": {"type": "user", "id": "erin"},
+        "action": {"name": "GET"},
+        "options": "deny_on_first_deny",
+        "evaluations": [{"resource": {"type": "route", "id": "/chats/"}}],
+    });
+    let a = post(addr, "/tenants/acme/access/v1/evaluations", &v).await;
+    assert_eq!(a.status, 400);
+    assert!(a.body.contains("`options` must be an object"), "{}", a.body);
+    v["options"] = json!({});
+    v["evaluations"][0]["context"] = json!(5);
+    let a = post(addr, "/tenants/acme/access/v1/evaluations", &v)
+        .await
+        .json();
+    assert!(
+        a["evaluations"][0]["context"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`evaluations[0].context` must be an object")
+    );
+    let mut e = evaluation("erin", "route", "/experts/e-1", "PUT", "");
+    e["resource"]["properties"] = json!(5);
+    let a = post(addr, "/tenants/acme/access/v1/evaluation", &e).await;
+    assert_eq!(a.status, 400);
+    assert!(
+        a.body.contains("`resource.properties` must be an object"),
+        "{}",
+        a.body
+    );
     server.stop().await;
 }

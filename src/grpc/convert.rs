@@ -108,9 +108,9 @@ pub struct Lookup<'a> {
     pub after: String,
 }
 
-/// Validates a LookupSubjects request. The page token is the hex form of the last
-/// subject id of the previous page (opaque to callers; any other value is
-/// INVALID_ARGUMENT `page_token`).
+/// Validates a LookupSubjects request. The page token comes from the previous page of
+/// the same question ([`page_token`]; opaque to callers): any other value, or one issued
+/// for another question, is INVALID_ARGUMENT `page_token`.
 pub fn lookup_request(req: &pb::LookupSubjectsRequest) -> Result<Lookup<'_>, FieldError> {
     let tenant = at(None, "tenant_id", model::tenant_id(&req.tenant_id))?;
     let scope = at(None, "scope", model::scope(&req.scope))?;
@@ -141,10 +141,13 @@ pub fn lookup_request(req: &pb::LookupSubjectsRequest) -> Result<Lookup<'_>, Fie
         }
         n => n as usize,
     };
-    let after = decode_page_token(&req.page_token).ok_or_else(|| FieldError {
-        field: "page_token".into(),
-        error: InputError::Malformed("is not a token this server issued"),
-    })?;
+    let after =
+        decode_page_token(&req.page_token, tenant, scope, &action).ok_or_else(|| FieldError {
+            field: "page_token".into(),
+            error: InputError::Malformed(
+                "is not a token this server issued for this question (tenant, scope and action)",
+            ),
+        })?;
     Ok(Lookup {
         tenant,
         scope,
@@ -154,30 +157,80 @@ pub fn lookup_request(req: &pb::LookupSubjectsRequest) -> Result<Lookup<'_>, Fie
     })
 }
 
-/// The page token that continues after subject `id`: its bytes in hex.
-pub fn page_token(id: &str) -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(id.len() * 2);
-    for b in id.bytes() {
-        let _ = write!(s, "{b:02x}");
+/// What a page token is bound to: the question (tenant, scope, action), so a token is
+/// only good for the same request it came from (AuthZEN: follow-up pages repeat the
+/// request); 8 bytes of its SHA-256.
+fn query_key(tenant: &str, scope: &str, action: &Action<'_>) -> [u8; 8] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [tenant, "\0", scope, "\0"] {
+        h.update(part.as_bytes());
     }
+    match action {
+        Action::Permission(p) => {
+            h.update(b"p\0");
+            h.update(p.as_bytes());
+        }
+        Action::Route { method, path } => {
+            h.update(b"r\0");
+            h.update(method.as_str().as_bytes());
+            h.update(b"\0");
+            h.update(path.as_bytes());
+        }
+    }
+    let d = h.finalize();
+    let mut key = [0u8; 8];
+    for (k, b) in key.iter_mut().zip(d.iter()) {
+        *k = *b;
+    }
+    key
+}
+
+fn hex(out: &mut String, bytes: &[u8]) {
+    use std::fmt::Write;
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+}
+
+/// The page token that continues after subject `id` for the same question: the
+/// question's key, then the id, in lower-case hex.
+pub fn page_token(tenant: &str, scope: &str, action: &Action<'_>, id: &str) -> String {
+    let mut s = String::with_capacity(16 + id.len() * 2);
+    hex(&mut s, &query_key(tenant, scope, action));
+    hex(&mut s, id.as_bytes());
     s
 }
 
-/// The subject id a page token continues after; `None` for a token this server does not
-/// issue (not hex, odd length, not a valid subject id).
-pub fn decode_page_token(token: &str) -> Option<String> {
+/// The subject id a page token continues after; `None` for a token this server did not
+/// issue for this question (not lower-case hex, another question's key, not a subject id).
+pub fn decode_page_token(
+    token: &str,
+    tenant: &str,
+    scope: &str,
+    action: &Action<'_>,
+) -> Option<String> {
     if token.is_empty() {
         return Some(String::new());
     }
-    if !token.len().is_multiple_of(2) || token.len() > 2 * model::limits::SUBJECT_ID {
+    if !token.len().is_multiple_of(2)
+        || token.len() > 16 + 2 * model::limits::SUBJECT_ID
+        || !token
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..token.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(token.get(i..i + 2)?, 16).ok())
         .collect();
-    let id = String::from_utf8(bytes?).ok()?;
+    let bytes = bytes?;
+    let (key, id) = bytes.split_at_checked(8)?;
+    if key != query_key(tenant, scope, action) {
+        return None;
+    }
+    let id = String::from_utf8(id.to_vec()).ok()?;
     model::subject_id(&id).ok()?;
     Some(id)
 }

@@ -455,7 +455,7 @@ impl AuthzService {
         };
         let (page, more) = snapshot.lookup_subjects(l.scope, l.action, &l.after, l.page_size);
         let next_page_token = match (more, page.last()) {
-            (true, Some(last)) => convert::page_token(last.subject),
+            (true, Some(last)) => convert::page_token(l.tenant, l.scope, &l.action, last.subject),
             _ => String::new(),
         };
         let subjects = page
