@@ -334,6 +334,42 @@ fn shape(m: &Map<String, Value>, prefix: &str) -> Result<(), HttpError> {
     Ok(())
 }
 
+/// A request's JSON object.
+type Body = Map<String, Value>;
+
+/// What every AuthZEN request starts with: the tenant named in the path (validated),
+/// the caller (when credentials are required) and the JSON body.
+fn prologue(
+    app: &App,
+    tenant: &str,
+    headers: &Headers,
+    bytes: &Bytes,
+) -> Result<(String, Option<Admin>, Body), HttpError> {
+    let tenant = tenant_of(tenant)?;
+    let caller = caller(app, headers, &tenant)?;
+    let body = body(headers, bytes)?;
+    Ok((tenant, caller, body))
+}
+
+/// The `subject` of `e` (errors name `{prefix}subject...`): its id (`""` when `with_id`
+/// is false: a subject search names only the type) and its type, both required strings.
+fn subject_of<'a>(
+    e: &'a Map<String, Value>,
+    prefix: &str,
+    with_id: bool,
+) -> Result<(&'a str, &'a str), HttpError> {
+    let field = format!("{prefix}subject");
+    let subject =
+        object_at(e, "subject", &field)?.ok_or_else(|| bad(format!("`{field}` is required")))?;
+    let id = if with_id {
+        req_str(subject, "id").map_err(|e| rename(e, &field))?
+    } else {
+        ""
+    };
+    let stype = req_str(subject, "type").map_err(|e| rename(e, &field))?;
+    Ok((id, stype))
+}
+
 /// The caller, when query credentials are required: 401 without (or with an unknown)
 /// bearer token or listed client certificate, 403 for a tenant it may not ask about.
 fn caller(app: &App, headers: &Headers, tenant: &str) -> Result<Option<Admin>, HttpError> {
@@ -628,13 +664,8 @@ async fn eval_one(
     headers: &Headers,
     bytes: &Bytes,
 ) -> Result<Value, HttpError> {
-    let tenant = tenant_of(tenant)?;
-    let caller = caller(app, headers, &tenant)?;
-    let e = body(headers, bytes)?;
-    let subject =
-        object_at(&e, "subject", "subject")?.ok_or_else(|| bad("`subject` is required"))?;
-    let subject_id = req_str(subject, "id").map_err(|e| rename(e, "subject"))?;
-    req_str(subject, "type").map_err(|e| rename(e, "subject"))?;
+    let (tenant, caller, e) = prologue(app, tenant, headers, bytes)?;
+    let (subject_id, _) = subject_of(&e, "", true)?;
     let (action, scope) = action_of(&e, "")?;
     let req = pb::CheckRequest {
         tenant_id: tenant,
@@ -687,9 +718,7 @@ async fn eval_many(
     headers: &Headers,
     bytes: &Bytes,
 ) -> Result<Value, HttpError> {
-    let tenant = tenant_of(tenant)?;
-    let caller = caller(app, headers, &tenant)?;
-    let top = body(headers, bytes)?;
+    let (tenant, caller, top) = prologue(app, tenant, headers, bytes)?;
     let items = match top.get("evaluations") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(a)) => a.clone(),
@@ -735,10 +764,7 @@ async fn eval_many(
         let prefix = format!("evaluations[{i}]");
         let parsed = (|| -> Result<pb::CheckRequest, HttpError> {
             shape(item, &format!("{prefix}."))?;
-            let subject = object_at(&merged, "subject", &format!("{prefix}.subject"))?
-                .ok_or_else(|| bad(format!("`{prefix}.subject` is required")))?;
-            let id = req_str(subject, "id").map_err(|e| rename(e, &format!("{prefix}.subject")))?;
-            req_str(subject, "type").map_err(|e| rename(e, &format!("{prefix}.subject")))?;
+            let (id, _) = subject_of(&merged, &format!("{prefix}."), true)?;
             let (action, scope) = action_of(&merged, &prefix)?;
             let req = pb::CheckRequest {
                 tenant_id: String::new(),
@@ -884,14 +910,9 @@ async fn subjects(
     headers: &Headers,
     bytes: &Bytes,
 ) -> Result<Value, HttpError> {
-    let tenant = tenant_of(tenant)?;
-    let caller = caller(app, headers, &tenant)?;
-    let top = body(headers, bytes)?;
-    let subject =
-        object_at(&top, "subject", "subject")?.ok_or_else(|| bad("`subject` is required"))?;
-    let stype = req_str(subject, "type")
-        .map_err(|e| rename(e, "subject"))?
-        .to_owned();
+    let (tenant, caller, top) = prologue(app, tenant, headers, bytes)?;
+    // A subject search names only the type; an id there is ignored.
+    let stype = subject_of(&top, "", false)?.1.to_owned();
     let (action, scope) = action_of(&top, "")?;
     let (token, limit) = page_of(&top)?;
     let r = app
@@ -957,15 +978,8 @@ async fn actions(
     headers: &Headers,
     bytes: &Bytes,
 ) -> Result<Value, HttpError> {
-    let tenant = tenant_of(tenant)?;
-    let caller = caller(app, headers, &tenant)?;
-    let top = body(headers, bytes)?;
-    let subject =
-        object_at(&top, "subject", "subject")?.ok_or_else(|| bad("`subject` is required"))?;
-    let subject_id = req_str(subject, "id")
-        .map_err(|e| rename(e, "subject"))?
-        .to_owned();
-    req_str(subject, "type").map_err(|e| rename(e, "subject"))?;
+    let (tenant, caller, top) = prologue(app, tenant, headers, bytes)?;
+    let subject_id = subject_of(&top, "", true)?.0.to_owned();
     let resource =
         object_at(&top, "resource", "resource")?.ok_or_else(|| bad("`resource` is required"))?;
     let rtype = req_str(resource, "type").map_err(|e| rename(e, "resource"))?;
@@ -1059,15 +1073,8 @@ async fn resources(
     headers: &Headers,
     bytes: &Bytes,
 ) -> Result<Value, HttpError> {
-    let tenant = tenant_of(tenant)?;
-    let caller = caller(app, headers, &tenant)?;
-    let top = body(headers, bytes)?;
-    let subject =
-        object_at(&top, "subject", "subject")?.ok_or_else(|| bad("`subject` is required"))?;
-    let subject_id = req_str(subject, "id")
-        .map_err(|e| rename(e, "subject"))?
-        .to_owned();
-    req_str(subject, "type").map_err(|e| rename(e, "subject"))?;
+    let (tenant, caller, top) = prologue(app, tenant, headers, bytes)?;
+    let subject_id = subject_of(&top, "", true)?.0.to_owned();
     let action = object_at(&top, "action", "action")?.ok_or_else(|| bad("`action` is required"))?;
     let name = req_str(action, "name")
         .map_err(|e| rename(e, "action"))?
