@@ -948,6 +948,59 @@ async fn subjects(
     }))
 }
 
+/// One page of an action or resource search's `results` (computed whole: they are short),
+/// with the AuthZEN pagination of the request's `page`: `limit` (0 or absent: all) and a
+/// `token` from the previous page of the same question. The token is the question's key
+/// (8 bytes of SHA-256 over the tenant and the request without `page`) and the offset, in
+/// lower-case hex; one issued for another question, or not by this server, is a 400.
+fn paginate(tenant: &str, top: &Body, results: Vec<Value>) -> Result<Value, HttpError> {
+    use sha2::{Digest, Sha256};
+    let (token, limit) = page_of(top)?;
+    let mut question = top.clone();
+    question.remove("page");
+    let mut h = Sha256::new();
+    h.update(tenant.as_bytes());
+    h.update(b"\0");
+    h.update(Value::Object(question).to_string().as_bytes());
+    let key: String = h
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let offset = if token.is_empty() {
+        0
+    } else {
+        token
+            .strip_prefix(&key)
+            .filter(|o| {
+                o.len() == 8
+                    && o.bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            })
+            .and_then(|o| usize::from_str_radix(o, 16).ok())
+            .filter(|&o| o <= results.len())
+            .ok_or_else(|| {
+                bad("`page.token` is not a token this server issued for this question")
+            })?
+    };
+    let end = match limit {
+        0 => results.len(),
+        n => offset.saturating_add(n as usize).min(results.len()),
+    };
+    let next_token = if end < results.len() {
+        format!("{key}{end:08x}")
+    } else {
+        String::new()
+    };
+    let page: Vec<Value> = results
+        .into_iter()
+        .skip(offset)
+        .take(end - offset)
+        .collect();
+    Ok(json!({"page": {"next_token": next_token, "count": page.len()}, "results": page}))
+}
+
 /// Methods an action search tries on a route.
 const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 
@@ -1004,7 +1057,7 @@ async fn actions(
             .batch_check_many(
                 caller.as_ref(),
                 pb::BatchCheckRequest {
-                    tenant_id: tenant,
+                    tenant_id: tenant.clone(),
                     checks,
                     detail: pb::Detail::Decision as i32,
                     ..Default::default()
@@ -1032,7 +1085,7 @@ async fn actions(
             .list(
                 caller.as_ref(),
                 pb::ListPermissionsRequest {
-                    tenant_id: tenant,
+                    tenant_id: tenant.clone(),
                     subject_id,
                     scope,
                     min_revision: 0,
@@ -1043,7 +1096,7 @@ async fn actions(
         l.permissions
     };
     let results: Vec<Value> = names.iter().map(|n| json!({"name": n})).collect();
-    Ok(json!({"page": {"next_token": "", "count": results.len()}, "results": results}))
+    paginate(&tenant, &top, results)
 }
 
 async fn search_resource(
@@ -1142,7 +1195,7 @@ async fn resources(
                 .batch_check_many(
                     caller.as_ref(),
                     pb::BatchCheckRequest {
-                        tenant_id: tenant,
+                        tenant_id: tenant.clone(),
                         checks,
                         detail: pb::Detail::Decision as i32,
                         ..Default::default()
@@ -1168,7 +1221,7 @@ async fn resources(
         // Other resource types are not in this model: nothing to find.
         _ => Vec::new(),
     };
-    Ok(json!({"page": {"next_token": "", "count": results.len()}, "results": results}))
+    paginate(&tenant, &top, results)
 }
 
 // ------------------------------------------------------------------- discovery

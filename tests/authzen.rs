@@ -767,3 +767,57 @@ async fn page_tokens_hosts_and_member_types_are_checked() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn action_and_resource_searches_page() {
+    let server = TestServer::start(&example("chat-api.yaml")).await;
+    let (addr, _stop) = start(server.cache.clone(), None, None).await;
+    let path = "/tenants/acme/access/v1/search/resource";
+    let question = json!({
+        "subject": {"type": "user", "id": "erin"},
+        "action": {"name": "GET"},
+        "resource": {"type": "route"},
+    });
+    let whole = post(addr, path, &question).await.json();
+    let all = whole["results"].as_array().unwrap().clone();
+    assert!(all.len() > 3, "{whole}");
+    assert_eq!(whole["page"]["next_token"], "");
+    // Two at a time: the pages put together are the whole answer, each at most 2.
+    let mut got = Vec::new();
+    let mut token = String::new();
+    for _ in 0..all.len() {
+        let mut q = question.clone();
+        q["page"] = json!({"limit": 2, "token": token});
+        let page = post(addr, path, &q).await.json();
+        let items = page["results"].as_array().unwrap();
+        assert!(items.len() <= 2);
+        got.extend(items.iter().cloned());
+        token = page["page"]["next_token"].as_str().unwrap().to_owned();
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(got, all);
+    // A token is good for its own question only.
+    let mut q = question.clone();
+    q["page"] = json!({"limit": 2});
+    let first = post(addr, path, &q).await.json();
+    let t = first["page"]["next_token"].as_str().unwrap().to_owned();
+    let mut other = question.clone();
+    other["action"] = json!({"name": "PUT"});
+    other["page"] = json!({"limit": 2, "token": t});
+    let refused = post(addr, path, &other).await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(refused.body.contains("page.token"), "{}", refused.body);
+    // Action search pages the same way.
+    let a = post(
+        addr,
+        "/tenants/acme/access/v1/search/action",
+        &json!({"subject": {"type": "user", "id": "erin"}, "resource": {"type": "route", "id": "/experts/e-1"}, "page": {"limit": 1}}),
+    )
+    .await
+    .json();
+    assert_eq!(a["results"].as_array().unwrap().len(), 1);
+    assert_ne!(a["page"]["next_token"], "");
+    server.stop().await;
+}
