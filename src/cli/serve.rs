@@ -371,22 +371,14 @@ async fn serve(args: ServeArgs) -> Exit {
             };
             // TLS as on gRPC: the same certificate, key and client CA.
             let tls = config.tls.clone();
+            // Installed now, before anything is served (see shutdown::signal).
+            let stop = shutdown::signal();
             Some(AbortOnDrop(tokio::spawn(async move {
                 let served = match &tls {
                     Some(tls) => {
-                        crate::authzen::serve_tls(
-                            http_listener,
-                            svc,
-                            http_config,
-                            tls,
-                            shutdown::signal(),
-                        )
-                        .await
+                        crate::authzen::serve_tls(http_listener, svc, http_config, tls, stop).await
                     }
-                    None => {
-                        crate::authzen::serve(http_listener, svc, http_config, shutdown::signal())
-                            .await
-                    }
+                    None => crate::authzen::serve(http_listener, svc, http_config, stop).await,
                 };
                 if let Err(e) = served {
                     error!(cause = %e, "the AuthZEN HTTP listener failed");
@@ -395,7 +387,9 @@ async fn serve(args: ServeArgs) -> Exit {
         }
         None => None,
     };
-    match server::run(listener, cache, config, shutdown::signal()).await {
+    // The handlers are installed here, before `serving` is logged (see shutdown::signal).
+    let stop = shutdown::signal();
+    match server::run(listener, cache, config, stop).await {
         Ok(()) => Exit::Ok,
         Err(e) => {
             error!(cause = %e, "server failed");
