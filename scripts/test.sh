@@ -100,7 +100,7 @@ step "buf lint"
 
 step "manifests"
 cargo build --quiet --bin authzd
-AUTHZD="$root/target/debug/authzd" bash scripts/validate-manifests.sh
+AUTHZD="${CARGO_TARGET_DIR:-$root/target}/debug/authzd" bash scripts/validate-manifests.sh
 
 step "tests"
 if cargo nextest --version >/dev/null 2>&1; then
