@@ -215,6 +215,10 @@ pub struct LimitArgs {
     /// Most endpoint entries in one tenant's table (and in the table for all tenants).
     #[arg(long, env = "AUTHZ_MAX_ENDPOINTS_PER_TENANT", default_value_t = Limits::default().endpoints_per_tenant)]
     pub max_endpoints_per_tenant: u32,
+    /// Most include-closure entries in one tenant: the sum over its roles of the roles
+    /// each reaches through includes, itself included (built-in roles: the same).
+    #[arg(long, env = "AUTHZ_MAX_CLOSURE_ENTRIES", default_value_t = Limits::default().closure_entries_per_tenant)]
+    pub max_closure_entries: u64,
     /// Largest policy file, in bytes (checked before it is read).
     #[arg(long, env = "AUTHZ_MAX_POLICY_BYTES", default_value_t = Limits::default().document_bytes)]
     pub max_policy_bytes: u64,
@@ -229,6 +233,7 @@ impl LimitArgs {
             rules_per_role: self.max_rules_per_role,
             permissions_per_role: self.max_permissions_per_role,
             endpoints_per_tenant: self.max_endpoints_per_tenant,
+            closure_entries_per_tenant: self.max_closure_entries,
             document_bytes: self.max_policy_bytes,
         }
     }

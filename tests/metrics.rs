@@ -231,13 +231,29 @@ async fn raw_check<M: prost::Message + Send + Sync + 'static>(
     channel: tonic::transport::Channel,
     m: M,
 ) -> tonic::Status {
+    raw_call::<M, pb::CheckResponse>(channel, "/authz.v1.AuthorizationService/Check", m).await
+}
+
+/// Sends `m` to the method at `path`; the call must fail.
+async fn raw_call<M, R>(
+    channel: tonic::transport::Channel,
+    path: &'static str,
+    m: M,
+) -> tonic::Status
+where
+    M: prost::Message + Send + Sync + 'static,
+    R: prost::Message + Default + Send + Sync + 'static + std::fmt::Debug,
+{
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();
-    grpc.unary::<M, pb::CheckResponse, _>(
-        tonic::Request::new(m),
-        tonic::codegen::http::uri::PathAndQuery::from_static(
-            "/authz.v1.AuthorizationService/Check",
-        ),
+    let mut request = tonic::Request::new(m);
+    // The admin API authenticates before it decodes.
+    request
+        .metadata_mut()
+        .insert("authorization", "Bearer root-token".parse().unwrap());
+    grpc.unary::<M, R, _>(
+        request,
+        tonic::codegen::http::uri::PathAndQuery::from_static(path),
         tonic_prost::ProstCodec::default(),
     )
     .await
@@ -248,6 +264,18 @@ async fn raw_check<M: prost::Message + Send + Sync + 'static>(
 async fn undecodable_and_oversized_requests_get_client_codes_and_are_counted() {
     let mut config = ServerConfig::default();
     config.service.max_message_bytes = 4096;
+    // The admin API on a database that is never reached: refused requests never get
+    // to a handler.
+    config.admin = Some(authz::grpc::PolicyAdmin::new(
+        authz::store::admin::AdminStore::new(
+            authz::store::postgres::pool("postgres://nobody@127.0.0.1:1/none", 1).unwrap(),
+        ),
+        authz::grpc::auth::AdminTokens::parse(
+            &authz::grpc::auth::file_line("root-token", "*", None),
+            "tokens",
+        )
+        .unwrap(),
+    ));
     let server = TestServer::start_configured(&example("chat-api.yaml"), config, true).await;
 
     // Not UTF-8 in a string field: INVALID_ARGUMENT naming the field, not INTERNAL.
@@ -290,11 +318,57 @@ async fn undecodable_and_oversized_requests_get_client_codes_and_are_counted() {
             .allowed
     );
 
+    // LookupSubjects and the admin API are counted too (the admin API under "admin").
+    let s = raw_call::<_, pb::LookupSubjectsResponse>(
+        server.channel.clone(),
+        "/authz.v1.AuthorizationService/LookupSubjects",
+        RawCheck {
+            tenant_bytes: Some(vec![0xc3]),
+        },
+    )
+    .await;
+    assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+    let s = raw_call::<_, pb::CreateRoleResponse>(
+        server.channel.clone(),
+        "/authz.v1.PolicyAdminService/CreateRole",
+        RawCheck {
+            tenant_bytes: Some(vec![b'a', 0xff]),
+        },
+    )
+    .await;
+    assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+    assert!(
+        s.message().contains("CreateRoleRequest.tenant_id"),
+        "{}",
+        s.message()
+    );
+    let s = raw_call::<_, pb::CreateRoleResponse>(
+        server.channel.clone(),
+        "/authz.v1.PolicyAdminService/CreateRole",
+        RawCheck {
+            tenant_bytes: Some(vec![b'a'; 5000]),
+        },
+    )
+    .await;
+    assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
+
     let (_, _, text) = http_get(server.metrics_addr.unwrap(), "/metrics").await;
     for (series, want) in [
         (
             "authz_request_errors_total{rpc=\"check\",code=\"invalid_argument\"}",
             2.0,
+        ),
+        (
+            "authz_request_errors_total{rpc=\"lookup_subjects\",code=\"invalid_argument\"}",
+            1.0,
+        ),
+        (
+            "authz_request_errors_total{rpc=\"admin\",code=\"invalid_argument\"}",
+            1.0,
+        ),
+        (
+            "authz_request_errors_total{rpc=\"admin\",code=\"resource_exhausted\"}",
+            1.0,
         ),
         (
             "authz_request_errors_total{rpc=\"check\",code=\"resource_exhausted\"}",

@@ -37,12 +37,13 @@ use tokio_postgres::Client;
 const MIN_RULES: usize = 40;
 
 /// The limits of `authz_limits` and `policy::Limits`.
-const LIMITS: [&str; 5] = [
+const LIMITS: [&str; 6] = [
     "max_include_depth",
     "max_roles_per_tenant",
     "max_rules_per_role",
     "max_permissions_per_role",
     "max_endpoints_per_tenant",
+    "max_closure_entries",
 ];
 
 // ------------------------------------------------------------------- the rule list
@@ -547,18 +548,17 @@ async fn include_cycle_and_depth_checks_are_linear() {
         assert!(message.contains("include cycle `"), "{message}");
         assert_eq!(state(&c).await, before);
 
-        // A 5,000-role chain, depth 4,999, per tenant and for everything.
+        // A 5,000-role chain, depth 4,999, closed into a cycle: named by a linear walk.
         write(&mut c, "UPDATE authz_limits SET max_include_depth = 10000")
             .await
             .unwrap();
-        write(&mut c, &chain("chain", 5000)).await.unwrap();
-        c.batch_execute("SELECT authz_validate_tenant('chain'); SELECT authz_validate_tenant('')")
-            .await
-            .unwrap();
-        // Closed into a 5,000-role cycle.
+        let before = state(&c).await;
         let (at, message) = write(
             &mut c,
-            "INSERT INTO role_includes VALUES ('chain', 'c5000', 'c1', 1)",
+            &format!(
+                "{} INSERT INTO role_includes VALUES ('chain', 'c5000', 'c1', 1);",
+                chain("chain", 5000)
+            ),
         )
         .await
         .unwrap_err();
@@ -569,6 +569,22 @@ async fn include_cycle_and_depth_checks_are_linear() {
             "{}",
             &message[..message.len().min(300)]
         );
+        // The chain alone passes the depth limit, but its closures hold 12.5 million
+        // entries: refused by max_closure_entries, counting one entry past the limit.
+        let (at, message) = write(&mut c, &chain("chain", 5000)).await.unwrap_err();
+        assert_eq!(at, Refused::AtCommit);
+        assert!(
+            message.starts_with(
+                "tenant `chain`: the roles' include closures hold more than 1000000 entries"
+            ) && message.contains("max_closure_entries = 1000000"),
+            "{message}"
+        );
+        assert_eq!(state(&c).await, before);
+        // A 1,400-role chain (980,700 entries) commits, per tenant and for everything.
+        write(&mut c, &chain("chain", 1400)).await.unwrap();
+        c.batch_execute("SELECT authz_validate_tenant('chain'); SELECT authz_validate_tenant('')")
+            .await
+            .unwrap();
         db.drop_db().await;
     })
     .await;

@@ -24,7 +24,7 @@ use std::{
     fmt::Write as _,
 };
 
-use authz::policy::{PolicyDocument, compile, source::Format};
+use authz::policy::{Limits, PolicyDocument, compile, compile_with, source::Format};
 
 thread_local! {
     /// Bytes allocated by this thread so far (reallocations count their new size).
@@ -254,5 +254,45 @@ fn include_fan_out() {
             y
         },
         cost,
+    );
+}
+
+/// A hub including N roles, included by N roles: N² closure entries, quadratic in the
+/// document, unless `max_closure_entries` stops it. Refused at the cost of the limit
+/// (here 50,000 entries) plus what is linear in the roles, not at the cost of N².
+#[test]
+fn a_hub_over_the_closure_limit_is_refused_at_the_cost_of_the_limit() {
+    let limits = Limits {
+        closure_entries_per_tenant: 50_000,
+        ..Limits::default()
+    };
+    let refusal_cost = |yaml: &str| -> u64 {
+        let doc = PolicyDocument::parse(yaml, Format::Yaml, "p.yaml").unwrap();
+        let before = ALLOCATED.with(Cell::get);
+        let e = compile_with(&doc, "p.yaml", 1, limits).unwrap_err();
+        let after = ALLOCATED.with(Cell::get);
+        assert!(e.to_string().contains("max_closure_entries = 50000"), "{e}");
+        drop(doc);
+        after - before
+    };
+    linear(
+        "hub over the closure limit",
+        1000,
+        |n| {
+            let mut y = format!("{BASE}tenants:\n  - id: t\n    roles:\n");
+            for i in 0..n {
+                let _ = writeln!(y, "      - {{id: leaf{i}}}");
+            }
+            y.push_str("      - id: hub\n        includes: [");
+            for i in 0..n {
+                let _ = write!(y, "leaf{i}, ");
+            }
+            y.push_str("]\n");
+            for i in 0..n {
+                let _ = writeln!(y, "      - {{id: user{i}, includes: [hub]}}");
+            }
+            y
+        },
+        refusal_cost,
     );
 }

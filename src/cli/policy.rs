@@ -11,7 +11,7 @@ use super::{
 };
 use crate::{
     policy::{
-        PolicyDocument, compile,
+        Limits, PolicyDocument, compile,
         source::{Format, SourceError},
     },
     store::{
@@ -41,6 +41,9 @@ pub struct ApplyArgs {
     /// PostgreSQL URL, e.g. `postgres://user@host:5432/authz`.
     #[arg(long, env = "AUTHZ_DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
+    /// Largest policy file, in bytes: a larger one is refused (exit 65) before it is read.
+    #[arg(long, env = "AUTHZ_MAX_POLICY_BYTES", default_value_t = Limits::default().document_bytes)]
+    pub max_policy_bytes: u64,
 }
 
 /// Document formats `export` writes.
@@ -80,7 +83,7 @@ pub fn run(command: &PolicyCommand) -> Exit {
 
 fn apply(args: &ApplyArgs) -> Exit {
     let file = args.file.display().to_string();
-    let doc = match PolicyDocument::read(&args.file) {
+    let doc = match PolicyDocument::read_limited(&args.file, args.max_policy_bytes) {
         Ok(doc) => doc,
         Err(e) => {
             eprintln!("{e}");

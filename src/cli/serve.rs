@@ -14,7 +14,7 @@ use crate::{
     shutdown,
     store::{
         admin::AdminStore,
-        file::{AbortOnDrop, Reloader, load_with, spawn_reloader},
+        file::{AbortOnDrop, Reloader, load_settled, spawn_reloader},
         follow::{FollowConfig, Follower, spawn_follower},
         postgres,
     },
@@ -237,8 +237,9 @@ async fn serve(args: ServeArgs) -> Exit {
     }
     let _source = match (&args.policy, &args.database_url) {
         (Some(path), None) => {
-            // Load before binding: a bad policy never opens a port.
-            let (policy, text) = match load_with(path, 1, args.limits.limits()) {
+            // Load before binding: a bad policy never opens a port. Like every reload,
+            // only a file that reads the same twice, SETTLE apart, is served.
+            let (policy, text) = match load_settled(path, 1, args.limits.limits()).await {
                 Ok(p) => p,
                 Err(e) => {
                     error!(file = %path.display(), "cannot load the policy:\n{e}");

@@ -9,7 +9,8 @@
 //! Both are the client's fault, so INTERNAL (our fault: alerts, retries) and OUT_OF_RANGE
 //! (which the admin service's Watch uses for a pruned change log) were the wrong codes.
 //! They are counted in `authz_request_errors_total` (`invalid_argument`; the size limit
-//! as `resource_exhausted`) for the query and Envoy RPCs; admin RPCs have no metrics.
+//! as `resource_exhausted`): under their RPC for the query and Envoy RPCs, under
+//! `rpc="admin"` for the admin API's.
 //!
 //! tonic reports both by turning the status into a trailers-only response (the status in
 //! the response headers) before the generated server calls the handler, so they are
@@ -99,7 +100,7 @@ pin_project_lite::pin_project! {
     pub struct RescueFuture<F> {
         #[pin]
         inner: F,
-        counter: Option<(Metrics, Rpc)>,
+        counter: Option<(Metrics, Metered)>,
     }
 }
 
@@ -113,8 +114,10 @@ where
         let this = self.project();
         let mut response = std::task::ready!(this.inner.poll(cx))?;
         if let Some(status) = rescue(response.headers()) {
-            if let Some((metrics, rpc)) = this.counter.take() {
-                metrics.error(rpc, status.code());
+            match this.counter.take() {
+                Some((metrics, Metered::Rpc(rpc))) => metrics.error(rpc, status.code()),
+                Some((metrics, Metered::Admin)) => metrics.admin_error(status.code()),
+                None => {}
             }
             let headers = response.headers_mut();
             headers.remove("grpc-message");
@@ -156,15 +159,26 @@ pub fn rewrite(code: Code, message: &str) -> Option<Status> {
     }
 }
 
-/// The metered RPC a request path names.
-fn rpc_of(path: &str) -> Option<Rpc> {
-    match path {
-        "/authz.v1.AuthorizationService/Check" => Some(Rpc::Check),
-        "/authz.v1.AuthorizationService/BatchCheck" => Some(Rpc::BatchCheck),
-        "/authz.v1.AuthorizationService/ListPermissions" => Some(Rpc::ListPermissions),
-        "/envoy.service.auth.v3.Authorization/Check" => Some(Rpc::EnvoyCheck),
-        _ => None,
-    }
+/// Where a refusal is counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Metered {
+    /// Under its RPC.
+    Rpc(Rpc),
+    /// Under `rpc="admin"`: any method of the admin API.
+    Admin,
+}
+
+/// Where a request to `path` is counted; health and reflection are not.
+fn rpc_of(path: &str) -> Option<Metered> {
+    Some(Metered::Rpc(match path {
+        "/authz.v1.AuthorizationService/Check" => Rpc::Check,
+        "/authz.v1.AuthorizationService/BatchCheck" => Rpc::BatchCheck,
+        "/authz.v1.AuthorizationService/ListPermissions" => Rpc::ListPermissions,
+        "/authz.v1.AuthorizationService/LookupSubjects" => Rpc::LookupSubjects,
+        "/envoy.service.auth.v3.Authorization/Check" => Rpc::EnvoyCheck,
+        _ if path.starts_with("/authz.v1.PolicyAdminService/") => return Some(Metered::Admin),
+        _ => return None,
+    }))
 }
 
 #[cfg(test)]
@@ -198,14 +212,28 @@ mod tests {
 
     #[test]
     fn rpcs_are_named_by_path() {
+        for (path, want) in [
+            ("/authz.v1.AuthorizationService/Check", Rpc::Check),
+            ("/authz.v1.AuthorizationService/BatchCheck", Rpc::BatchCheck),
+            (
+                "/authz.v1.AuthorizationService/ListPermissions",
+                Rpc::ListPermissions,
+            ),
+            (
+                "/authz.v1.AuthorizationService/LookupSubjects",
+                Rpc::LookupSubjects,
+            ),
+            (
+                "/envoy.service.auth.v3.Authorization/Check",
+                Rpc::EnvoyCheck,
+            ),
+        ] {
+            assert_eq!(rpc_of(path), Some(Metered::Rpc(want)), "{path}");
+        }
         assert_eq!(
-            rpc_of("/authz.v1.AuthorizationService/Check"),
-            Some(Rpc::Check)
+            rpc_of("/authz.v1.PolicyAdminService/CreateRole"),
+            Some(Metered::Admin)
         );
-        assert_eq!(
-            rpc_of("/envoy.service.auth.v3.Authorization/Check"),
-            Some(Rpc::EnvoyCheck)
-        );
-        assert_eq!(rpc_of("/authz.v1.PolicyAdminService/CreateRole"), None);
+        assert_eq!(rpc_of("/grpc.health.v1.Health/Check"), None);
     }
 }

@@ -20,7 +20,8 @@
 //! | `process_*` | | | CPU seconds, resident and virtual memory, open and maximum fds, start time (Linux, from `/proc`; [`process`]) |
 //!
 //! `rpc`: `check`, `batch_check`, `list_permissions` and `lookup_subjects` (no decisions),
-//! `envoy_check`.
+//! `envoy_check`; in `authz_request_errors_total` also `admin`: admin API requests
+//! refused before their handler ran (they do not decode, or are over the size limit).
 //! `result`: `allowed` (reasons `granted`, `public`) or `denied` (the other reasons).
 //! `code`: the gRPC status code in snake case (`invalid_argument`, `unauthenticated`,
 //! `permission_denied`, `unavailable`, ...), every code but OK.
@@ -332,6 +333,9 @@ pub struct Metrics {
 struct Inner {
     registry: Registry,
     rpcs: ByRpc<RpcSeries>,
+    /// `authz_request_errors_total{rpc="admin"}`: admin requests refused before their
+    /// handler (they do not decode, or are over the size limit).
+    admin_errors: ByError<Counter>,
     db_connected: Arc<AtomicU8>,
     admin_api: Gauge,
 }
@@ -378,6 +382,17 @@ impl Metrics {
                 latency: latency.get_or_create(&rpc_labels).clone(),
                 in_flight: in_flight.get_or_create(&rpc_labels).clone(),
             }
+        });
+        let admin_errors = ByError::new(|code| {
+            if code == tonic::Code::Ok {
+                return Counter::default();
+            }
+            errors
+                .get_or_create(&ErrorLabels {
+                    rpc: "admin",
+                    code: code_label(code),
+                })
+                .clone()
         });
         registry.register(
             "authz_decisions",
@@ -428,6 +443,7 @@ impl Metrics {
             inner: Arc::new(Inner {
                 registry,
                 rpcs,
+                admin_errors,
                 db_connected,
                 admin_api,
             }),
@@ -455,6 +471,14 @@ impl Metrics {
     /// Counts a request (or BatchCheck item) answered with an error status.
     pub fn error(&self, rpc: Rpc, code: tonic::Code) {
         if let Some(counter) = self.inner.rpcs.get(rpc).errors.get(code) {
+            counter.inc();
+        }
+    }
+
+    /// Counts an admin request (`authz.v1.PolicyAdminService`) refused before its handler
+    /// ran: it does not decode, or is over the size limit ([`crate::grpc::rescue`]).
+    pub fn admin_error(&self, code: tonic::Code) {
+        if let Some(counter) = self.inner.admin_errors.get(code) {
             counter.inc();
         }
     }

@@ -38,6 +38,12 @@ pub struct Limits {
     pub permissions_per_role: u32,
     /// Most endpoint entries in one tenant's table; the global table likewise.
     pub endpoints_per_tenant: u32,
+    /// Most include-closure entries in one tenant: the sum, over its custom roles, of the
+    /// roles each reaches through `includes` (itself, its includes, theirs ..., built-in
+    /// roles too); the built-in roles are held to the same number. The depth limit bounds
+    /// a chain, not a fan-out (roles each including one hub of thousands): this bounds
+    /// the closures' memory (12 bytes an entry) and the time to compute them.
+    pub closure_entries_per_tenant: u64,
     /// Largest policy file read, in bytes (checked before reading it; a database's
     /// policy is bounded by the limits above, an ApplyPolicy document by the gRPC
     /// message limit).
@@ -52,6 +58,7 @@ impl Default for Limits {
             rules_per_role: 1_000,
             permissions_per_role: 1_000,
             endpoints_per_tenant: 10_000,
+            closure_entries_per_tenant: 1_000_000,
             document_bytes: 64 * 1024 * 1024,
         }
     }
@@ -501,6 +508,10 @@ impl Context {
         // Which role's closure last reached each role: one array for all closures, never
         // cleared, so computing them costs their sizes, not roles × roles.
         let mut seen_by: Vec<RoleIdx> = vec![RoleIdx::MAX; total];
+        // Entries of the closures computed so far; past the limit nothing more is built
+        // (one closure is at most all roles, so the work is bounded by limit + roles).
+        let mut closure_entries: u64 = 0;
+        let closure_limit = self.limits.closure_entries_per_tenant;
         for (i, r) in docs.iter().enumerate() {
             let me = base + i as RoleIdx;
             let loc = join(tenant_loc, &format!("role `{}`", r.id));
@@ -532,6 +543,22 @@ impl Context {
                         queue.push_back(closure.len() - 1);
                     }
                 }
+            }
+            closure_entries += closure.len() as u64;
+            if closure_entries > closure_limit {
+                self.problem(
+                    if tenant_loc.is_empty() {
+                        "built-in roles"
+                    } else {
+                        tenant_loc
+                    },
+                    format!(
+                        "the roles' include closures hold more than {closure_limit} entries, more than the limit max_closure_entries = {closure_limit} (each role counts itself and every role it reaches through includes; `{}` reaches {})",
+                        r.id,
+                        closure.len()
+                    ),
+                );
+                return Box::new([]);
             }
             let mut permissions: Vec<Box<str>> = Vec::new();
             for p in &r.permissions {

@@ -195,13 +195,40 @@ impl Format {
 }
 
 impl PolicyDocument {
-    /// Reads and parses a document from a file.
+    /// Reads and parses a document from a file of at most the default
+    /// [`super::Limits::document_bytes`] (64 MiB).
     pub fn read(path: &Path) -> Result<Self, SourceError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SourceError::Io {
-            file: path.display().to_string(),
+        Self::read_limited(path, super::Limits::default().document_bytes)
+    }
+
+    /// Reads and parses a document from a file of at most `limit` bytes: a larger file
+    /// is refused ([`SourceError::TooLarge`]) after a `stat`, before it is read, and a
+    /// file growing while it is read is cut off at `limit + 1` bytes and refused too.
+    pub fn read_limited(path: &Path, limit: u64) -> Result<Self, SourceError> {
+        use std::io::Read;
+        let file = path.display().to_string();
+        let io = |source| SourceError::Io {
+            file: file.clone(),
             source,
-        })?;
-        Self::parse(&text, Format::from_path(path), &path.display().to_string())
+        };
+        let too_large = |bytes: u64| SourceError::TooLarge {
+            file: file.clone(),
+            bytes,
+            limit,
+        };
+        let f = std::fs::File::open(path).map_err(io)?;
+        let bytes = f.metadata().map_err(io)?.len();
+        if bytes > limit {
+            return Err(too_large(bytes));
+        }
+        let mut text = String::new();
+        f.take(limit.saturating_add(1))
+            .read_to_string(&mut text)
+            .map_err(io)?;
+        if text.len() as u64 > limit {
+            return Err(too_large(text.len() as u64));
+        }
+        Self::parse(&text, Format::from_path(path), &file)
     }
 
     /// Parses a document; `file` names it in errors. A document nested deeper than

@@ -92,6 +92,68 @@ pub fn load_with(
     Ok((policy, text))
 }
 
+/// [`load_with`] for a server's first load: the file is read twice, [`SETTLE`] apart, and
+/// compiled only when both reads agree (content, size and modification time), so a file
+/// being rewritten in place while the server starts is not served half-written, exactly
+/// as the reloader does for later versions. A file still changing after
+/// [`MAX_UNSETTLED`] tries is refused ([`SourceError::Io`], "kept changing"). Costs one
+/// [`SETTLE`] wait (150 ms) of start-up.
+pub async fn load_settled(
+    path: &std::path::Path,
+    revision: u64,
+    limits: Limits,
+) -> Result<(Policy, String), LoadError> {
+    let file = path.display().to_string();
+    let mut tries = 0u32;
+    loop {
+        let first = read_version(path, limits.document_bytes)?;
+        tokio::time::sleep(SETTLE).await;
+        let second = read_version(path, limits.document_bytes)?;
+        if first == second {
+            let policy = compile_text(
+                &first.text,
+                &file,
+                Format::from_path(path),
+                revision,
+                limits,
+            )?;
+            return Ok((policy, first.text));
+        }
+        tries += 1;
+        if tries >= MAX_UNSETTLED {
+            return Err(SourceError::Io {
+                file,
+                source: std::io::Error::other(format!(
+                    "the file kept changing for {} reads {} ms apart; replace it atomically (write another file, then rename it over this one)",
+                    MAX_UNSETTLED * 2,
+                    SETTLE.as_millis()
+                )),
+            }
+            .into());
+        }
+        debug!(file = %file, "the policy file is changing; waiting for it to settle");
+    }
+}
+
+/// One read of a policy file with its size and modification time, refused over `limit`
+/// bytes before it is read.
+fn read_version(path: &std::path::Path, limit: u64) -> Result<Version, SourceError> {
+    let file = path.display().to_string();
+    let io = |source| SourceError::Io {
+        file: file.clone(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    too_large(&file, meta.len(), limit)?;
+    let text = std::fs::read_to_string(path).map_err(io)?;
+    too_large(&file, text.len() as u64, limit)?;
+    Ok(Version {
+        len: meta.len(),
+        modified: meta.modified().ok(),
+        text,
+    })
+}
+
 /// Refuses a policy file of `bytes` over `limit`.
 fn too_large(file: &str, bytes: u64, limit: u64) -> Result<(), SourceError> {
     if bytes > limit {
@@ -492,6 +554,59 @@ mod tests {
             2,
             "one settle wait per changed read"
         );
+    }
+
+    /// The first load, while a writer rewrites the file in place: the half-written
+    /// prefix (which compiles, and lets `bob` in) is never what the server starts with.
+    /// Paused time: the writer's second write lands during the first settle wait.
+    #[tokio::test(start_paused = true)]
+    async fn the_first_load_waits_for_a_file_rewritten_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.yaml");
+        let (prefix, rest) = FULL.split_at(FULL.rfind("        disabled").unwrap());
+        assert!(compile_text(prefix, "p", Format::Yaml, 1, Limits::default()).is_ok());
+        std::fs::write(&path, prefix).unwrap();
+        let writer = {
+            let (path, rest) = (path.clone(), rest.to_owned());
+            tokio::spawn(async move {
+                tokio::time::sleep(SETTLE / 3).await;
+                use std::io::Write as _;
+                let mut f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .unwrap();
+                f.write_all(rest.as_bytes()).unwrap();
+            })
+        };
+        let (policy, text) = load_settled(&path, 1, Limits::default()).await.unwrap();
+        writer.await.unwrap();
+        assert_eq!(text, FULL, "the whole file, not the prefix");
+        let cache = Cache::new();
+        cache.replace_all(policy, 1);
+        assert_eq!(reason(&cache, "bob"), Reason::SubjectDisabled);
+    }
+
+    /// A file that never stops changing is refused, after a bounded number of reads.
+    #[tokio::test(start_paused = true)]
+    async fn the_first_load_refuses_a_file_that_keeps_changing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.yaml");
+        std::fs::write(&path, FULL).unwrap();
+        let writer = {
+            let path = path.clone();
+            tokio::spawn(async move {
+                for i in 0u64.. {
+                    tokio::time::sleep(SETTLE / 2).await;
+                    std::fs::write(&path, format!("{FULL}# {i}\n")).unwrap();
+                }
+            })
+        };
+        let e = load_settled(&path, 1, Limits::default())
+            .await
+            .unwrap_err()
+            .to_string();
+        writer.abort();
+        assert!(e.contains("kept changing"), "{e}");
     }
 
     #[tokio::test]

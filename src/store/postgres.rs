@@ -324,28 +324,27 @@ pub async fn read_limits(
     if !exists {
         return Ok(d);
     }
-    let Some(row) = tx
-        .query_opt(
-            "SELECT max_include_depth, max_roles_per_tenant, max_rules_per_role,
-                    max_permissions_per_role, max_endpoints_per_tenant FROM authz_limits",
-            &[],
-        )
-        .await?
-    else {
+    // By name: a column a newer migration adds is read when it exists.
+    let Some(row) = tx.query_opt("SELECT * FROM authz_limits", &[]).await? else {
         return Ok(d);
     };
-    let get = |i: usize, default: u32| -> u32 {
-        row.try_get::<_, i32>(i)
+    let get = |name: &str, default: u32| -> u32 {
+        row.try_get::<_, i32>(name)
             .ok()
             .and_then(|v| u32::try_from(v).ok())
             .unwrap_or(default)
     };
     Ok(crate::policy::Limits {
-        include_depth: get(0, d.include_depth),
-        roles_per_tenant: get(1, d.roles_per_tenant),
-        rules_per_role: get(2, d.rules_per_role),
-        permissions_per_role: get(3, d.permissions_per_role),
-        endpoints_per_tenant: get(4, d.endpoints_per_tenant),
+        include_depth: get("max_include_depth", d.include_depth),
+        roles_per_tenant: get("max_roles_per_tenant", d.roles_per_tenant),
+        rules_per_role: get("max_rules_per_role", d.rules_per_role),
+        permissions_per_role: get("max_permissions_per_role", d.permissions_per_role),
+        endpoints_per_tenant: get("max_endpoints_per_tenant", d.endpoints_per_tenant),
+        closure_entries_per_tenant: row
+            .try_get::<_, i64>("max_closure_entries")
+            .ok()
+            .and_then(|v| u64::try_from(v).ok())
+            .unwrap_or(d.closure_entries_per_tenant),
         document_bytes: d.document_bytes,
     })
 }
