@@ -10,6 +10,10 @@
 //! callgrind_annotate --inclusive=yes cg.out | grep 'callgrind_service::run_'
 //! ```
 //!
+//! With `AUTHZ_CALLGRIND_TELEMETRY=serve` the process first installs the subscriber
+//! `authzd serve` installs with tracing off, so the two counts give the cost of the
+//! disabled spans (docs/benchmarks.md, "Tracing off").
+//!
 //! `N` Checks (default 20,000) and `B` BatchChecks of 1,000 items (default 20) run, each
 //! kind in its own never-inlined `run_*` function; inclusive cost / N is instructions per
 //! Check, / (B × 1000) per batch decision. The policy is `examples/policies/chat-api.yaml`
@@ -125,6 +129,10 @@ fn run_batch_decisions(rt: &tokio::runtime::Runtime, svc: &AuthzService, n: usiz
 }
 
 fn main() {
+    // `serve`: the subscriber `authzd serve` installs without --otlp-endpoint (logging at
+    // info, tracing off), to count what the disabled spans cost; default: none at all.
+    let _telemetry = (std::env::var("AUTHZ_CALLGRIND_TELEMETRY").as_deref() == Ok("serve"))
+        .then(|| authz::telemetry::init(authz::telemetry::LogFormat::Text, None, 1.0));
     let mut args = std::env::args().skip(1);
     let n: usize = args.next().map_or(20_000, |a| a.parse().expect("N"));
     let b: usize = args.next().map_or(20, |a| a.parse().expect("B"));

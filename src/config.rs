@@ -19,6 +19,10 @@ pub struct Cli {
     /// e.g. `http://otel-collector:4317` (off unless set).
     #[arg(long, global = true, env = "AUTHZ_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+    /// OpenTelemetry: the share of new traces kept, 0 to 1. A request carrying W3C
+    /// `traceparent` metadata is traced as its caller decided (parent-based sampling).
+    #[arg(long, global = true, env = "AUTHZ_OTLP_SAMPLING_RATIO", default_value_t = crate::telemetry::DEFAULT_SAMPLING_RATIO, value_parser = sampling_ratio)]
+    pub otlp_sampling_ratio: f64,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -295,6 +299,14 @@ pub struct ListArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
+}
+
+/// Parses a sampling ratio: a number from 0 to 1.
+fn sampling_ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("`{s}` is not a number from 0 to 1")),
+    }
 }
 
 #[cfg(test)]

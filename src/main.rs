@@ -22,7 +22,11 @@ fn main() -> Exit {
         }
     };
     // Dropped when main returns: the last spans are flushed then.
-    let _telemetry = telemetry::init(cli.log_format, cli.otlp_endpoint.as_deref());
+    let _telemetry = telemetry::init(
+        cli.log_format,
+        cli.otlp_endpoint.as_deref(),
+        cli.otlp_sampling_ratio,
+    );
     match cli.command {
         Command::Serve(args) => cli::serve::run(*args),
         Command::Validate(args) => cli::validate::run(&args),

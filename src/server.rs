@@ -145,6 +145,10 @@ pub async fn run(
             .max_connection_age_grace(config.shutdown_grace);
     }
     let router = builder
+        // With OpenTelemetry on: a span per request, in the caller's trace.
+        .layer(crate::grpc::trace::TraceLayer::new(
+            crate::telemetry::tracing_on(),
+        ))
         // Undecodable and oversized requests: INVALID_ARGUMENT and RESOURCE_EXHAUSTED,
         // not tonic's INTERNAL and OUT_OF_RANGE.
         .layer(crate::grpc::rescue::RescueLayer::new(

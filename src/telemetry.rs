@@ -5,6 +5,14 @@
 //!
 //! The two have separate filters: `RUST_LOG` decides what is logged, not what is traced,
 //! so the handlers' spans cost nothing unless tracing (or debug logging) is on.
+//!
+//! With tracing on, every gRPC request gets a server span that joins the caller's trace
+//! through W3C Trace Context metadata ([`crate::grpc::trace`]); the handler spans below
+//! it carry `tenant`, and for a decision `allowed` and `reason` ([`record_decision`]).
+//! `--otlp-sampling-ratio` (0 to 1, default 1) keeps that share of new traces; a trace
+//! the caller sampled (or not) is followed as the caller decided.
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use tracing::Level;
 use tracing_subscriber::{
@@ -38,9 +46,41 @@ impl Drop for Telemetry {
     }
 }
 
-/// Installs the global subscriber; with `otlp_endpoint`, also the span exporter. Safe to
-/// call more than once (later calls do nothing).
-pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Telemetry {
+/// Whether spans are exported (set once by [`init`]): the request path records span
+/// attributes only then, so with tracing off it pays one relaxed load.
+static TRACING: AtomicBool = AtomicBool::new(false);
+
+/// Whether OpenTelemetry tracing is on in this process.
+pub fn tracing_on() -> bool {
+    TRACING.load(Relaxed)
+}
+
+/// Records a request's tenant on the current span (a handler's), when tracing is on.
+#[inline]
+pub fn record_tenant(tenant: &str) {
+    if tracing_on() {
+        tracing::Span::current().record("tenant", tenant);
+    }
+}
+
+/// Records a decision on the current span (a handler's), when tracing is on: `allowed`
+/// and `reason` (`granted`, `no_grant`, ... as in SPEC and `x-authz-reason`).
+#[inline]
+pub fn record_decision(e: &crate::policy::Explanation) {
+    if tracing_on() {
+        let span = tracing::Span::current();
+        span.record("allowed", e.allowed);
+        span.record("reason", e.reason.as_str());
+    }
+}
+
+/// The default share of new traces kept (`--otlp-sampling-ratio`).
+pub const DEFAULT_SAMPLING_RATIO: f64 = 1.0;
+
+/// Installs the global subscriber; with `otlp_endpoint`, also the span exporter, keeping
+/// `sampling_ratio` (0 to 1; clamped) of the traces that do not come with a caller's
+/// sampling decision. Safe to call more than once (later calls do nothing).
+pub fn init(format: LogFormat, otlp_endpoint: Option<&str>, sampling_ratio: f64) -> Telemetry {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colour codes only for a person at a terminal, not for log collectors.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -51,7 +91,7 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Telemetry {
         LogFormat::Text => fmt.boxed(),
         LogFormat::Json => fmt.json().flatten_event(true).boxed(),
     };
-    let (otel, error, tracer) = match otlp_endpoint.map(tracer_provider) {
+    let (otel, error, tracer) = match otlp_endpoint.map(|e| tracer_provider(e, sampling_ratio)) {
         None => (None, None, None),
         Some(Ok(provider)) => {
             use opentelemetry::trace::TracerProvider as _;
@@ -62,14 +102,19 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Telemetry {
         }
         Some(Err(e)) => (None, Some(e), None),
     };
-    let _ = tracing_subscriber::registry()
+    let on = otel.is_some();
+    let installed = tracing_subscriber::registry()
         .with(fmt.with_filter(filter))
         .with(otel)
-        .try_init();
+        .try_init()
+        .is_ok();
+    if installed && on {
+        TRACING.store(true, Relaxed);
+    }
     if let Some(e) = error {
         tracing::error!(cause = %e, "cannot set up OpenTelemetry tracing; not tracing");
     } else if let Some(endpoint) = otlp_endpoint {
-        tracing::info!(endpoint, "OpenTelemetry tracing on");
+        tracing::info!(endpoint, sampling_ratio, "OpenTelemetry tracing on");
     }
     Telemetry { tracer }
 }
@@ -78,8 +123,12 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Telemetry {
 /// for its connection: the exporter gets a small one of its own on a background thread,
 /// so it works for every command and outlives the server's runtime (spans are flushed
 /// when [`Telemetry`] drops, after serving ended).
-fn tracer_provider(endpoint: &str) -> Result<opentelemetry_sdk::trace::SdkTracerProvider, String> {
+fn tracer_provider(
+    endpoint: &str,
+    sampling_ratio: f64,
+) -> Result<opentelemetry_sdk::trace::SdkTracerProvider, String> {
     use opentelemetry_otlp::WithExportConfig as _;
+    use opentelemetry_sdk::trace::Sampler;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("otlp-export".into())
@@ -107,6 +156,10 @@ fn tracer_provider(endpoint: &str) -> Result<opentelemetry_sdk::trace::SdkTracer
         .map_err(|e| e.to_string())?;
     Ok(opentelemetry_sdk::trace::SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
+        // W3C Trace Context's sampled flag decides for a request that carries one.
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            sampling_ratio.clamp(0.0, 1.0),
+        ))))
         .with_resource(
             opentelemetry_sdk::Resource::builder()
                 .with_service_name("authzd")

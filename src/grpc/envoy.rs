@@ -239,12 +239,21 @@ impl EnvoyAuthzService {
 
 #[tonic::async_trait]
 impl Authorization for EnvoyAuthzService {
+    #[tracing::instrument(
+        level = "debug",
+        name = "envoy.service.auth.v3.Authorization/Check",
+        skip_all,
+        fields(allowed = tracing::field::Empty, reason = tracing::field::Empty)
+    )]
     async fn check(
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
         let _in_flight = self.metrics.as_ref().map(|m| m.start(Rpc::EnvoyCheck));
         let outcome = self.decide(request.get_ref());
+        if let Ok(e) = &outcome {
+            crate::telemetry::record_decision(e);
+        }
         self.record(&outcome);
         Ok(Response::new(to_response(outcome)))
     }

@@ -11,6 +11,7 @@ pub mod envoy;
 pub mod rescue;
 pub mod service;
 pub mod status;
+pub mod trace;
 
 pub use admin::PolicyAdmin;
 pub use envoy::{EnvoyAuthzService, EnvoyConfig};

@@ -166,7 +166,8 @@ impl pb::authorization_service_server::AuthorizationService for AuthzService {
     #[tracing::instrument(
         level = "debug",
         name = "authz.v1.AuthorizationService/Check",
-        skip_all
+        skip_all,
+        fields(tenant = tracing::field::Empty, allowed = tracing::field::Empty, reason = tracing::field::Empty)
     )]
     async fn check(
         &self,
@@ -181,7 +182,8 @@ impl pb::authorization_service_server::AuthorizationService for AuthzService {
     #[tracing::instrument(
         level = "debug",
         name = "authz.v1.AuthorizationService/BatchCheck",
-        skip_all
+        skip_all,
+        fields(tenant = tracing::field::Empty)
     )]
     async fn batch_check(
         &self,
@@ -198,7 +200,8 @@ impl pb::authorization_service_server::AuthorizationService for AuthzService {
     #[tracing::instrument(
         level = "debug",
         name = "authz.v1.AuthorizationService/ListPermissions",
-        skip_all
+        skip_all,
+        fields(tenant = tracing::field::Empty)
     )]
     async fn list_permissions(
         &self,
@@ -211,6 +214,12 @@ impl pb::authorization_service_server::AuthorizationService for AuthzService {
             .map(Response::new)
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        name = "authz.v1.AuthorizationService/LookupSubjects",
+        skip_all,
+        fields(tenant = tracing::field::Empty)
+    )]
     async fn lookup_subjects(
         &self,
         request: Request<pb::LookupSubjectsRequest>,
@@ -269,6 +278,7 @@ impl AuthzService {
         req: pb::CheckRequest,
     ) -> Result<pb::CheckResponse, Status> {
         let (tenant, query) = convert::check_request(&req, None, "", "")?;
+        crate::telemetry::record_tenant(tenant);
         if let Some(refused) = refusal(caller, tenant) {
             return Err(refused.into());
         }
@@ -276,6 +286,7 @@ impl AuthzService {
         let resolved = self.resolve(tenant, req.min_revision)?;
         let explanation = explain_on(&resolved, tenant, &query);
         self.count_decision(Rpc::Check, &explanation);
+        crate::telemetry::record_decision(&explanation);
         Ok(convert::explanation_to_pb(explanation))
     }
 
@@ -441,6 +452,7 @@ impl AuthzService {
         req: pb::LookupSubjectsRequest,
     ) -> Result<pb::LookupSubjectsResponse, Status> {
         let l = convert::lookup_request(&req)?;
+        crate::telemetry::record_tenant(l.tenant);
         if let Some(refused) = refusal(caller, l.tenant) {
             return Err(refused.into());
         }
@@ -487,6 +499,7 @@ impl AuthzService {
         req: pb::ListPermissionsRequest,
     ) -> Result<pb::ListPermissionsResponse, Status> {
         let (tenant, subject, scope) = convert::list_request(&req)?;
+        crate::telemetry::record_tenant(tenant);
         if let Some(refused) = refusal(caller, tenant) {
             return Err(refused.into());
         }
