@@ -128,6 +128,58 @@ fn run_batch_decisions(rt: &tokio::runtime::Runtime, svc: &AuthzService, n: usiz
     run_batch(rt, svc, &batch_items(pb::Detail::Decision as i32), n)
 }
 
+/// A service that does nothing, to count what [`authz::grpc::trace::TraceLayer`] adds
+/// around a request with tracing off.
+#[derive(Clone, Copy)]
+struct Nop;
+
+impl tonic::codegen::Service<tonic::codegen::http::Request<()>> for Nop {
+    type Response = usize;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<usize, std::convert::Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: tonic::codegen::http::Request<()>) -> Self::Future {
+        std::future::ready(Ok(req.uri().path().len()))
+    }
+}
+
+/// `n` requests through `svc` (the bare [`Nop`], or it inside the trace layer).
+#[inline(never)]
+fn run_requests<S>(rt: &tokio::runtime::Runtime, mut svc: S, n: usize) -> usize
+where
+    S: tonic::codegen::Service<tonic::codegen::http::Request<()>, Response = usize>,
+    S::Error: std::fmt::Debug,
+{
+    let mut total = 0;
+    for _ in 0..n {
+        let req = tonic::codegen::http::Request::builder()
+            .uri("/authz.v1.AuthorizationService/Check")
+            .body(())
+            .unwrap();
+        total += rt.block_on(svc.call(black_box(req))).unwrap();
+    }
+    total
+}
+
+#[inline(never)]
+fn run_layer_bare(rt: &tokio::runtime::Runtime, n: usize) -> usize {
+    run_requests(rt, Nop, n)
+}
+
+#[inline(never)]
+fn run_layer_off(rt: &tokio::runtime::Runtime, n: usize) -> usize {
+    use tower_layer::Layer as _;
+    let layer = authz::grpc::trace::TraceLayer::new(authz::telemetry::tracing_on());
+    run_requests(rt, layer.layer(Nop), n)
+}
+
 fn main() {
     // `serve`: the subscriber `authzd serve` installs without --otlp-endpoint (logging at
     // info, tracing off), to count what the disabled spans cost; default: none at all.
@@ -147,6 +199,8 @@ fn main() {
         .unwrap();
     let results = [
         ("check", run_check(&rt, &svc, n)),
+        ("requests, bare", run_layer_bare(&rt, n)),
+        ("requests, trace layer (tracing off)", run_layer_off(&rt, n)),
         ("batch 1000 (full)", run_batch_full(&rt, &svc, b)),
         ("batch 1000 (decisions)", run_batch_decisions(&rt, &svc, b)),
         (
