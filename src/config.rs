@@ -17,7 +17,9 @@ pub struct Cli {
     pub log_format: LogFormat,
     /// OpenTelemetry: export the gRPC handlers' spans over OTLP/gRPC to this collector,
     /// e.g. `http://otel-collector:4317` (off unless set).
-    #[arg(long, global = true, env = "AUTHZ_OTLP_ENDPOINT")]
+    /// Only `http://` (the OTLP exporter is built without TLS: run a collector next to
+    /// authzd, or in the cluster, and let it forward over TLS); empty means off.
+    #[arg(long, global = true, env = "AUTHZ_OTLP_ENDPOINT", value_parser = otlp_endpoint)]
     pub otlp_endpoint: Option<String>,
     /// OpenTelemetry: the share of new traces kept, 0 to 1. A request carrying W3C
     /// `traceparent` metadata is traced as its caller decided (parent-based sampling).
@@ -219,10 +221,11 @@ pub struct LimitArgs {
     /// Most endpoint entries in one tenant's table (and in the table for all tenants).
     #[arg(long, env = "AUTHZ_MAX_ENDPOINTS_PER_TENANT", default_value_t = Limits::default().endpoints_per_tenant)]
     pub max_endpoints_per_tenant: u32,
-    /// Most include-closure entries in one tenant: the sum over its roles of the roles
-    /// each reaches through includes, itself included (built-in roles: the same).
-    #[arg(long, env = "AUTHZ_MAX_CLOSURE_ENTRIES", default_value_t = Limits::default().closure_entries_per_tenant)]
-    pub max_closure_entries: u64,
+    /// Largest cost of one tenant's include closures: every role each role reaches
+    /// through includes (itself too) costs 1 plus its own includes (built-in roles: the
+    /// same limit).
+    #[arg(long, env = "AUTHZ_MAX_CLOSURE_COST", default_value_t = Limits::default().closure_cost_per_tenant)]
+    pub max_closure_cost: u64,
     /// Largest policy file, in bytes (checked before it is read).
     #[arg(long, env = "AUTHZ_MAX_POLICY_BYTES", default_value_t = Limits::default().document_bytes)]
     pub max_policy_bytes: u64,
@@ -237,7 +240,7 @@ impl LimitArgs {
             rules_per_role: self.max_rules_per_role,
             permissions_per_role: self.max_permissions_per_role,
             endpoints_per_tenant: self.max_endpoints_per_tenant,
-            closure_entries_per_tenant: self.max_closure_entries,
+            closure_cost_per_tenant: self.max_closure_cost,
             document_bytes: self.max_policy_bytes,
         }
     }
@@ -299,6 +302,26 @@ pub struct ListArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
+}
+
+/// Parses an OTLP collector endpoint: `http://host:port` (a path is allowed), or empty
+/// for off.
+fn otlp_endpoint(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Ok(String::new());
+    }
+    let uri: tonic::codegen::http::Uri =
+        s.parse().map_err(|e| format!("`{s}` is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") if uri.host().is_some_and(|h| !h.is_empty()) => Ok(s.to_owned()),
+        Some("http") => Err(format!("`{s}` names no host")),
+        Some("https") => Err(format!(
+            "`{s}`: https collectors are not supported (the exporter is built without TLS); \
+             use http:// to a collector next to authzd or in the cluster"
+        )),
+        Some(other) => Err(format!("`{s}`: the scheme must be http, not {other}")),
+        None => Err(format!("`{s}` has no scheme; write http://{s}")),
+    }
 }
 
 /// Parses a sampling ratio: a number from 0 to 1.

@@ -24,7 +24,7 @@ fn main() -> Exit {
     // Dropped when main returns: the last spans are flushed then.
     let _telemetry = telemetry::init(
         cli.log_format,
-        cli.otlp_endpoint.as_deref(),
+        cli.otlp_endpoint.as_deref().filter(|e| !e.is_empty()),
         cli.otlp_sampling_ratio,
     );
     match cli.command {

@@ -6,6 +6,10 @@
 //! The two have separate filters: `RUST_LOG` decides what is logged, not what is traced,
 //! so the handlers' spans cost nothing unless tracing (or debug logging) is on.
 //!
+//! A failed export is logged (opentelemetry's own WARN and ERROR lines, one per failed
+//! batch, targets `opentelemetry-otlp` and `opentelemetry_sdk`); spans are lost, requests
+//! never wait for the collector.
+//!
 //! With tracing on, every gRPC request gets a server span that joins the caller's trace
 //! through W3C Trace Context metadata ([`crate::grpc::trace`]); the handler spans below
 //! it carry `tenant`, and for a decision `allowed` and `reason` ([`record_decision`]).
@@ -41,7 +45,8 @@ impl Drop for Telemetry {
         if let Some(provider) = self.tracer.take()
             && let Err(e) = provider.shutdown()
         {
-            eprintln!("warning: cannot flush the last spans: {e}");
+            // Through the subscriber (still installed), so JSON logs stay JSON.
+            tracing::warn!(cause = %e, "cannot flush the last spans; they are lost");
         }
     }
 }

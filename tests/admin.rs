@@ -673,6 +673,42 @@ async fn invalid_inputs_are_refused_naming_the_field() {
     env.stop().await;
 }
 
+/// ApplyPolicy holds a document to the database's limits (authz_limits), not to the
+/// compiled-in defaults: a raised limit admits it, the default refuses it.
+#[tokio::test]
+async fn apply_policy_is_held_to_the_databases_limits() {
+    let env = Env::start("admin_db_limits").await;
+    let mut admin = env.admin();
+    // A chain of 35 custom roles: depth 34, over the default 32.
+    let mut doc = String::from("version: 1\ntenants:\n  - id: globex\n    roles:\n");
+    for i in 0..35 {
+        if i + 1 < 35 {
+            doc.push_str(&format!("      - {{id: c{i}, includes: [c{}]}}\n", i + 1));
+        } else {
+            doc.push_str(&format!("      - {{id: c{i}}}\n"));
+        }
+    }
+    let apply = |doc: &str| {
+        root(pb::ApplyPolicyRequest {
+            document: doc.to_owned(),
+            format: pb::DocumentFormat::Yaml as i32,
+        })
+    };
+    assert_code(
+        admin.apply_policy(apply(&doc)).await,
+        Code::InvalidArgument,
+        "max_include_depth = 32",
+    );
+    env.db
+        .client()
+        .await
+        .batch_execute("UPDATE authz_limits SET max_include_depth = 40")
+        .await
+        .unwrap();
+    admin.apply_policy(apply(&doc)).await.unwrap();
+    env.stop().await;
+}
+
 #[tokio::test]
 async fn conflicts_missing_rows_and_refused_references() {
     let env = Env::start("admin_conflicts").await;

@@ -43,7 +43,7 @@ const LIMITS: [&str; 6] = [
     "max_rules_per_role",
     "max_permissions_per_role",
     "max_endpoints_per_tenant",
-    "max_closure_entries",
+    "max_closure_cost",
 ];
 
 // ------------------------------------------------------------------- the rule list
@@ -569,18 +569,20 @@ async fn include_cycle_and_depth_checks_are_linear() {
             "{}",
             &message[..message.len().min(300)]
         );
-        // The chain alone passes the depth limit, but its closures hold 12.5 million
-        // entries: refused by max_closure_entries, counting one entry past the limit.
+        // The chain alone passes the depth limit, but its closures cost 25 million (12.5
+        // million entries, each with its one include): refused by max_closure_cost,
+        // counting one unit past the limit.
         let (at, message) = write(&mut c, &chain("chain", 5000)).await.unwrap_err();
         assert_eq!(at, Refused::AtCommit);
         assert!(
-            message.starts_with(
-                "tenant `chain`: the roles' include closures hold more than 1000000 entries"
-            ) && message.contains("max_closure_entries = 1000000"),
+            message
+                .starts_with("tenant `chain`: the roles' include closures cost more than 2000000")
+                && message.contains("max_closure_cost = 2000000"),
             "{message}"
         );
         assert_eq!(state(&c).await, before);
-        // A 1,400-role chain (980,700 entries) commits, per tenant and for everything.
+        // A 1,400-role chain (980,700 entries, cost 1,960,000) commits, per tenant and
+        // for everything.
         write(&mut c, &chain("chain", 1400)).await.unwrap();
         c.batch_execute("SELECT authz_validate_tenant('chain'); SELECT authz_validate_tenant('')")
             .await

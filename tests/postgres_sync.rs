@@ -423,6 +423,44 @@ async fn an_invalid_document_is_refused_before_any_write() {
     .await;
 }
 
+/// `policy apply` holds a document to the database's limits (authz_limits), not to the
+/// compiled-in defaults: the CLI leaves a document over the default limits only to the
+/// database's, and the library compiles against them.
+#[tokio::test]
+async fn a_document_is_held_to_the_databases_limits() {
+    bounded(async {
+        let (db, _guard) = test_db("sync_db_limits").await;
+        let mut c = client(&db).await;
+        // A chain of 35 roles: depth 34, over the default 32.
+        let mut text = String::from("version: 1\ntenants:\n  - id: acme\n    roles:\n");
+        for i in 0..35 {
+            if i + 1 < 35 {
+                text.push_str(&format!("      - {{id: c{i}, includes: [c{}]}}\n", i + 1));
+            } else {
+                text.push_str(&format!("      - {{id: c{i}}}\n"));
+            }
+        }
+        let err = apply(&mut c, &parse(&text), "chain.yaml")
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("max_include_depth = 32"), "{err}");
+        c.batch_execute("UPDATE authz_limits SET max_include_depth = 40")
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("chain.yaml");
+        std::fs::write(&file, &text).unwrap();
+        let o = authzd(
+            &["policy", "apply", file.to_str().unwrap()],
+            Some(db.url.as_str()),
+        )
+        .await;
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        db.drop_db().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn the_database_refusal_carries_its_message() {
     bounded(async {

@@ -258,12 +258,12 @@ fn include_fan_out() {
 }
 
 /// A hub including N roles, included by N roles: N² closure entries, quadratic in the
-/// document, unless `max_closure_entries` stops it. Refused at the cost of the limit
-/// (here 50,000 entries) plus what is linear in the roles, not at the cost of N².
+/// document, unless `max_closure_cost` stops it. Refused at the cost of the limit
+/// (here 50,000) plus what is linear in the roles, not at the cost of N².
 #[test]
 fn a_hub_over_the_closure_limit_is_refused_at_the_cost_of_the_limit() {
     let limits = Limits {
-        closure_entries_per_tenant: 50_000,
+        closure_cost_per_tenant: 50_000,
         ..Limits::default()
     };
     let refusal_cost = |yaml: &str| -> u64 {
@@ -271,7 +271,7 @@ fn a_hub_over_the_closure_limit_is_refused_at_the_cost_of_the_limit() {
         let before = ALLOCATED.with(Cell::get);
         let e = compile_with(&doc, "p.yaml", 1, limits).unwrap_err();
         let after = ALLOCATED.with(Cell::get);
-        assert!(e.to_string().contains("max_closure_entries = 50000"), "{e}");
+        assert!(e.to_string().contains("max_closure_cost = 50000"), "{e}");
         drop(doc);
         after - before
     };
@@ -294,5 +294,51 @@ fn a_hub_over_the_closure_limit_is_refused_at_the_cost_of_the_limit() {
             y
         },
         refusal_cost,
+    );
+}
+
+/// Three layers of N roles, each including every role of the next: 2N² includes, and
+/// N³ units of closure work (each top role follows every include of the middle layer),
+/// super-linear in the document unless `max_closure_cost` stops it: refused at the cost
+/// of the limit plus what is linear in the includes.
+#[test]
+fn a_dense_include_graph_over_the_closure_limit_is_refused_at_the_cost_of_the_limit() {
+    let limits = Limits {
+        closure_cost_per_tenant: 50_000,
+        ..Limits::default()
+    };
+    let refusal_cost = |yaml: &str| -> u64 {
+        let doc = PolicyDocument::parse(yaml, Format::Yaml, "p.yaml").unwrap();
+        let before = ALLOCATED.with(Cell::get);
+        let e = compile_with(&doc, "p.yaml", 1, limits).unwrap_err();
+        let after = ALLOCATED.with(Cell::get);
+        assert!(e.to_string().contains("max_closure_cost = 50000"), "{e}");
+        drop(doc);
+        after - before
+    };
+    // 4x the includes: 2x the roles per layer.
+    let make = |n: usize| {
+        let mut y = format!("{BASE}tenants:\n  - id: t\n    roles:\n");
+        for layer in 0..3 {
+            for i in 0..n {
+                let _ = write!(y, "      - {{id: l{layer}_{i}, includes: [");
+                if layer < 2 {
+                    for j in 0..n {
+                        let _ = write!(y, "l{}_{j}, ", layer + 1);
+                    }
+                }
+                y.push_str("]}\n");
+            }
+        }
+        y
+    };
+    refusal_cost(&make(60));
+    let small = refusal_cost(&make(60));
+    let large = refusal_cost(&make(120));
+    let ratio = large as f64 / small as f64;
+    println!("dense include graph: 60 -> {small} bytes, 120 -> {large} bytes, x{ratio:.2}");
+    assert!(
+        ratio <= 4.5,
+        "x{ratio:.2} for 4x the includes ({small} -> {large} bytes)"
     );
 }

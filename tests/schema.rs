@@ -159,7 +159,105 @@ async fn serve_accepts_a_newer_schema() {
         "{seen:?}"
     );
     stop(child);
+    // An older binary's migrate (a rollback, an old pod's init container) has nothing
+    // to do: exit 0, not a failed init container.
+    let out = authzd()
+        .args(["migrate", "--database-url", &db.url])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("newer than this binary's"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        authz::store::postgres::migrate(&db.url)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     db.drop_db().await;
+}
+
+/// A role without the rights: the database's own words, and a refused write is the
+/// configuration's fault (65), not an internal failure (70).
+#[tokio::test]
+async fn a_role_without_rights_is_told_why() {
+    let db = TestDb::create_bare("schema_rights").await;
+    let c = db.client().await;
+    let role = format!("{}_nopriv", db.name);
+    c.batch_execute(&format!(
+        "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN;
+         REVOKE CREATE ON SCHEMA public FROM PUBLIC;"
+    ))
+    .await
+    .unwrap();
+    let url = db.url.replacen("postgres@", &format!("{role}@"), 1);
+    assert_ne!(url, db.url, "the test URL names user postgres");
+    let out = authzd()
+        .args(["migrate", "--database-url", &url])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(70), "{err}");
+    assert!(err.contains("permission denied"), "{err}");
+
+    // Migrated by the owner; the role may read but not write.
+    authz::store::postgres::migrate(&db.url).await.unwrap();
+    c.batch_execute(&format!(
+        "GRANT USAGE ON SCHEMA public TO {role}; GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role};"
+    ))
+    .await
+    .unwrap();
+    let out = authzd()
+        .args(["policy", "apply", "--database-url", &url])
+        .arg(common::example("console.yaml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(65), "{err}");
+    assert!(
+        err.contains("permission denied") && err.contains("may not do this"),
+        "{err}"
+    );
+    drop(c);
+    db.drop_db().await;
+    let (admin, conn) = tokio_postgres::connect(&common::pg::server_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    admin
+        .batch_execute(&format!("DROP ROLE IF EXISTS {role}"))
+        .await
+        .unwrap();
+}
+
+#[test]
+fn a_database_url_that_cannot_work_is_refused_before_anything_connects() {
+    for args in [
+        &["serve", "--listen", "127.0.0.1:0"][..],
+        &["migrate"],
+        &["policy", "export"],
+    ] {
+        let out = authzd()
+            .args(args)
+            .args([
+                "--database-url",
+                "postgres://u:s3cret@127.0.0.1:1/db?sslmode=bogus",
+            ])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {err}");
+        assert!(err.contains("sslmode"), "{args:?}: {err}");
+        assert!(!err.contains("s3cret"), "{args:?}: {err}");
+    }
 }
 
 #[tokio::test]

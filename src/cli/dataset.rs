@@ -136,6 +136,9 @@ pub fn run(args: &GenDatasetArgs) -> Exit {
         assignments_per_tenant: args.assignments_per_tenant as usize,
         seed: args.seed,
     };
+    if let Err(exit) = super::migrate::check_url(&args.database_url) {
+        return exit;
+    }
     block_on(async {
         let start = Instant::now();
         let mut client = match connect(&args.database_url).await {

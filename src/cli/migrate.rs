@@ -31,7 +31,22 @@ pub fn run(args: &MigrateArgs) -> Exit {
         super::say!("no database configured; nothing to migrate");
         return Exit::Ok;
     };
+    if let Err(exit) = check_url(url) {
+        return exit;
+    }
     block_on(async {
+        // A schema a newer release migrated: nothing to do (an older binary serves it
+        // during a rollout or a rollback), not a failure of the init container.
+        if let Ok(client) = crate::store::postgres::connect(url).await
+            && let Ok(crate::store::postgres::SchemaState::Ahead { applied }) =
+                crate::store::postgres::schema_state(&client).await
+        {
+            super::say!(
+                "the schema is at V{applied}, newer than this binary's V{}: nothing to migrate",
+                crate::store::postgres::expected_schema_version()
+            );
+            return Exit::Ok;
+        }
         match crate::store::postgres::migrate(url).await {
             Ok(applied) if applied.is_empty() => {
                 super::say!("schema up to date");
@@ -44,7 +59,9 @@ pub fn run(args: &MigrateArgs) -> Exit {
                 Exit::Ok
             }
             Err(StoreError::Migrate(e)) => {
-                eprintln!("error: migration failed: {e}");
+                // The database's own message (say, permission denied for schema public)
+                // is in the error's sources.
+                eprintln!("error: migration failed: {}", crate::store::sync::chain(&e));
                 Exit::Software
             }
             Err(e) => report(&SyncError::from(e)),
@@ -66,6 +83,18 @@ pub(crate) fn exit_for(e: &SyncError) -> Exit {
         SyncError::Invalid(_) | SyncError::Rejected { .. } => Exit::DataErr,
         SyncError::Unavailable { .. } => Exit::Unavailable,
         SyncError::Db { .. } => Exit::Software,
+    }
+}
+
+/// Refuses a database URL that does not parse, or names TLS files that cannot be read,
+/// before anything connects: exit 64 naming the problem (the password is never shown).
+pub(crate) fn check_url(url: &str) -> Result<(), Exit> {
+    match crate::store::pgtls::connect_config(url) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(Exit::Usage)
+        }
     }
 }
 

@@ -93,10 +93,16 @@ fn apply(args: &ApplyArgs) -> Exit {
             };
         }
     };
-    // Refused before the database is even contacted (`sync::apply` checks again).
-    if let Err(e) = compile(&doc, &file, 0) {
+    // Refused before the database is even contacted (`sync::apply` checks again, against
+    // the database's own limits: a document over the default limits only is left to it).
+    if let Err(e) = compile(&doc, &file, 0)
+        && !e.only_limits()
+    {
         eprintln!("{e}");
         return Exit::DataErr;
+    }
+    if let Err(exit) = super::migrate::check_url(&args.database_url) {
+        return exit;
     }
     block_on(async {
         let mut client = match connect(&args.database_url).await {
@@ -135,6 +141,9 @@ fn export(args: &ExportArgs) -> Exit {
         Some(p) if Format::from_path(p) == Format::Json => ExportFormat::Json,
         _ => ExportFormat::Yaml,
     });
+    if let Err(exit) = super::migrate::check_url(&args.database_url) {
+        return exit;
+    }
     block_on(async {
         let mut client = match connect(&args.database_url).await {
             Ok(c) => c,

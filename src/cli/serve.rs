@@ -265,6 +265,11 @@ async fn serve(args: ServeArgs) -> Exit {
             if let Some(path) = policy {
                 warn!(file = %path.display(), "serving from the database; --policy is ignored when --database-url is set");
             }
+            // A URL that cannot work is a configuration error, not an outage to retry.
+            if let Err(e) = crate::store::pgtls::connect_config(url) {
+                error!(cause = %e, "cannot use the database URL");
+                return Exit::Usage;
+            }
             info!(database = %postgres::redact_url(url), "policy source: database");
             if args.migrate {
                 match postgres::migrate(url).await {

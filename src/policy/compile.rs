@@ -38,12 +38,15 @@ pub struct Limits {
     pub permissions_per_role: u32,
     /// Most endpoint entries in one tenant's table; the global table likewise.
     pub endpoints_per_tenant: u32,
-    /// Most include-closure entries in one tenant: the sum, over its custom roles, of the
-    /// roles each reaches through `includes` (itself, its includes, theirs ..., built-in
-    /// roles too); the built-in roles are held to the same number. The depth limit bounds
-    /// a chain, not a fan-out (roles each including one hub of thousands): this bounds
-    /// the closures' memory (12 bytes an entry) and the time to compute them.
-    pub closure_entries_per_tenant: u64,
+    /// Largest cost of one tenant's include closures: for each of its custom roles, every
+    /// role it reaches through `includes` (itself, its includes, theirs ..., built-in roles
+    /// too) counts 1 plus that role's number of includes; the built-in roles are held to
+    /// the same number. The depth limit bounds a chain, not a fan-out (roles each
+    /// including one hub of thousands) nor a dense graph (layers of roles each including
+    /// every role of the next): this bounds both the closures' memory (12 bytes an entry,
+    /// at most one entry per unit) and the work of computing them (one unit per role
+    /// reached and per include followed), in the compiler and in the database alike.
+    pub closure_cost_per_tenant: u64,
     /// Largest policy file read, in bytes (checked before reading it; a database's
     /// policy is bounded by the limits above, an ApplyPolicy document by the gRPC
     /// message limit).
@@ -58,7 +61,7 @@ impl Default for Limits {
             rules_per_role: 1_000,
             permissions_per_role: 1_000,
             endpoints_per_tenant: 10_000,
-            closure_entries_per_tenant: 1_000_000,
+            closure_cost_per_tenant: 2_000_000,
             document_bytes: 64 * 1024 * 1024,
         }
     }
@@ -97,6 +100,19 @@ pub struct CompileError {
     pub file: String,
     /// The problems, in document order.
     pub problems: Vec<Problem>,
+}
+
+impl CompileError {
+    /// Whether every problem is a limit exceeded (`... more than the limit max_... = N`),
+    /// so that a checker holding other [`Limits`] (a database's `authz_limits`) may decide
+    /// otherwise.
+    pub fn only_limits(&self) -> bool {
+        !self.problems.is_empty()
+            && self
+                .problems
+                .iter()
+                .all(|p| p.message.contains("more than the limit max_"))
+    }
 }
 
 impl fmt::Display for CompileError {
@@ -415,6 +431,8 @@ impl Context {
         let total = index.len().max(base as usize + docs.len());
         // Resolve includes to indexes.
         let mut includes: Vec<Vec<RoleIdx>> = Vec::with_capacity(docs.len());
+        // Distinct includes per role: a role's share of the closure cost.
+        let mut include_counts: Vec<u64> = Vec::with_capacity(docs.len());
         for r in docs {
             let loc = join(tenant_loc, &format!("role `{}`", r.id));
             let mut inc = Vec::new();
@@ -428,6 +446,10 @@ impl Context {
                     None => self.problem(&loc, format!("includes unknown role `{name}`")),
                 }
             }
+            let mut distinct = inc.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            include_counts.push(distinct.len() as u64);
             includes.push(inc);
         }
         // The include graph over all roles of this table: built-in roles' edges are
@@ -508,10 +530,12 @@ impl Context {
         // Which role's closure last reached each role: one array for all closures, never
         // cleared, so computing them costs their sizes, not roles × roles.
         let mut seen_by: Vec<RoleIdx> = vec![RoleIdx::MAX; total];
-        // Entries of the closures computed so far; past the limit nothing more is built
-        // (one closure is at most all roles, so the work is bounded by limit + roles).
-        let mut closure_entries: u64 = 0;
-        let closure_limit = self.limits.closure_entries_per_tenant;
+        // The cost of the closures computed so far (Limits::closure_cost_per_tenant): one
+        // unit per role reached and per include followed, exactly the walk's work. Past
+        // the limit nothing more is built (one closure costs at most all roles and
+        // includes, so the work is bounded by the limit plus the tenant's size).
+        let mut closure_cost: u64 = 0;
+        let closure_limit = self.limits.closure_cost_per_tenant;
         for (i, r) in docs.iter().enumerate() {
             let me = base + i as RoleIdx;
             let loc = join(tenant_loc, &format!("role `{}`", r.id));
@@ -537,6 +561,14 @@ impl Context {
                 } else {
                     builtin_includes(builtins, role)
                 };
+                closure_cost += 1 + if role >= base {
+                    include_counts
+                        .get((role - base) as usize)
+                        .copied()
+                        .unwrap_or(0)
+                } else {
+                    next.len() as u64
+                };
                 for n in next {
                     if visit(n) {
                         closure.push((n, pos as u32));
@@ -544,8 +576,7 @@ impl Context {
                     }
                 }
             }
-            closure_entries += closure.len() as u64;
-            if closure_entries > closure_limit {
+            if closure_cost > closure_limit {
                 self.problem(
                     if tenant_loc.is_empty() {
                         "built-in roles"
@@ -553,7 +584,7 @@ impl Context {
                         tenant_loc
                     },
                     format!(
-                        "the roles' include closures hold more than {closure_limit} entries, more than the limit max_closure_entries = {closure_limit} (each role counts itself and every role it reaches through includes; `{}` reaches {})",
+                        "the roles' include closures cost more than {closure_limit}, more than the limit max_closure_cost = {closure_limit} (every role a role reaches through includes, itself too, costs 1 plus its own includes; `{}` reaches {} roles)",
                         r.id,
                         closure.len()
                     ),

@@ -70,6 +70,12 @@ impl From<tokio_postgres::Error> for AdminError {
             // 23: keys, checks and the validation triggers' RAISEs; 22: a value the
             // column cannot hold (inputs are validated first, so a rule of the schema).
             AdminError::Precondition(message)
+        } else if *code == SqlState::INSUFFICIENT_PRIVILEGE {
+            // The server's database role may not write: a deployment mistake, not an
+            // internal error (which would page someone for a configuration fix).
+            AdminError::Precondition(format!(
+                "{message}; the admin API needs a database role that may write (deploy/README.md)"
+            ))
         } else if *code == SqlState::UNDEFINED_TABLE || matches!(class, "08" | "53" | "57" | "3D") {
             AdminError::Unavailable(message)
         } else {
@@ -648,21 +654,24 @@ impl AdminStore {
         actor: &str,
         doc: PolicyDocument,
     ) -> Result<sync::ApplyReport, AdminError> {
+        let mut conn = self.pool.get().await?;
+        let tx = conn.transaction().await?;
+        // Held to the database's own limits (authz_limits), as its triggers will be.
+        let limits = super::postgres::read_limits(&tx).await?;
         // Compiled on a blocking thread (the document can be as large as a gRPC
         // message), then handed back for the writes.
-        let doc =
-            super::off_runtime(move || crate::policy::compile(&doc, "document", 0).map(|_| doc))
-                .await
-                .map_err(|e| AdminError::Db(e.to_string()))?
-                .map_err(SyncError::from)?;
+        let doc = super::off_runtime(move || {
+            crate::policy::compile_with(&doc, "document", 0, limits).map(|_| doc)
+        })
+        .await
+        .map_err(|e| AdminError::Db(e.to_string()))?
+        .map_err(SyncError::from)?;
         let tenants: Vec<&str> = doc.tenants.iter().map(|t| t.id.as_str()).collect();
         let audit = Audit {
             actor,
             tenant: "",
             action: "ApplyPolicy",
         };
-        let mut conn = self.pool.get().await?;
-        let tx = conn.transaction().await?;
         let report = sync::apply_in(&tx, &doc).await?;
         // Recorded even when nothing differed: someone applied this document.
         finish(tx, audit, json!({ "tenants": tenants })).await?;

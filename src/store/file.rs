@@ -80,7 +80,7 @@ pub fn load_with(
     // Refused before reading: a huge file costs nothing but this stat.
     let bytes = std::fs::metadata(path).map_err(io)?.len();
     too_large(&file, bytes, limits.document_bytes)?;
-    let text = std::fs::read_to_string(path).map_err(io)?;
+    let text = read_bounded(path, limits.document_bytes).map_err(io)?;
     too_large(&file, text.len() as u64, limits.document_bytes)?;
     let policy = compile_text(
         &text,
@@ -96,7 +96,7 @@ pub fn load_with(
 /// compiled only when both reads agree (content, size and modification time), so a file
 /// being rewritten in place while the server starts is not served half-written, exactly
 /// as the reloader does for later versions. A file still changing after
-/// [`MAX_UNSETTLED`] tries is refused ([`SourceError::Io`], "kept changing"). Costs one
+/// [`MAX_UNSETTLED`] tries is refused ([`SourceError::Io`], "changed between two reads"). Costs one
 /// [`SETTLE`] wait (150 ms) of start-up.
 pub async fn load_settled(
     path: &std::path::Path,
@@ -124,9 +124,9 @@ pub async fn load_settled(
             return Err(SourceError::Io {
                 file,
                 source: std::io::Error::other(format!(
-                    "the file kept changing for {} reads {} ms apart; replace it atomically (write another file, then rename it over this one)",
-                    MAX_UNSETTLED * 2,
-                    SETTLE.as_millis()
+                    "the file changed between two reads {} ms apart, {} times in a row; replace it atomically (write another file, then rename it over this one)",
+                    SETTLE.as_millis(),
+                    MAX_UNSETTLED
                 )),
             }
             .into());
@@ -145,13 +145,25 @@ fn read_version(path: &std::path::Path, limit: u64) -> Result<Version, SourceErr
     };
     let meta = std::fs::metadata(path).map_err(io)?;
     too_large(&file, meta.len(), limit)?;
-    let text = std::fs::read_to_string(path).map_err(io)?;
+    let text = read_bounded(path, limit).map_err(io)?;
     too_large(&file, text.len() as u64, limit)?;
     Ok(Version {
         len: meta.len(),
         modified: meta.modified().ok(),
         text,
     })
+}
+
+/// Reads at most `limit + 1` bytes of `path` as text: a file that is not a regular file
+/// (`/dev/zero`, a FIFO) has no size to check first, and must not be read without end.
+/// The caller refuses a result longer than `limit`.
+pub(crate) fn read_bounded(path: &std::path::Path, limit: u64) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(limit.saturating_add(1))
+        .read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// Refuses a policy file of `bytes` over `limit`.
@@ -332,7 +344,16 @@ impl Watcher {
                 meta.len()
             )));
         }
-        let text = tokio::fs::read_to_string(&self.path).await?;
+        let (path, limit) = (self.path.clone(), limit);
+        let text = tokio::task::spawn_blocking(move || read_bounded(&path, limit))
+            .await
+            .map_err(std::io::Error::other)??;
+        if text.len() as u64 > limit {
+            return Err(std::io::Error::other(format!(
+                "{} bytes or more is more than the limit max_policy_bytes = {limit}",
+                text.len()
+            )));
+        }
         Ok(Version {
             len: meta.len(),
             modified: meta.modified().ok(),
@@ -606,7 +627,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         writer.abort();
-        assert!(e.contains("kept changing"), "{e}");
+        assert!(e.contains("changed between two reads"), "{e}");
     }
 
     #[tokio::test]

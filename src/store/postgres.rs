@@ -113,27 +113,55 @@ pub fn redact_url(url: &str) -> String {
         rest = tail;
     }
     // `password=...` up to the next separator (`&` in a URL query, whitespace in the
-    // key-value form; a quoted value there runs to its closing quote).
+    // key-value form; a quoted value there runs to its closing quote). The key in any
+    // case (`PASSWORD=`), with spaces around `=` as libpq's key-value form allows.
     let mut remaining = rest;
-    while let Some(at) = remaining.find("password=") {
+    loop {
+        let lower = remaining.to_ascii_lowercase();
+        let Some(at) = lower.find("password") else {
+            break;
+        };
         let starts_key = at == 0
-            || remaining
+            || lower
                 .get(..at)
                 .and_then(|b| b.chars().last())
-                .is_some_and(|c| matches!(c, '?' | '&' | ' ' | '\t' | '\n'));
-        let (before, from) = remaining.split_at(at + "password=".len());
-        out.push_str(before);
-        if !starts_key {
-            remaining = from;
+                .is_some_and(|c| matches!(c, '?' | '&' | ' ' | '\t' | '\n' | '\r'));
+        let after_key = at + "password".len();
+        let tail = remaining.get(after_key..).unwrap_or_default();
+        let spaced = tail.trim_start_matches([' ', '\t']);
+        let value_at = spaced
+            .strip_prefix('=')
+            .map(|v| v.trim_start_matches([' ', '\t']));
+        let (Some(value), true) = (value_at, starts_key) else {
+            // Not a key: keep the text up to the end of this occurrence.
+            out.push_str(remaining.get(..after_key).unwrap_or(remaining));
+            remaining = tail;
             continue;
-        }
-        let end = if let Some(quoted) = from.strip_prefix('\'') {
-            quoted.find('\'').map_or(from.len(), |i| i + 2)
+        };
+        let value_start = remaining.len() - value.len();
+        out.push_str(remaining.get(..value_start).unwrap_or_default());
+        let end = if let Some(quoted) = value.strip_prefix('\'') {
+            // A quoted value: to the closing quote not escaped by a backslash.
+            let mut end = value.len();
+            let mut escaped = false;
+            for (i, c) in quoted.char_indices() {
+                match c {
+                    '\\' if !escaped => escaped = true,
+                    '\'' if !escaped => {
+                        end = i + 2;
+                        break;
+                    }
+                    _ => escaped = false,
+                }
+            }
+            end
         } else {
-            from.find(['&', ' ', '\t', '\n']).unwrap_or(from.len())
+            value
+                .find(['&', ' ', '\t', '\n', '\r'])
+                .unwrap_or(value.len())
         };
         out.push_str("***");
-        remaining = from.get(end..).unwrap_or_default();
+        remaining = value.get(end..).unwrap_or_default();
     }
     out.push_str(remaining);
     out
@@ -181,6 +209,13 @@ pub async fn migrate(url: &str) -> Result<Vec<String>, StoreError> {
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await?;
+    // Migrated by a newer release: nothing to apply (this binary serves that schema).
+    if let SchemaState::Ahead { .. } = schema_state(&client).await? {
+        let _ = client
+            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+            .await;
+        return Ok(Vec::new());
+    }
     let report = embedded::migrations::runner().run_async(&mut client).await;
     // Released with the session anyway; unlocking now lets the next migrator go on
     // before this connection is torn down.
@@ -340,11 +375,11 @@ pub async fn read_limits(
         rules_per_role: get("max_rules_per_role", d.rules_per_role),
         permissions_per_role: get("max_permissions_per_role", d.permissions_per_role),
         endpoints_per_tenant: get("max_endpoints_per_tenant", d.endpoints_per_tenant),
-        closure_entries_per_tenant: row
-            .try_get::<_, i64>("max_closure_entries")
+        closure_cost_per_tenant: row
+            .try_get::<_, i64>("max_closure_cost")
             .ok()
             .and_then(|v| u64::try_from(v).ok())
-            .unwrap_or(d.closure_entries_per_tenant),
+            .unwrap_or(d.closure_cost_per_tenant),
         document_bytes: d.document_bytes,
     })
 }
@@ -598,6 +633,23 @@ mod tests {
                 "host=db password=*** dbname=authz",
             ),
             ("host=db dbname=mypassword=x", "host=db dbname=mypassword=x"),
+            (
+                "host=db password = s3cret dbname=authz",
+                "host=db password = *** dbname=authz",
+            ),
+            (
+                "host=db PASSWORD=s3cret dbname=authz",
+                "host=db PASSWORD=*** dbname=authz",
+            ),
+            (
+                "postgres://db/authz?PassWord=s3cret",
+                "postgres://db/authz?PassWord=***",
+            ),
+            (
+                "host=db password='s3 \\' cret' dbname=authz",
+                "host=db password=*** dbname=authz",
+            ),
+            ("password=s3cret", "password=***"),
         ] {
             assert_eq!(redact_url(url), want, "{url}");
             assert!(!redact_url(url).contains("s3"), "{url}");

@@ -93,6 +93,14 @@ impl From<tokio_postgres::Error> for SyncError {
             // 23: integrity constraint violation (keys, checks and the validation
             // triggers' RAISEs); 22: data exception (a value the column cannot hold).
             SyncError::Rejected { message }
+        } else if *code == SqlState::INSUFFICIENT_PRIVILEGE {
+            // A role without the rights for this command: a configuration mistake, not
+            // a failure of ours.
+            SyncError::Rejected {
+                message: format!(
+                    "{message}; this database role may not do this (deploy/README.md lists the rights each command needs)"
+                ),
+            }
         } else if matches!(class, "08" | "53" | "57" | "28" | "3D") {
             // Connection, resources, operator intervention, authentication, no such
             // database.
@@ -196,15 +204,16 @@ impl ApplyReport {
 }
 
 /// Makes the database match `doc` (see the module documentation); `file` names the
-/// document in errors. The document is compiled first and refused, before the database is
-/// touched, if it is invalid.
+/// document in errors. The document is compiled first, held to the database's own limits
+/// (`authz_limits`), and refused before anything is written if it is invalid.
 pub async fn apply(
     client: &mut Client,
     doc: &PolicyDocument,
     file: &str,
 ) -> Result<ApplyReport, SyncError> {
-    crate::policy::compile(doc, file, 0)?;
     let tx = client.transaction().await?;
+    let limits = super::postgres::read_limits(&tx).await?;
+    crate::policy::compile_with(doc, file, 0, limits)?;
     let report = apply_in(&tx, doc).await?;
     if report.revision.is_some() {
         // The deferred validation triggers run here; a refusal rolls everything back.
