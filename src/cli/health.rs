@@ -134,6 +134,24 @@ async fn probe(args: &HealthArgs) -> Result<ServingStatus, String> {
         .await
         .map_err(|s| match s.code() {
             tonic::Code::NotFound => format!("service `{}` is unknown to the server", args.service),
+            tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+                if s.message().contains("Timeout") =>
+            {
+                format!(
+                    "no answer from {uri} within {}",
+                    humantime::format_duration(args.timeout)
+                )
+            }
+            // A plaintext probe against a TLS listener reads the TLS handshake as HTTP/2.
+            tonic::Code::Internal | tonic::Code::Unknown
+                if args.tls_ca.is_none() && s.message().contains("h2 protocol error") =>
+            {
+                format!(
+                    "{:?}: {}; does the server serve TLS? then pass --tls-ca",
+                    s.code(),
+                    s.message()
+                )
+            }
             code => format!("{code:?}: {}", s.message()),
         })?;
     Ok(answer.into_inner().status())
