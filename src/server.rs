@@ -135,6 +135,7 @@ pub async fn run(
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     // Ends the admin service's Watch streams at shutdown; they never end by themselves.
     let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
+    let admin_off = config.admin.is_none();
     let admin = config
         .admin
         .map(|admin| admin.with_signals(cache.subscribe(), stopping_rx));
@@ -163,6 +164,8 @@ pub async fn run(
                 .svc(config.service.max_message_bytes),
         )
         .add_optional_service(admin.map(|admin| admin.svc(config.service.max_message_bytes)))
+        // Admin API off: its calls say so, instead of tonic's empty UNIMPLEMENTED.
+        .add_optional_service(admin_off.then_some(AdminOff))
         .add_service(
             AuthzService::new(cache, config.service)
                 .with_metrics(config.metrics)
@@ -202,6 +205,38 @@ pub async fn run(
         shutdown,
     )
     .await
+}
+
+/// Answers every method of `authz.v1.PolicyAdminService` when the admin API is off:
+/// UNIMPLEMENTED saying why, so a caller is not left with tonic's empty message.
+/// Reflection does not list the service then ([`served_services`]).
+#[derive(Clone, Copy, Debug)]
+struct AdminOff;
+
+impl tonic::server::NamedService for AdminOff {
+    const NAME: &'static str = "authz.v1.PolicyAdminService";
+}
+
+impl<B> tonic::codegen::Service<tonic::codegen::http::Request<B>> for AdminOff {
+    type Response = tonic::codegen::http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: tonic::codegen::http::Request<B>) -> Self::Future {
+        std::future::ready(Ok(tonic::Status::unimplemented(
+            "the admin API is off on this server: it needs --database-url and an admin tokens file \
+             (--admin-tokens-file; with --admin-tokens-optional a missing file turns it off); \
+             see docs/operations.md, Admin API",
+        )
+        .into_http()))
+    }
 }
 
 /// The services reflection lists: those served (the Envoy service is served but has no
