@@ -138,18 +138,20 @@ impl TlsConfig {
         if let Some(ca) = client_ca {
             files.push_str(&format!(", {}", ca.display()));
         }
-        tonic::transport::Server::builder()
-            .tls_config(tonic_config(&cert_pem, &key_pem, ca_pem.as_deref()))
-            .map_err(|source| TlsError::Rejected {
-                files: files.clone(),
-                source,
-            })?;
+        // rustls first: its refusal names the cause (a key that does not match the
+        // certificate ...), where tonic's says only "transport error".
         let rustls = rustls_config(&cert_pem, &key_pem, ca_pem.as_deref()).map_err(|message| {
             TlsError::Invalid {
                 files: files.clone(),
                 message,
             }
         })?;
+        tonic::transport::Server::builder()
+            .tls_config(tonic_config(&cert_pem, &key_pem, ca_pem.as_deref()))
+            .map_err(|source| TlsError::Rejected {
+                files: files.clone(),
+                source,
+            })?;
         let mut http = (*rustls).clone();
         http.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(TlsConfig {
