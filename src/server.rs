@@ -135,9 +135,11 @@ pub async fn run(
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     // Ends the admin service's Watch streams at shutdown; they never end by themselves.
     let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
-    let admin = config
-        .admin
-        .map(|admin| admin.with_signals(cache.subscribe(), stopping_rx));
+    let admin = config.admin.map(|admin| {
+        admin
+            .with_signals(cache.subscribe(), stopping_rx)
+            .with_filter(cache.filter().clone())
+    });
     let mut builder = crate::transport::configure(tonic::transport::Server::builder());
     if let Some(age) = config.max_connection_age {
         builder = builder
