@@ -70,7 +70,7 @@ echo "validate-manifests: kustomize: $("${kustomize[0]}" version --client 2>/dev
 rm -rf "$rendered"
 mkdir -p "$rendered"
 render_args=()
-for target in base overlays/central overlays/central-tls overlays/sidecar; do
+for target in base overlays/central overlays/central-tls overlays/sidecar overlays/sidecar-replica; do
     name=$(basename "$target")
     out="$rendered/$name.yaml"
     err="$rendered/$name.stderr"

@@ -307,6 +307,17 @@ async fn replicas_on_a_standby_and_poolers_see_every_write_through_restarts() {
         }
         next += 1;
     }
+    // The admin API needs the primary: on a standby a write is a clear precondition.
+    let on_standby_store = AdminStore::new(postgres::pool(&standby.url("authz"), 1).unwrap());
+    match on_standby_store
+        .register_subject("root", "t0", "nobody", false)
+        .await
+    {
+        Err(authz::store::admin::AdminError::Precondition(m)) => {
+            assert!(m.contains("primary"), "{m}")
+        }
+        other => panic!("a write to a standby: {other:?}"),
+    }
     // Beyond what the primary has: waits, then UNAVAILABLE, never an answer.
     let far = writer.cache.revision() + 1000;
     let err = on_standby

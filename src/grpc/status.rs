@@ -24,6 +24,7 @@
 //! | row to change or delete missing | NOT_FOUND |
 //! | row to create exists (unique violation, 23505) | ALREADY_EXISTS |
 //! | built-in role, keys, checks and validation triggers (23xxx) | FAILED_PRECONDITION, with the database's message |
+//! | a write to a read-only database (25006: a standby) | FAILED_PRECONDITION, saying the admin API needs the primary |
 //! | Watch from a revision older than the retained change log | OUT_OF_RANGE |
 //! | database unreachable or not migrated; Watch ended by shutdown | UNAVAILABLE |
 //! | anything else | INTERNAL (logged) |

@@ -19,7 +19,9 @@
 //! the changes after the cache's from one snapshot (REPEATABLE READ, read only), so a
 //! pooler or balancer handing consecutive reads to different servers cannot make it skip
 //! a change; a server behind what was already applied (a standby restarting, or another
-//! standby) is never taken for current, nor loaded from, until it catches up. Changes are applied in revision order, each exactly once: member
+//! standby) is never taken for current, nor loaded from, until it catches up.
+//!
+//! Changes are applied in revision order, each exactly once: member
 //! changes (subjects, memberships, assignments) incrementally on a copy of the tenant's
 //! member data; anything touching roles, endpoints, default roles or groups by reloading
 //! that tenant; built-in roles by reloading everything. A periodic consistency check
