@@ -3,7 +3,7 @@
 //! `docs/benchmarks.md`.
 //!
 //! ```text
-//! replicas lag PRIMARY_URL FOLLOW_URL INTERVAL_MS WRITES
+//! replicas lag PRIMARY_URL FOLLOW_URL INTERVAL_MS WRITES [wait]
 //! replicas load FOLLOW_URL STATS_URL POSTMASTER_PID FOLLOWERS SECONDS INTERVAL_MS [PGBOUNCER_PID]
 //! ```
 //!
@@ -11,7 +11,9 @@
 //! WRITES single-row writes on the primary, each after a random pause of up to one poll
 //! interval (so writes fall anywhere in the poll cycle); for each, the time from the
 //! primary's commit returning to the follower's cache holding its revision. Prints
-//! p50/p90/p99/max.
+//! p50/p90/p99/max. By default it watches the revision passively (propagation); with
+//! `wait` it waits as a request with `min_revision` does (`Cache::wait_for`, which has a
+//! polling follower look at once: read-your-writes).
 //!
 //! `load`: FOLLOWERS poll followers on FOLLOW_URL, each with its own connection and
 //! cache, polling every INTERVAL_MS for SECONDS with no writes; reports the followed
@@ -58,7 +60,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-async fn lag(primary: &str, follow: &str, interval: Duration, writes: usize) {
+async fn lag(primary: &str, follow: &str, interval: Duration, writes: usize, wait: bool) {
     let (client, conn) = tokio_postgres::connect(primary, NoTls).await.unwrap();
     tokio::spawn(conn);
     client
@@ -97,10 +99,17 @@ async fn lag(primary: &str, follow: &str, interval: Duration, writes: usize) {
             .await
             .unwrap()
             .get(0);
-        cache
-            .wait_for(revision as u64, Duration::from_secs(60))
-            .await
-            .unwrap();
+        if wait {
+            cache
+                .wait_for(revision as u64, Duration::from_secs(60))
+                .await
+                .unwrap();
+        } else {
+            let mut rx = cache.subscribe();
+            rx.wait_for(|r| r.is_some_and(|r| r >= revision as u64))
+                .await
+                .unwrap();
+        }
         delays.push(committed.elapsed());
     }
     // Everything the primary logged meanwhile, per write (the write, its change-log row,
@@ -116,8 +125,9 @@ async fn lag(primary: &str, follow: &str, interval: Duration, writes: usize) {
     delays.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
-        "poll {:>5} ms  writes {writes}  p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms  WAL {:.0} B/write",
+        "poll {:>5} ms  {}  writes {writes}  p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms  WAL {:.0} B/write",
         interval.as_millis(),
+        if wait { "min_revision" } else { "propagation" },
         ms(percentile(&delays, 0.5)),
         ms(percentile(&delays, 0.9)),
         ms(percentile(&delays, 0.99)),
@@ -205,19 +215,22 @@ async fn load(
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: replicas lag PRIMARY_URL FOLLOW_URL INTERVAL_MS WRITES\n       replicas load FOLLOW_URL STATS_URL POSTMASTER_PID FOLLOWERS SECONDS INTERVAL_MS [PGBOUNCER_PID]";
+    let usage = "usage: replicas lag PRIMARY_URL FOLLOW_URL INTERVAL_MS WRITES [wait]\n       replicas load FOLLOW_URL STATS_URL POSTMASTER_PID FOLLOWERS SECONDS INTERVAL_MS [PGBOUNCER_PID]";
     let ms = |s: &str| Duration::from_millis(s.parse().expect(usage));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     match args.get(1).map(String::as_str) {
-        Some("lag") if args.len() == 6 => rt.block_on(lag(
-            &args[2],
-            &args[3],
-            ms(&args[4]),
-            args[5].parse().expect(usage),
-        )),
+        Some("lag") if args.len() == 6 || args.get(6).is_some_and(|a| a == "wait") => {
+            rt.block_on(lag(
+                &args[2],
+                &args[3],
+                ms(&args[4]),
+                args[5].parse().expect(usage),
+                args.len() == 7,
+            ))
+        }
         Some("load") if args.len() >= 8 => rt.block_on(load(
             &args[2],
             &args[3],

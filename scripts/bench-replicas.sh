@@ -3,7 +3,8 @@
 #   1. resident memory of a full load of 1,000,000 assignments from the standby, for all
 #      tenants and for tenant shards 0/2 and 0/10 (examples/pg_load.rs);
 #   2. write on the primary -> visible in a replica polling the standby, p50/p99, at poll
-#      intervals of 50, 200 and 1000 ms (examples/replicas.rs lag);
+#      intervals of 50, 200 and 1000 ms, and read-your-writes (a request waiting for the
+#      write's revision) at 200 and 1000 ms (examples/replicas.rs lag);
 #   3. database load of N polling replicas (N = 1, 10, 50) through PgBouncer (transaction
 #      mode) in front of the standby, and N = 50 directly: transactions/s and CPU of the
 #      standby's PostgreSQL and of PgBouncer (examples/replicas.rs load).
@@ -101,6 +102,9 @@ echo "== write on the primary -> visible in a replica polling the standby"
 "$target/examples/replicas" lag "$primary/authz_small" "$standby/authz_small" 50 200
 "$target/examples/replicas" lag "$primary/authz_small" "$standby/authz_small" 200 200
 "$target/examples/replicas" lag "$primary/authz_small" "$standby/authz_small" 1000 60
+echo "== the same, read your writes: waiting as a request with min_revision does"
+"$target/examples/replicas" lag "$primary/authz_small" "$standby/authz_small" 200 200 wait
+"$target/examples/replicas" lag "$primary/authz_small" "$standby/authz_small" 1000 100 wait
 
 echo "== database load of polling replicas (no writes), 200 ms"
 for n in 1 10 50; do

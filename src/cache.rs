@@ -175,6 +175,9 @@ struct Inner {
     /// `u64::MAX` until the first load. Written, with Release, only after every tenant of
     /// that revision is stored.
     applied: AtomicU64,
+    /// The highest revision a request has waited for (0: none yet): a polling source
+    /// looks for it at once instead of at its next poll.
+    wanted: watch::Sender<u64>,
     /// Milliseconds after `epoch` when the source last confirmed the cache current.
     confirmed_ms: AtomicU64,
     epoch: Instant,
@@ -200,6 +203,7 @@ impl Cache {
                 filter,
                 tenants: DashMap::default(),
                 revision: watch::Sender::new(None),
+                wanted: watch::Sender::new(0),
                 applied: AtomicU64::new(NOT_LOADED),
                 confirmed_ms: AtomicU64::new(0),
                 epoch: Instant::now(),
@@ -495,6 +499,15 @@ impl Cache {
             _ => {}
         }
         let mut rx = self.inner.revision.subscribe();
+        if min > 0 {
+            self.inner.wanted.send_if_modified(|w| {
+                let newer = min > *w;
+                if newer {
+                    *w = min;
+                }
+                newer
+            });
+        }
         match tokio::time::timeout(wait, rx.wait_for(|r| r.is_some_and(|r| r >= min))).await {
             Ok(Ok(r)) => Ok(r.unwrap_or(0)),
             _ => Err(FreshnessError::RevisionNotReached {
@@ -503,6 +516,11 @@ impl Cache {
                 waited: wait,
             }),
         }
+    }
+
+    /// A receiver of the highest revision a request has waited for ([`Cache::wait_for`]).
+    pub fn wanted(&self) -> watch::Receiver<u64> {
+        self.inner.wanted.subscribe()
     }
 
     /// A receiver of revision changes (`None` until loaded).

@@ -134,9 +134,18 @@ struct Replica {
 }
 
 async fn replica(name: &'static str, url: String, mode: FollowMode) -> Replica {
+    replica_polling(name, url, mode, Duration::from_millis(50)).await
+}
+
+async fn replica_polling(
+    name: &'static str,
+    url: String,
+    mode: FollowMode,
+    interval: Duration,
+) -> Replica {
     let mut follow = FollowConfig::new(url);
     follow.mode = mode;
-    follow.poll_interval = Duration::from_millis(50);
+    follow.poll_interval = interval;
     follow.max_backoff = Duration::from_millis(300);
     let config = ServerConfig {
         service: ServiceConfig {
@@ -283,6 +292,14 @@ async fn replicas_on_a_standby_and_poolers_see_every_write_through_restarts() {
     )
     .await;
     let replicas = [&on_standby, &via_standby_pooler, &via_primary_pooler];
+    // Polls once a minute: only a request waiting for a revision makes it look sooner.
+    let slow = replica_polling(
+        "slow poll",
+        standby_pooler.url("authz"),
+        FollowMode::Poll,
+        Duration::from_secs(60),
+    )
+    .await;
     {
         let s = on_standby.follower.status.borrow();
         assert!(s.standby && !s.listening, "auto polls on a standby: {s:?}");
@@ -297,7 +314,7 @@ async fn replicas_on_a_standby_and_poolers_see_every_write_through_restarts() {
     let mut next = 0;
     while next < 12 {
         let rev = write_step(&mut admin, next).await;
-        for r in replicas {
+        for r in replicas.iter().copied().chain([&slow]) {
             let resp = r
                 .check(&tenant_of(next), &format!("u{next}"), "docs.read", rev)
                 .await
@@ -307,6 +324,35 @@ async fn replicas_on_a_standby_and_poolers_see_every_write_through_restarts() {
         }
         next += 1;
     }
+    // Without a request waiting, the slow replica stays where it was.
+    let before = slow.server.cache.revision();
+    let rev = write_step(&mut admin, next).await;
+    next += 1;
+    wait_replayed(
+        &primary.client("authz").await,
+        &standby.client("authz").await,
+        Duration::from_secs(10),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        slow.server.cache.revision(),
+        before,
+        "no poll before its minute"
+    );
+    assert!(
+        slow.check(
+            &tenant_of(next - 1),
+            &format!("u{}", next - 1),
+            "docs.read",
+            rev
+        )
+        .await
+        .unwrap()
+        .allowed
+    );
+    slow.server.stop().await;
+    drop(slow.follower);
     // The admin API needs the primary: on a standby a write is a clear precondition.
     let on_standby_store = AdminStore::new(postgres::pool(&standby.url("authz"), 1).unwrap());
     match on_standby_store
@@ -405,6 +451,34 @@ async fn replicas_on_a_standby_and_poolers_see_every_write_through_restarts() {
             r.name
         );
     }
+
+    // The primary goes away: the standby stops streaming, and a replica on it ages by
+    // the time since the last commit it replayed (not by its own successful polls).
+    let primary = tokio::task::spawn_blocking(move || {
+        primary.stop();
+        primary
+    })
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let lag = on_standby.follower.status.borrow().replay_lag;
+        if lag.is_some_and(|l| l > Duration::from_secs(1)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replay lag after the primary stopped: {lag:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        on_standby.server.cache.staleness() > Duration::from_secs(1),
+        "{:?}",
+        on_standby.server.cache.staleness()
+    );
+    // It keeps answering from what it has.
+    on_standby.check("t0", "u0", "docs.read", 0).await.unwrap();
 
     for r in [on_standby, via_standby_pooler, via_primary_pooler] {
         r.server.stop().await;

@@ -220,6 +220,10 @@ struct Change {
 
 const MEMBER_ENTITIES: [&str; 3] = ["subjects", "group_members", "assignments"];
 
+/// The pause before the second early poll for a waiting request; it doubles up to the
+/// poll interval.
+const EARLY_POLL_FIRST: Duration = Duration::from_millis(10);
+
 impl Follow {
     async fn run(&mut self) {
         let mut backoff = Duration::from_millis(100);
@@ -314,8 +318,32 @@ impl Follow {
         consistency.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         poll.tick().await;
         consistency.tick().await;
+        // Polling: a request waiting for a newer revision (`min_revision`) has the cache
+        // look at once, and again after 10 ms, 20 ms, ... (at most the poll interval)
+        // until it has that revision, rather than at the next tick: read-your-writes
+        // then waits for the standby's replay, not for the interval. Under LISTEN the
+        // notification does this.
+        let mut wanted = self.cache.wanted();
+        wanted.mark_unchanged();
+        let mut early: Option<(tokio::time::Instant, Duration)> = None;
         loop {
+            let early_at = early.map_or_else(tokio::time::Instant::now, |(at, _)| at);
             tokio::select! {
+                Ok(()) = wanted.changed(), if !listen => {
+                    if *wanted.borrow_and_update() > self.cache.revision() && early.is_none() {
+                        early = Some((tokio::time::Instant::now(), EARLY_POLL_FIRST));
+                    }
+                }
+                _ = tokio::time::sleep_until(early_at), if early.is_some() => {
+                    self.catch_up(&mut client).await?;
+                    early = match early {
+                        Some((_, wait)) if *wanted.borrow() > self.cache.revision() => Some((
+                            tokio::time::Instant::now() + wait,
+                            (wait * 2).min(self.config.poll_interval),
+                        )),
+                        _ => None,
+                    };
+                }
                 event = events.recv() => match event {
                     Some(Event::Notify) => {
                         // Several notifications may be queued: one catch-up covers them.
