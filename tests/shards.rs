@@ -54,13 +54,24 @@ fn assert_wrong_shard(status: &tonic::Status, tenant: &str, home: &str) {
     );
 }
 
+const EVALUATION: &str = r#"{"subject":{"type":"user","id":"carl"},"action":{"name":"chats.read"},"resource":{"type":"tenant","id":"x"}}"#;
+
 /// One AuthZEN evaluation over plain HTTP/1.1: (status, body).
 async fn authzen_evaluation(addr: std::net::SocketAddr, tenant: &str) -> (u16, String) {
-    let body = r#"{"subject":{"type":"user","id":"carl"},"action":{"name":"chats.read"},"resource":{"type":"tenant","id":"x"}}"#;
+    authzen_post(
+        addr,
+        &format!("/tenants/{tenant}/access/v1/evaluation"),
+        EVALUATION,
+    )
+    .await
+}
+
+/// One AuthZEN POST over plain HTTP/1.1: (status, body).
+async fn authzen_post(addr: std::net::SocketAddr, path: &str, body: &str) -> (u16, String) {
     let exchange = async {
         let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
         let req = format!(
-            "POST /tenants/{tenant}/access/v1/evaluation HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
              Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
@@ -256,6 +267,21 @@ async fn a_shard_refuses_other_tenants_on_every_query_api() {
     assert!(body.contains("shard 0/2"), "{body}");
     let (status, body) = authzen_evaluation(addr, "acme").await;
     assert_eq!(status, 200, "{body}");
+    // Evaluations: each item denied with its error, status 421, never a decision.
+    let (status, body) = authzen_post(
+        addr,
+        "/tenants/globex/access/v1/evaluations",
+        &format!(r#"{{"evaluations":[{EVALUATION},{EVALUATION}]}}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let items = v["evaluations"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{body}");
+    for item in items {
+        assert_eq!(item["decision"], false, "{body}");
+        assert_eq!(item["context"]["error"]["status"], 421, "{body}");
+    }
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(10), http).await;
     server.stop().await;
