@@ -175,8 +175,8 @@ struct Inner {
     /// `u64::MAX` until the first load. Written, with Release, only after every tenant of
     /// that revision is stored.
     applied: AtomicU64,
-    /// The highest revision a request has waited for (0: none yet): a polling source
-    /// looks for it at once instead of at its next poll.
+    /// The revision the latest waiting request asked for (0: none yet), sent at every
+    /// wait: a polling source looks for it at once instead of at its next poll.
     wanted: watch::Sender<u64>,
     /// Milliseconds after `epoch` when the source last confirmed the cache current.
     confirmed_ms: AtomicU64,
@@ -500,13 +500,9 @@ impl Cache {
         }
         let mut rx = self.inner.revision.subscribe();
         if min > 0 {
-            self.inner.wanted.send_if_modified(|w| {
-                let newer = min > *w;
-                if newer {
-                    *w = min;
-                }
-                newer
-            });
+            // The latest request, not the highest: one request for a revision that never
+            // comes must not hide the ones after it.
+            self.inner.wanted.send_replace(min);
         }
         match tokio::time::timeout(wait, rx.wait_for(|r| r.is_some_and(|r| r >= min))).await {
             Ok(Ok(r)) => Ok(r.unwrap_or(0)),
@@ -518,7 +514,8 @@ impl Cache {
         }
     }
 
-    /// A receiver of the highest revision a request has waited for ([`Cache::wait_for`]).
+    /// A receiver of the revision the latest waiting request asked for
+    /// ([`Cache::wait_for`]); it changes at every wait.
     pub fn wanted(&self) -> watch::Receiver<u64> {
         self.inner.wanted.subscribe()
     }

@@ -309,6 +309,11 @@ async fn replicas_on_a_standby_and_poolers_see_every_write_through_restarts() {
         assert!(!s.standby && !s.listening, "{s:?}");
     }
 
+    // A request for a revision that never comes: UNAVAILABLE, and it does not keep the
+    // slow replica from looking early for the requests after it.
+    let far = writer.cache.revision() + 1000;
+    let err = slow.check("t0", "u0", "docs.read", far).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     // Read-your-writes across primary → standby → replica: a check asking for the
     // revision a write returned waits for it, on every replica.
     let mut next = 0;

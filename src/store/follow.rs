@@ -220,8 +220,8 @@ struct Change {
 
 const MEMBER_ENTITIES: [&str; 3] = ["subjects", "group_members", "assignments"];
 
-/// The pause before the second early poll for a waiting request; it doubles up to the
-/// poll interval.
+/// The pause before the second early poll for a waiting request; it doubles while it
+/// is shorter than the poll interval.
 const EARLY_POLL_FIRST: Duration = Duration::from_millis(10);
 
 impl Follow {
@@ -319,10 +319,11 @@ impl Follow {
         poll.tick().await;
         consistency.tick().await;
         // Polling: a request waiting for a newer revision (`min_revision`) has the cache
-        // look at once, and again after 10 ms, 20 ms, ... (at most the poll interval)
-        // until it has that revision, rather than at the next tick: read-your-writes
-        // then waits for the standby's replay, not for the interval. Under LISTEN the
-        // notification does this.
+        // look at once, and again after 10 ms, 20 ms, ... while the pause is shorter
+        // than the poll interval, until it has that revision, rather than at the next
+        // tick: read-your-writes then waits for the standby's replay, not for the
+        // interval. A request for a revision that never comes costs a few polls, not a
+        // faster poll rate. Under LISTEN the notification does this.
         let mut wanted = self.cache.wanted();
         wanted.mark_unchanged();
         let mut early: Option<(tokio::time::Instant, Duration)> = None;
@@ -337,10 +338,12 @@ impl Follow {
                 _ = tokio::time::sleep_until(early_at), if early.is_some() => {
                     self.catch_up(&mut client).await?;
                     early = match early {
-                        Some((_, wait)) if *wanted.borrow() > self.cache.revision() => Some((
-                            tokio::time::Instant::now() + wait,
-                            (wait * 2).min(self.config.poll_interval),
-                        )),
+                        Some((_, wait))
+                            if wait < self.config.poll_interval
+                                && *wanted.borrow() > self.cache.revision() =>
+                        {
+                            Some((tokio::time::Instant::now() + wait, wait * 2))
+                        }
                         _ => None,
                     };
                 }
