@@ -4,6 +4,7 @@
 //! authzd gen-dataset --database-url postgres://postgres@127.0.0.1:5432/authz_bench \
 //!   --tenants 10000 --assignments-per-tenant 100
 //! cargo run --release --example pg_load -- postgres://postgres@127.0.0.1:5432/authz_bench
+//! cargo run --release --example pg_load -- postgres://... 0/2   # one tenant shard of 2
 //! ```
 //!
 //! Resident memory is the process's `VmRSS` after the load minus before it (Linux), so it
@@ -35,14 +36,20 @@ fn vm(field: &str) -> u64 {
 fn main() {
     let url = std::env::args()
         .nth(1)
-        .expect("usage: pg_load DATABASE_URL");
+        .expect("usage: pg_load DATABASE_URL [SHARD i/n]");
+    let filter = std::env::args()
+        .nth(2)
+        .map_or(authz::shard::TenantFilter::All, |s| {
+            authz::shard::TenantFilter::parse_shard(&s).unwrap()
+        });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
         let before = vm("VmRSS:");
-        let cache = Cache::new();
+        println!("serving           {filter}");
+        let cache = Cache::with_filter(filter);
         let started = Instant::now();
         let mut config = FollowConfig::new(url);
         // Keep the consistency check out of the measurement.

@@ -64,6 +64,66 @@ class Checks:
             self.failed += 1
 
 
+LUA = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
+
+
+def check_shards(c, hcm):
+    """With several ext_authz filters (one per tenant shard, deploy/envoy/sharded.yaml):
+    a Lua filter before them sets the shard header, every route that reaches an upstream
+    matches one shard value and leaves exactly one ext_authz filter enabled, each filter
+    serves exactly one shard value, and every other route answers directly."""
+    filters = hcm.get("http_filters", [])
+    authz = [f["name"] for f in filters if f.get("typed_config", {}).get("@type") == EXT_AUTHZ]
+    if len(authz) < 2:
+        return
+    names = [f["name"] for f in filters]
+    lua = [
+        f for f in filters
+        if f.get("typed_config", {}).get("@type") == LUA
+    ]
+    c.check(
+        bool(lua) and names.index(lua[0]["name"]) < min(names.index(a) for a in authz),
+        "a Lua filter computes the shard before the ext_authz filters",
+    )
+    source = lua[0]["typed_config"].get("default_source_code", {}).get("inline_string", "") if lua else ""
+    c.check(
+        "0xcbf29ce484222325ULL" in source and "0x100000001b3ULL" in source,
+        "the Lua filter hashes with FNV-1a 64 (authzd's shard function)",
+    )
+    c.check(
+        f"local SHARDS = {len(authz)}ULL" in source,
+        f"the Lua filter splits into {len(authz)} shards, one per ext_authz filter",
+    )
+    c.check("clearRouteCache()" in source, "the Lua filter has the route chosen again")
+    c.check('headers:remove("x-authz-shard")' in source, "a shard header sent by the client is dropped")
+    served = {}
+    for vhost in hcm.get("route_config", {}).get("virtual_hosts", []):
+        for route in vhost.get("routes", []):
+            disabled = {
+                name
+                for name, cfg in route.get("typed_per_filter_config", {}).items()
+                if name in authz and cfg.get("disabled") is True
+            }
+            enabled = [a for a in authz if a not in disabled]
+            if "direct_response" in route:
+                c.check(not enabled, "a route answering directly runs no check")
+                continue
+            shard = [
+                h.get("string_match", {}).get("exact")
+                for h in route.get("match", {}).get("headers", [])
+                if h.get("name") == "x-authz-shard"
+            ]
+            c.check(len(shard) == 1 and shard[0] is not None, "an upstream route matches one shard")
+            c.check(len(enabled) == 1, f"shard {shard} runs exactly one ext_authz filter: {enabled}")
+            if len(shard) == 1 and len(enabled) == 1:
+                served.setdefault(enabled[0], set()).add(shard[0])
+    for i, name in enumerate(authz):
+        c.check(
+            served.get(name) == {str(i)},
+            f"ext_authz filter `{name}` checks shard {i} only (found {sorted(served.get(name, []))})",
+        )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--protoset", required=True, help="encoded FileDescriptorSet with Envoy's API")
@@ -133,8 +193,11 @@ def main():
             )
         for vhost in hcm.get("route_config", {}).get("virtual_hosts", []):
             for route in vhost.get("routes", []):
+                if "direct_response" in route:
+                    continue
                 target = route.get("route", {}).get("cluster")
                 c.check(target in clusters, f"route to cluster `{target}` exists")
+        check_shards(c, hcm)
     return 1 if c.failed else 0
 
 

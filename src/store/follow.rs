@@ -1,17 +1,41 @@
 //! Following PostgreSQL: load everything, then keep the cache current from the change
 //! log.
 //!
-//! One background task owns one connection. It LISTENs on `authz_changes`, then catches
-//! up from the change log: after the first connection by a full load, after every
-//! reconnect from the last applied revision (NOTIFYs sent while disconnected are lost,
-//! the change log is not). A notification, or the poll interval as a safety net, triggers
-//! another catch-up. Changes are applied in revision order, each exactly once: member
+//! One background task owns one connection. How it learns of changes ([`FollowMode`]):
+//! - **listen**: it LISTENs on `authz_changes`; a notification, or the poll interval as
+//!   a safety net, triggers a catch-up. Needs the primary and a session of its own.
+//! - **poll**: it looks at the change log every poll interval and nothing else: no
+//!   LISTEN, no session state, no named prepared statement (every read is an unnamed,
+//!   typed statement inside one short read-only transaction), so it works against a hot
+//!   standby and through PgBouncer in transaction mode, where the server connection is
+//!   held only for the length of each poll's transaction.
+//! - **auto** (the default): asks `pg_is_in_recovery()` at every connect: LISTEN on a
+//!   primary, poll on a standby. (Through a transaction pooler in front of a primary it
+//!   cannot tell; LISTEN there never hears a notification, so say `poll`.)
+//!
+//! Either way it catches up from the change log: after the first connection by a full
+//! load, after every reconnect from the last applied revision (NOTIFYs sent while
+//! disconnected are lost, the change log is not). Each catch-up reads the revision and
+//! the changes after the cache's from one snapshot (REPEATABLE READ, read only), so a
+//! pooler or balancer handing consecutive reads to different servers cannot make it skip
+//! a change; a server behind what was already applied (a standby restarting, or another
+//! standby) is never taken for current, nor loaded from, until it catches up.
+//!
+//! Changes are applied in revision order, each exactly once: member
 //! changes (subjects, memberships, assignments) incrementally on a copy of the tenant's
 //! member data; anything touching roles, endpoints, default roles or groups by reloading
 //! that tenant; built-in roles by reloading everything. A periodic consistency check
 //! compares per-tenant counts with the database and reloads any tenant that differs.
 //!
-//! During an outage the cache keeps answering; [`crate::cache::Cache::staleness`] grows
+//! Only the tenants the cache serves ([`crate::shard::TenantFilter`]) are loaded; changes
+//! to other tenants are skipped (built-in roles and global endpoints concern every shard).
+//!
+//! Staleness ([`crate::cache::Cache::staleness`]) is the time since the source last
+//! confirmed the cache current: on a primary, the last catch-up that found nothing newer;
+//! on a standby, that moment minus the standby's replay lag: zero while it streams and
+//! has replayed everything it received, else the time since the last replayed commit
+//! (`pg_last_xact_replay_timestamp()`). A standby cut off from its primary thus ages
+//! like a lost connection. During an outage the cache keeps answering; staleness grows
 //! and, with `--max-staleness`, checks fail closed past it. Reconnects back off
 //! exponentially. A tenant whose rows do not compile is never published: the last good
 //! snapshot stays, and the error is logged and kept in [`FollowStatus`].
@@ -21,7 +45,7 @@ use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
 use futures_util::StreamExt;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
-use tokio_postgres::{AsyncMessage, Client};
+use tokio_postgres::{AsyncMessage, Client, types::Type};
 use tracing::{error, info, warn};
 
 use super::{
@@ -40,11 +64,38 @@ use crate::{
     store::off_runtime,
 };
 
+/// How the follower learns of changes (module documentation).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FollowMode {
+    /// LISTEN for notifications, polling as a safety net (a primary only).
+    Listen,
+    /// Poll the change log (a standby, a transaction pooler, or a primary).
+    Poll,
+    /// LISTEN on a primary, poll on a standby (`pg_is_in_recovery()`, at every connect).
+    #[default]
+    Auto,
+}
+
+impl std::str::FromStr for FollowMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "listen" => Ok(FollowMode::Listen),
+            "poll" => Ok(FollowMode::Poll),
+            "auto" => Ok(FollowMode::Auto),
+            _ => Err(format!("`{s}` is not one of `poll`, `listen`, `auto`")),
+        }
+    }
+}
+
 /// How the follower talks to the database.
 #[derive(Clone)]
 pub struct FollowConfig {
-    /// The database URL.
+    /// The database URL: a primary, a standby, or a pooler in front of either.
     pub url: String,
+    /// LISTEN, poll, or choose by the server's role.
+    pub mode: FollowMode,
     /// How often to look for changes without a notification (safety net, and the clock
     /// staleness is measured against).
     pub poll_interval: Duration,
@@ -59,6 +110,7 @@ impl std::fmt::Debug for FollowConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FollowConfig")
             .field("url", &super::postgres::redact_url(&self.url))
+            .field("mode", &self.mode)
             .field("poll_interval", &self.poll_interval)
             .field("consistency_interval", &self.consistency_interval)
             .field("max_backoff", &self.max_backoff)
@@ -71,7 +123,8 @@ impl FollowConfig {
     pub fn new(url: impl Into<String>) -> Self {
         FollowConfig {
             url: url.into(),
-            poll_interval: Duration::from_secs(1),
+            mode: FollowMode::Auto,
+            poll_interval: Duration::from_millis(200),
             consistency_interval: Duration::from_secs(300),
             max_backoff: Duration::from_secs(30),
         }
@@ -81,8 +134,14 @@ impl FollowConfig {
 /// What the follower is doing.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FollowStatus {
-    /// Whether the listening connection is up.
+    /// Whether the connection is up.
     pub connected: bool,
+    /// Whether it LISTENs (else it polls).
+    pub listening: bool,
+    /// Whether the server is a standby (in recovery).
+    pub standby: bool,
+    /// A standby's replay lag at the last catch-up (module documentation).
+    pub replay_lag: Option<Duration>,
     /// Full loads done.
     pub full_loads: u64,
     /// Single-tenant reloads done.
@@ -117,6 +176,8 @@ pub fn spawn_follower(config: FollowConfig, cache: Cache) -> Follower {
             status: tx,
             shared: None,
             shared_revision: 0,
+            standby: false,
+            said_behind: false,
         };
         f.run().await;
     });
@@ -136,6 +197,10 @@ struct Follow {
     /// The revision `shared` was read at: a tenant rebuilt later is compiled against it
     /// only while no built-in change has committed since.
     shared_revision: u64,
+    /// Whether this session's server is a standby (replay lag measured at catch-ups).
+    standby: bool,
+    /// Whether "the server is behind" was logged since the last catch-up that was not.
+    said_behind: bool,
 }
 
 enum Event {
@@ -154,6 +219,10 @@ struct Change {
 }
 
 const MEMBER_ENTITIES: [&str; 3] = ["subjects", "group_members", "assignments"];
+
+/// The pause before the second early poll for a waiting request; it doubles while it
+/// is shorter than the poll interval.
+const EARLY_POLL_FIRST: Duration = Duration::from_millis(10);
 
 impl Follow {
     async fn run(&mut self) {
@@ -209,20 +278,38 @@ impl Follow {
             }
             let _ = tx.send(Event::Closed("connection closed".into()));
         }));
-        client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+        self.standby = client
+            .query_typed_one("SELECT pg_is_in_recovery()", &[])
+            .await?
+            .get(0);
+        let listen = match self.config.mode {
+            FollowMode::Listen => true,
+            FollowMode::Poll => false,
+            FollowMode::Auto => !self.standby,
+        };
+        if listen {
+            client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+        }
         // Listening first, then catching up: nothing committed after this point can be
         // missed, and anything before it is in the change log.
         match self.shared {
             None => self.full_load(&mut client).await?,
             Some(_) => self.catch_up(&mut client).await?,
         }
+        let standby = self.standby;
         self.status.send_modify(|s| {
             s.connected = true;
+            s.listening = listen;
+            s.standby = standby;
             s.last_error = None;
         });
         info!(
             revision = self.cache.revision(),
             tenants = self.cache.tenant_count(),
+            serving = %self.cache.filter(),
+            how = if listen { "listen" } else { "poll" },
+            standby,
+            poll_interval = ?self.config.poll_interval,
             "following the database"
         );
         let mut poll = tokio::time::interval(self.config.poll_interval);
@@ -231,8 +318,35 @@ impl Follow {
         consistency.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         poll.tick().await;
         consistency.tick().await;
+        // Polling: a request waiting for a newer revision (`min_revision`) has the cache
+        // look at once, and again after 10 ms, 20 ms, ... while the pause is shorter
+        // than the poll interval, until it has that revision, rather than at the next
+        // tick: read-your-writes then waits for the standby's replay, not for the
+        // interval. A request for a revision that never comes costs a few polls, not a
+        // faster poll rate. Under LISTEN the notification does this.
+        let mut wanted = self.cache.wanted();
+        wanted.mark_unchanged();
+        let mut early: Option<(tokio::time::Instant, Duration)> = None;
         loop {
+            let early_at = early.map_or_else(tokio::time::Instant::now, |(at, _)| at);
             tokio::select! {
+                Ok(()) = wanted.changed(), if !listen => {
+                    if *wanted.borrow_and_update() > self.cache.revision() && early.is_none() {
+                        early = Some((tokio::time::Instant::now(), EARLY_POLL_FIRST));
+                    }
+                }
+                _ = tokio::time::sleep_until(early_at), if early.is_some() => {
+                    self.catch_up(&mut client).await?;
+                    early = match early {
+                        Some((_, wait))
+                            if wait < self.config.poll_interval
+                                && *wanted.borrow() > self.cache.revision() =>
+                        {
+                            Some((tokio::time::Instant::now() + wait, wait * 2))
+                        }
+                        _ => None,
+                    };
+                }
                 event = events.recv() => match event {
                     Some(Event::Notify) => {
                         // Several notifications may be queued: one catch-up covers them.
@@ -256,7 +370,10 @@ impl Follow {
         let started = std::time::Instant::now();
         let tx = snapshot_transaction(client).await?;
         let revision = read_revision(&tx).await?;
-        let ids = tenant_ids(&tx).await?;
+        self.not_behind(revision)?;
+        let filter = self.cache.filter().clone();
+        let mut ids = tenant_ids(&tx).await?;
+        ids.retain(|id| filter.serves(id));
         let none: [String; 0] = [];
         let shared_doc = read_document_in(&tx, Tenants::Only(&none)).await?;
         let limits = read_limits(&tx).await?;
@@ -273,7 +390,13 @@ impl Follow {
             let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
                 continue;
             };
-            let doc = read_document_in(&tx, Tenants::Between(first, last)).await?;
+            // A range scan for a contiguous batch of all tenants; a shard's batch is
+            // scattered over the id space, so it is named.
+            let doc = if filter.is_all() {
+                read_document_in(&tx, Tenants::Between(first, last)).await?
+            } else {
+                read_document_in(&tx, Tenants::Only(batch)).await?
+            };
             let compiled = {
                 let shared = Arc::clone(&shared);
                 off_runtime(move || {
@@ -327,10 +450,11 @@ impl Follow {
         }
         let tx = snapshot_transaction(client).await?;
         let revision = read_revision(&tx).await?;
+        self.not_behind(revision)?;
         let builtins_changed: bool = tx
-            .query_one(
+            .query_typed_one(
                 "SELECT EXISTS (SELECT 1 FROM authz_changes WHERE tenant_id = '' AND revision > $1)",
-                &[&to_i64(self.shared_revision)],
+                &[(&to_i64(self.shared_revision), Type::INT8)],
             )
             .await?
             .get(0);
@@ -389,21 +513,60 @@ impl Follow {
         });
     }
 
-    /// Applies every change after the cache's revision, in order, then publishes.
+    /// Refuses to load from a server whose snapshot is older than what the cache has
+    /// applied (a standby restarting, or a balancer switching to a standby further
+    /// behind): its rows would undo changes already served. Retried after a backoff.
+    fn not_behind(&self, revision: u64) -> Result<(), StoreError> {
+        let applied = self.cache.revision();
+        if self.cache.is_loaded() && revision < applied {
+            return Err(StoreError::Behind { revision, applied });
+        }
+        Ok(())
+    }
+
+    /// Applies every change after the cache's revision, in order, then publishes. Each
+    /// round reads the revision and the changes up to it from one snapshot.
     async fn catch_up(&mut self, client: &mut Client) -> Result<(), StoreError> {
         loop {
             let from = self.cache.revision();
-            let target = db_revision(client).await?;
-            if target <= from {
-                self.cache.confirm();
+            let tx = snapshot_transaction(client).await?;
+            let (target, lag) = read_position(&tx, self.standby).await?;
+            if target < from {
+                tx.commit().await?;
+                // Not current: nothing is confirmed until the server catches up.
+                if !self.said_behind {
+                    warn!(
+                        server = target,
+                        applied = from,
+                        "the database is behind the revision already applied (a standby restarting?); waiting for it"
+                    );
+                    self.said_behind = true;
+                }
+                return Ok(());
+            }
+            self.said_behind = false;
+            if target == from {
+                tx.commit().await?;
+                match lag {
+                    Some(lag) => self.cache.confirm_lagging(lag),
+                    None => self.cache.confirm(),
+                }
+                if self.standby {
+                    self.status.send_if_modified(|s| {
+                        let changed = s.replay_lag != lag;
+                        s.replay_lag = lag;
+                        changed
+                    });
+                }
                 return Ok(());
             }
             // The change log may have been pruned past what this replica has applied.
-            let oldest: Option<i64> = client
-                .query_one("SELECT min(revision) FROM authz_changes", &[])
+            let oldest: Option<i64> = tx
+                .query_typed_one("SELECT min(revision) FROM authz_changes", &[])
                 .await?
                 .get(0);
             if oldest.is_none_or(|o| o > to_i64(from) + 1) {
+                tx.commit().await?;
                 warn!(
                     from,
                     target,
@@ -413,13 +576,15 @@ impl Follow {
             }
             // Bounded batches: a long outage does not become one huge result.
             let upto = target.min(from + 500);
-            let rows = client
-                .query(
+            let rows = tx
+                .query_typed(
                     "SELECT revision, tenant_id, entity, op, old, new FROM authz_changes
                       WHERE revision > $1 AND revision <= $2 ORDER BY revision, seq",
-                    &[&to_i64(from), &to_i64(upto)],
+                    &[(&to_i64(from), Type::INT8), (&to_i64(upto), Type::INT8)],
                 )
                 .await?;
+            tx.commit().await?;
+            let filter = self.cache.filter();
             let changes: Vec<Change> = rows
                 .iter()
                 .map(|r| Change {
@@ -430,6 +595,9 @@ impl Follow {
                     old: r.get(4),
                     new: r.get(5),
                 })
+                // Another shard's tenants are not held here; the built-in roles ('')
+                // concern every tenant.
+                .filter(|c| c.tenant.is_empty() || filter.serves(&c.tenant))
                 .collect();
             if self.apply(client, &changes).await? {
                 // Everything was reloaded at a newer revision.
@@ -518,22 +686,14 @@ impl Follow {
     /// tenants that differ.
     async fn consistency_check(&mut self, client: &mut Client) -> Result<(), StoreError> {
         self.catch_up(client).await?;
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await?;
-        let revision: i64 = tx
-            .query_one("SELECT revision FROM authz_state", &[])
-            .await?
-            .get(0);
+        let tx = snapshot_transaction(client).await?;
+        let revision = to_i64(read_revision(&tx).await?);
         if u64::try_from(revision).unwrap_or(0) != self.cache.revision() {
             // A write landed since the catch-up; check again next time.
             return Ok(());
         }
         let rows = tx
-            .query(
+            .query_typed(
                 "SELECT t.id,
                         (SELECT count(*) FROM subjects s WHERE s.tenant_id = t.id),
                         (SELECT count(*) FROM assignments a WHERE a.tenant_id = t.id),
@@ -546,8 +706,12 @@ impl Follow {
         tx.commit().await?;
         let mut differ: Vec<String> = Vec::new();
         let mut in_db = std::collections::HashSet::new();
+        let filter = self.cache.filter().clone();
         for r in &rows {
             let id: String = r.get(0);
+            if !filter.serves(&id) {
+                continue;
+            }
             let counts: [i64; 4] = [r.get(1), r.get(2), r.get(3), r.get(4)];
             let same = self.cache.tenant(&id).is_some_and(|s| {
                 let mine = [
@@ -644,12 +808,37 @@ fn member_changes(c: &Change) -> Vec<MemberChange> {
     out
 }
 
-async fn db_revision(client: &Client) -> Result<u64, StoreError> {
-    let r: i64 = client
-        .query_one("SELECT revision FROM authz_state", &[])
-        .await?
-        .get(0);
-    Ok(u64::try_from(r).unwrap_or(0))
+/// The revision the transaction's snapshot reflects, and on a standby its replay lag
+/// (module documentation): zero while its WAL receiver runs (streaming, or a status this
+/// role may not see) and it has replayed all it received; else the time since the last
+/// commit it replayed (or since it started, if none).
+async fn read_position(
+    tx: &tokio_postgres::Transaction<'_>,
+    standby: bool,
+) -> Result<(u64, Option<Duration>), StoreError> {
+    if !standby {
+        return Ok((read_revision(tx).await?, None));
+    }
+    let row = tx
+        .query_typed_one(
+            "SELECT s.revision,
+                    CASE WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn()
+                          AND EXISTS (SELECT 1 FROM pg_stat_wal_receiver
+                                       WHERE status IS NULL OR status = 'streaming')
+                         THEN 0
+                         ELSE extract(epoch FROM now() - coalesce(pg_last_xact_replay_timestamp(),
+                                                                  pg_postmaster_start_time()))
+                    END::float8
+               FROM authz_state s",
+            &[],
+        )
+        .await?;
+    let revision = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
+    let lag: f64 = row.get(1);
+    Ok((
+        revision,
+        Some(Duration::try_from_secs_f64(lag.max(0.0)).unwrap_or(Duration::MAX)),
+    ))
 }
 
 fn to_i64(v: u64) -> i64 {

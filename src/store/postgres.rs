@@ -3,7 +3,13 @@
 //!
 //! The schema (`migrations/`) captures every committed write in `authz_changes` under a
 //! revision, in commit order, and NOTIFYs `authz_changes`; see `migrations/V1__schema.sql`
-//! for why revisions can never commit out of order.
+//! for why revisions can never commit out of order. A streaming standby replays commits
+//! in the primary's commit order, so the same holds for reads from a standby.
+//!
+//! Reads run as unnamed statements with their parameter types given
+//! (`query_typed*`): one round trip, and no named prepared statement that would outlive
+//! its transaction, so they work through PgBouncer in transaction mode, which hands each
+//! transaction to whichever server connection is free.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -54,6 +60,16 @@ pub enum StoreError {
     /// The connection closed.
     #[error("database connection closed: {0}")]
     Closed(String),
+    /// The server's snapshot is older than what the cache has already applied.
+    #[error(
+        "the database is at revision {revision}, behind the {applied} already applied (a standby catching up?)"
+    )]
+    Behind {
+        /// The server's revision.
+        revision: u64,
+        /// The cache's.
+        applied: u64,
+    },
     /// A compile task on a blocking thread did not finish.
     #[error(transparent)]
     Task(#[from] super::CompileTaskError),
@@ -73,7 +89,7 @@ impl StoreError {
                         c.starts_with("08") || c.starts_with("57P") || c.starts_with("53")
                     })
             }
-            StoreError::Pool(_) | StoreError::Closed(_) => true,
+            StoreError::Pool(_) | StoreError::Closed(_) | StoreError::Behind { .. } => true,
             StoreError::CreatePool(_)
             | StoreError::Tls(_)
             | StoreError::Migrate(_)
@@ -262,7 +278,7 @@ pub enum SchemaState {
 /// migration applied.
 pub async fn schema_state(client: &Client) -> Result<SchemaState, StoreError> {
     let exists: bool = client
-        .query_one(
+        .query_typed_one(
             "SELECT to_regclass('refinery_schema_history') IS NOT NULL",
             &[],
         )
@@ -272,7 +288,7 @@ pub async fn schema_state(client: &Client) -> Result<SchemaState, StoreError> {
         return Ok(SchemaState::Missing);
     }
     let applied: Option<i64> = client
-        .query_one(
+        .query_typed_one(
             "SELECT MAX(version)::int8 FROM refinery_schema_history",
             &[],
         )
@@ -339,7 +355,7 @@ pub async fn snapshot_transaction(
 /// The revision the transaction's snapshot reflects.
 pub async fn read_revision(tx: &tokio_postgres::Transaction<'_>) -> Result<u64, StoreError> {
     let r: i64 = tx
-        .query_one("SELECT revision FROM authz_state", &[])
+        .query_typed_one("SELECT revision FROM authz_state", &[])
         .await?
         .get(0);
     Ok(u64::try_from(r).unwrap_or(0))
@@ -352,15 +368,19 @@ pub async fn read_limits(
     tx: &tokio_postgres::Transaction<'_>,
 ) -> Result<crate::policy::Limits, StoreError> {
     let exists: bool = tx
-        .query_one("SELECT to_regclass('authz_limits') IS NOT NULL", &[])
+        .query_typed_one("SELECT to_regclass('authz_limits') IS NOT NULL", &[])
         .await?
         .get(0);
     let d = crate::policy::Limits::default();
     if !exists {
         return Ok(d);
     }
-    // By name: a column a newer migration adds is read when it exists.
-    let Some(row) = tx.query_opt("SELECT * FROM authz_limits", &[]).await? else {
+    // By name: a column a newer migration adds is read when it exists. Unnamed
+    // statements (query_typed): a transaction pooler may not keep prepared ones.
+    let Some(row) = tx
+        .query_typed_opt("SELECT * FROM authz_limits", &[])
+        .await?
+    else {
         return Ok(d);
     };
     let get = |name: &str, default: u32| -> u32 {
@@ -387,7 +407,7 @@ pub async fn read_limits(
 /// Every tenant id, sorted.
 pub async fn tenant_ids(tx: &tokio_postgres::Transaction<'_>) -> Result<Vec<String>, StoreError> {
     Ok(tx
-        .query("SELECT id FROM tenants WHERE id <> '' ORDER BY id", &[])
+        .query_typed("SELECT id FROM tenants WHERE id <> '' ORDER BY id", &[])
         .await?
         .iter()
         .map(|r| r.get(0))
@@ -591,16 +611,17 @@ async fn stream(
     let sql = sql
         .replace("$F", &filter.condition("tenant_id"))
         .replace("$ID", &filter.condition("id"));
+    use tokio_postgres::types::{ToSql, Type};
     let list;
-    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = match filter {
+    let params: Vec<(&(dyn ToSql + Sync), Type)> = match filter {
         Tenants::All => Vec::new(),
         Tenants::Only(t) => {
             list = t.to_vec();
-            vec![&list]
+            vec![(&list, Type::TEXT_ARRAY)]
         }
-        Tenants::Between(a, b) => vec![a, b],
+        Tenants::Between(a, b) => vec![(a, Type::TEXT), (b, Type::TEXT)],
     };
-    Ok(tx.query_raw(&sql, params).await?)
+    Ok(tx.query_typed_raw(&sql, params).await?)
 }
 
 #[cfg(test)]

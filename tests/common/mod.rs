@@ -8,6 +8,7 @@
 )]
 
 pub mod chat;
+pub mod cluster;
 pub mod pg;
 pub mod pki;
 
@@ -110,6 +111,30 @@ impl TestServer {
             Self::serve_configured(cache, config, None, false).await,
             follower,
         )
+    }
+
+    /// Starts a server on `cache` (say, one serving some tenants only) following the
+    /// database, once it has loaded, with full server settings.
+    pub async fn start_db_in(
+        cache: Cache,
+        follow: authz::store::follow::FollowConfig,
+        config: server::ServerConfig,
+    ) -> (Self, authz::store::follow::Follower) {
+        let follower = authz::store::follow::spawn_follower(follow, cache.clone());
+        let mut loaded = cache.subscribe();
+        tokio::time::timeout(Duration::from_secs(30), loaded.wait_for(Option::is_some))
+            .await
+            .expect("the follower loaded the database within 30s")
+            .unwrap();
+        (
+            Self::serve_configured(cache, config, None, false).await,
+            follower,
+        )
+    }
+
+    /// Serves `cache` (already loaded) with full server settings.
+    pub async fn serve_cache(cache: Cache, config: server::ServerConfig) -> Self {
+        Self::serve_configured(cache, config, None, false).await
     }
 
     /// Starts a server on `policy` (not reloaded) with full server settings (Envoy
