@@ -46,6 +46,8 @@ pub enum Command {
     AdminToken(AdminTokenArgs),
     /// Ask a server's gRPC health service (plaintext or TLS); exit 0 only when SERVING.
     Health(crate::cli::health::HealthArgs),
+    /// Run expectation files (`*.expect.yaml`) against their policies; exit 1 on a failure.
+    Test(crate::cli::test::TestArgs),
 }
 
 /// `authzd admin-token`.

@@ -124,7 +124,7 @@ fn same_decisions(seed: &str, want: &PolicyDocument, got: &PolicyDocument) {
     let got = compile(got, "exported", 1).unwrap();
     let mut failures = Vec::new();
     for case in &e.cases {
-        let (w, g) = (case.explain(&want), case.explain(&got));
+        let (w, g) = (case.explain(&want).unwrap(), case.explain(&got).unwrap());
         if w != g {
             failures.push(format!("case `{}`:\n  want {w:?}\n  got  {g:?}", case.name));
         }

@@ -17,6 +17,7 @@ pub mod health;
 pub mod migrate;
 pub mod policy;
 pub mod serve;
+pub mod test;
 pub mod validate;
 
 use std::process::{ExitCode, Termination};

@@ -327,3 +327,59 @@ pub fn listing_to_pb(l: Listing) -> pb::ListPermissionsResponse {
         revision: l.revision,
     }
 }
+
+impl crate::policy::expect::Observed {
+    /// A gRPC CheckResponse in the terms expectation files use (`REASON_NO_GRANT` is
+    /// `no_grant`, `GRANT_SOURCE_GROUP` is `group`); unknown enum values are empty.
+    pub fn from_pb(r: &pb::CheckResponse) -> Self {
+        let reason = pb::Reason::try_from(r.reason)
+            .map(|r| {
+                r.as_str_name()
+                    .trim_start_matches("REASON_")
+                    .to_ascii_lowercase()
+            })
+            .unwrap_or_default();
+        let g = r.grant.clone().unwrap_or_default();
+        let source = match pb::GrantSource::try_from(g.source) {
+            Ok(pb::GrantSource::Unspecified) | Err(_) => String::new(),
+            Ok(s) => s
+                .as_str_name()
+                .trim_start_matches("GRANT_SOURCE_")
+                .to_ascii_lowercase(),
+        };
+        Self {
+            allowed: r.allowed,
+            reason,
+            role: g.role,
+            chain: g.include_chain,
+            source,
+            group: g.group_id,
+            grant_scope: g.scope,
+            pattern: r.matched_pattern.clone(),
+            required_roles: r.required_roles.clone(),
+            explanation: r.explanation.clone(),
+        }
+    }
+}
+
+impl crate::policy::expect::Case {
+    /// The case as a gRPC CheckRequest (a case with neither a permission nor a route
+    /// gets no action, which the server refuses as invalid).
+    pub fn to_pb(&self) -> pb::CheckRequest {
+        let action = match (&self.permission, &self.method, &self.path) {
+            (Some(p), _, _) => Some(pb::check_request::Action::Permission(p.clone())),
+            (None, Some(m), Some(p)) => Some(pb::check_request::Action::Route(pb::HttpRoute {
+                method: m.clone(),
+                path: p.clone(),
+            })),
+            _ => None,
+        };
+        pb::CheckRequest {
+            tenant_id: self.tenant.clone(),
+            subject_id: self.subject.clone(),
+            scope: self.scope.clone(),
+            action,
+            min_revision: 0,
+        }
+    }
+}

@@ -6,6 +6,7 @@
 pub mod compile;
 pub mod decision;
 pub mod eval;
+pub mod expect;
 pub mod list;
 pub mod lookup;
 pub mod nesting;

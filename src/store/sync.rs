@@ -277,6 +277,23 @@ pub async fn export(
     Ok(read_document(client, which).await?)
 }
 
+/// The whole current policy (every tenant) as a document, with the revision it reflects
+/// and the limits the database holds it to, from one consistent snapshot: what
+/// `authzd test --database-url` and `authzd diff now` compile.
+pub async fn export_current(
+    client: &mut Client,
+) -> Result<(u64, PolicyDocument, crate::policy::Limits), SyncError> {
+    use crate::store::postgres::{
+        read_document_in, read_limits, read_revision, snapshot_transaction,
+    };
+    let tx = snapshot_transaction(client).await?;
+    let revision = read_revision(&tx).await?;
+    let limits = read_limits(&tx).await?;
+    let doc = read_document_in(&tx, Tenants::All).await?;
+    tx.commit().await?;
+    Ok((revision, doc, limits))
+}
+
 // ------------------------------------------------------------------- rows and tables
 
 /// A column's type.
