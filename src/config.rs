@@ -48,6 +48,8 @@ pub enum Command {
     Health(crate::cli::health::HealthArgs),
     /// Run expectation files (`*.expect.yaml`) against their policies; exit 1 on a failure.
     Test(crate::cli::test::TestArgs),
+    /// Show who gains and who loses which access between two policies, and why.
+    Diff(crate::cli::diff::DiffArgs),
 }
 
 /// `authzd admin-token`.

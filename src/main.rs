@@ -34,5 +34,6 @@ fn main() -> Exit {
         Command::AdminToken(args) => cli::admin_token::run(&args),
         Command::Health(args) => cli::health::run(&args),
         Command::Test(args) => cli::test::run(&args),
+        Command::Diff(args) => cli::diff::run(&args),
     }
 }

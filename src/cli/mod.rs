@@ -13,6 +13,7 @@ pub(crate) use say;
 pub mod admin_token;
 pub mod check;
 pub mod dataset;
+pub mod diff;
 pub mod health;
 pub mod migrate;
 pub mod policy;

@@ -5,6 +5,7 @@
 
 pub mod compile;
 pub mod decision;
+pub mod diff;
 pub mod eval;
 pub mod expect;
 pub mod list;
