@@ -383,3 +383,110 @@ impl crate::policy::expect::Case {
         }
     }
 }
+
+/// A policy diff ([`crate::policy::diff`]) as DiffPolicy's answer, at `revision`.
+pub fn diff_to_pb(d: &crate::policy::diff::PolicyDiff, revision: u64) -> pb::DiffPolicyResponse {
+    use crate::policy::diff::{ChangeKind, Changes, Direction, RoleChange};
+    let changes = |c: &Changes| pb::ItemChanges {
+        added: c.added.clone(),
+        removed: c.removed.clone(),
+    };
+    let kind = |k: ChangeKind| match k {
+        ChangeKind::Added => pb::ItemChangeKind::Added,
+        ChangeKind::Removed => pb::ItemChangeKind::Removed,
+        ChangeKind::Changed => pb::ItemChangeKind::Changed,
+    } as i32;
+    let role = |r: &RoleChange| pb::RoleDiff {
+        role_id: r.role.clone(),
+        change: kind(r.change),
+        includes: Some(changes(&r.includes)),
+        permissions: Some(changes(&r.permissions)),
+        routes: Some(changes(&r.routes)),
+    };
+    let s = &d.structural;
+    pb::DiffPolicyResponse {
+        revision,
+        access_changed: d.access_changed(),
+        structure: Some(pb::PolicyStructureDiff {
+            builtin_roles: s.builtin_roles.iter().map(role).collect(),
+            global_endpoints: Some(changes(&s.global_endpoints)),
+            tenants: s
+                .tenants
+                .iter()
+                .map(|t| pb::TenantDiff {
+                    tenant_id: t.tenant.clone(),
+                    change: kind(t.change),
+                    roles: t.roles.iter().map(role).collect(),
+                    endpoints: Some(changes(&t.endpoints)),
+                    default_roles: Some(changes(&t.default_roles)),
+                    subjects: Some(changes(&t.subjects)),
+                    disabled: t.disabled.clone(),
+                    enabled: t.enabled.clone(),
+                    groups: Some(changes(&t.groups)),
+                    members: Some(changes(&t.members)),
+                    assignments: Some(changes(&t.assignments)),
+                })
+                .collect(),
+        }),
+        access: d
+            .access
+            .iter()
+            .map(|t| pb::TenantAccessDiff {
+                tenant_id: t.tenant.clone(),
+                fresh_segment: t.fresh_segment.clone(),
+                other_method: t.other_method.clone(),
+                methods: t.methods.clone(),
+                probe_paths: t.probe_paths as u64,
+                subjects: t
+                    .subjects
+                    .iter()
+                    .map(|s| pb::SubjectAccessDiff {
+                        subject_id: s.subject.clone(),
+                        changes: s
+                            .changes
+                            .iter()
+                            .map(|c| pb::ScopedAccessChange {
+                                scopes: c.scopes.clone(),
+                                permissions_gained: c.permissions_gained.clone(),
+                                permissions_lost: c.permissions_lost.clone(),
+                                routes: c
+                                    .routes
+                                    .iter()
+                                    .map(|r| pb::RouteAccessChange {
+                                        change: match r.change {
+                                            Direction::Gained => pb::AccessDirection::Gained,
+                                            Direction::Lost => pb::AccessDirection::Lost,
+                                        } as i32,
+                                        via: Some(pb::AccessVia {
+                                            kind: r.via.kind.to_owned(),
+                                            role_id: r.via.role.clone(),
+                                            pattern: r.via.pattern.clone(),
+                                            methods: r.via.methods.clone(),
+                                        }),
+                                        requests: r
+                                            .requests
+                                            .iter()
+                                            .map(|(m, p)| pb::ProbeRequest {
+                                                method: m.clone(),
+                                                path: p.clone(),
+                                            })
+                                            .collect(),
+                                    })
+                                    .collect(),
+                            })
+                            .collect(),
+                        unchanged_scopes: s.unchanged_scopes.clone(),
+                        causes: s
+                            .causes
+                            .iter()
+                            .map(|c| pb::AccessCause {
+                                kind: c.kind.to_owned(),
+                                detail: c.detail.clone(),
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}

@@ -331,6 +331,26 @@ pub fn diff(old: Side<'_>, new: Side<'_>) -> Result<PolicyDiff, DiffError> {
     Ok(out)
 }
 
+/// The document the database would hold after applying `doc` to `current`
+/// (`authzd policy apply`'s rules, [`crate::store::sync`]): `doc`'s built-in roles and
+/// global endpoint table, `doc`'s tenants, and `current`'s other tenants unchanged.
+pub fn after_apply(current: &PolicyDocument, doc: &PolicyDocument) -> PolicyDocument {
+    let mut tenants = doc.tenants.clone();
+    tenants.extend(
+        current
+            .tenants
+            .iter()
+            .filter(|t| !doc.tenants.iter().any(|d| d.id == t.id))
+            .cloned(),
+    );
+    PolicyDocument {
+        version: doc.version,
+        roles: doc.roles.clone(),
+        endpoints: doc.endpoints.clone(),
+        tenants,
+    }
+}
+
 // ------------------------------------------------------------------------- structure
 
 fn route_text(methods: &[String], path: &str) -> String {

@@ -680,6 +680,16 @@ impl AdminStore {
         Ok(sync::export(client, tenants).await?)
     }
 
+    /// The whole current policy as a document, with its revision and the limits the
+    /// database holds it to ([`sync::export_current`]).
+    pub async fn current_policy(
+        &self,
+    ) -> Result<(u64, PolicyDocument, crate::policy::Limits), AdminError> {
+        let mut conn = self.pool.get().await?;
+        let client: &mut tokio_postgres::Client = &mut conn;
+        Ok(sync::export_current(client).await?)
+    }
+
     /// Built-in roles and the tenant's custom roles with ids after `after`, by id.
     pub async fn list_roles(
         &self,

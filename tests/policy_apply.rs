@@ -1,0 +1,210 @@
+//! Reviewing a change before it is applied, against a real PostgreSQL: the admin API's
+//! DiffPolicy (the same diff as `authzd diff now FILE`), and `authzd policy apply
+//! --dry-run`, which writes nothing.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "a test that panics has failed; that is its job"
+)]
+
+mod common;
+
+use std::time::Duration;
+
+use authz::{
+    grpc::{
+        PolicyAdmin, ServiceConfig,
+        auth::{AdminTokens, file_line},
+    },
+    pb::{self, policy_admin_service_client::PolicyAdminServiceClient},
+    policy::{
+        PolicyDocument, compile,
+        diff::{Side, after_apply, diff},
+    },
+    server::ServerConfig,
+    store::{admin::AdminStore, follow::FollowConfig, postgres, sync},
+};
+use common::{TestServer, example, pg::TestDb};
+use tonic::{Code, Request};
+
+const ROOT: &str = "root-secret-token";
+const ACME: &str = "acme-secret-token";
+
+fn authed<T>(token: &str, msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+/// The gateway example with a reviewer-worthy change: role `user` may deploy to prod,
+/// and olga is no longer orgadmin.
+fn changed_gateway() -> String {
+    let text = std::fs::read_to_string(example("gateway.yaml")).unwrap();
+    let removed = "      - subject: olga\n        role: orgadmin\n";
+    assert!(text.contains(removed));
+    let text = text.replacen(removed, "", 1);
+    let anchor = "  - id: user\n";
+    assert!(text.contains(anchor));
+    // A rule added at the top of the `user` role's rules.
+    let doc: PolicyDocument = serde_yaml_ng::from_str(&text).unwrap();
+    let mut doc = doc;
+    let user = doc.roles.iter_mut().find(|r| r.id == "user").unwrap();
+    user.routes.push(authz::policy::source::RouteDoc {
+        methods: vec!["PUT".into()],
+        path: "/environments/prod/applications/*/revisions/*/deployments".into(),
+    });
+    doc.to_yaml().unwrap()
+}
+
+#[tokio::test]
+async fn diff_policy_returns_the_library_diff_and_writes_nothing() {
+    let db = TestDb::create("diff_policy").await;
+    let original = PolicyDocument::read(&example("gateway.yaml")).unwrap();
+    sync::apply(&mut db.client().await, &original, "gateway.yaml")
+        .await
+        .unwrap();
+    let tokens = AdminTokens::parse(
+        &format!(
+            "{}\n{}\n",
+            file_line(ROOT, "*", Some("root")),
+            file_line(ACME, "acme", Some("acme-admin"))
+        ),
+        "tokens",
+    )
+    .unwrap();
+    let admin = PolicyAdmin::new(AdminStore::new(postgres::pool(&db.url, 2).unwrap()), tokens);
+    let mut follow = FollowConfig::new(db.url.clone());
+    follow.poll_interval = Duration::from_millis(100);
+    let config = ServerConfig {
+        service: ServiceConfig::default(),
+        shutdown_grace: Duration::from_secs(5),
+        admin: Some(admin),
+        ..ServerConfig::default()
+    };
+    let (server, _follower) = TestServer::start_db_configured(follow, config).await;
+    let mut client = PolicyAdminServiceClient::new(server.channel.clone());
+    let before = db.revision().await;
+
+    let document = changed_gateway();
+    let resp = client
+        .diff_policy(authed(
+            ROOT,
+            pb::DiffPolicyRequest {
+                document: document.clone(),
+                format: pb::DocumentFormat::Yaml as i32,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.revision, before);
+    assert!(resp.access_changed);
+
+    // Exactly the library's diff of the database's document and the applied result.
+    let (_, current, _) = sync::export_current(&mut db.client().await).await.unwrap();
+    let new = after_apply(&current, &serde_yaml_ng::from_str(&document).unwrap());
+    let (op, np) = (
+        compile(&current, "db", 1).unwrap(),
+        compile(&new, "doc", 1).unwrap(),
+    );
+    let want = diff(
+        Side {
+            label: "db",
+            doc: &current,
+            policy: &op,
+        },
+        Side {
+            label: "doc",
+            doc: &new,
+            policy: &np,
+        },
+    )
+    .unwrap();
+    assert_eq!(resp, authz::grpc::convert::diff_to_pb(&want, before));
+
+    // What a reviewer reads in it.
+    let acme = resp.access.iter().find(|t| t.tenant_id == "acme").unwrap();
+    let olga = acme
+        .subjects
+        .iter()
+        .find(|s| s.subject_id == "olga")
+        .unwrap();
+    assert!(
+        olga.changes[0]
+            .routes
+            .iter()
+            .all(|r| r.change == pb::AccessDirection::Lost as i32)
+    );
+    assert!(
+        olga.causes
+            .iter()
+            .any(|c| c.kind == "assignment_removed" && c.detail == "orgadmin at the root")
+    );
+    let ulli = acme
+        .subjects
+        .iter()
+        .find(|s| s.subject_id == "ulli")
+        .unwrap();
+    assert!(ulli.changes[0].routes.iter().any(|r| {
+        r.change == pb::AccessDirection::Gained as i32
+            && r.via.as_ref().unwrap().role_id == "user"
+            && r.requests.iter().all(|q| q.method == "PUT")
+    }));
+    let structure = resp.structure.unwrap();
+    assert_eq!(
+        structure.builtin_roles[0].routes.as_ref().unwrap().added,
+        ["PUT /environments/prod/applications/*/revisions/*/deployments"]
+    );
+
+    // Nothing was written.
+    assert_eq!(db.revision().await, before);
+
+    // A token for one tenant may not ask (the document speaks for every tenant's
+    // built-in roles); a bad document is INVALID_ARGUMENT naming `document`.
+    let err = client
+        .diff_policy(authed(
+            ACME,
+            pb::DiffPolicyRequest {
+                document: document.clone(),
+                format: 0,
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    for bad in [
+        "version: 1\nroles:\n  - id: a\n    includes: [a]\n",
+        "version: 1\nrolez: []\n",
+    ] {
+        let err = client
+            .diff_policy(authed(
+                ROOT,
+                pb::DiffPolicyRequest {
+                    document: bad.into(),
+                    format: 0,
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains("document"), "{}", err.message());
+    }
+    // The same document as the database's: nothing changes.
+    let resp = client
+        .diff_policy(authed(
+            ROOT,
+            pb::DiffPolicyRequest {
+                document: std::fs::read_to_string(example("gateway.yaml")).unwrap(),
+                format: 0,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!resp.access_changed && resp.access.is_empty());
+    server.stop().await;
+    db.drop_db().await;
+}
