@@ -453,14 +453,14 @@ fn claimed<'d>(
     tenant: &str,
     subject: &str,
     scope: &str,
-) -> Option<&'d authz::policy::diff::ScopedChange> {
+) -> Option<&'d authz::policy::diff::ChangeSet> {
     let t = d.access.iter().find(|t| t.tenant == tenant)?;
     let s = t.subjects.iter().find(|s| s.subject == subject)?;
-    let mut best: Option<(&str, Option<&authz::policy::diff::ScopedChange>)> = None;
+    let mut best: Option<(&str, Option<&authz::policy::diff::ChangeSet>)> = None;
     for c in &s.changes {
         for sc in &c.scopes {
             if scope_covers(sc, scope) && best.is_none_or(|(b, _)| sc.len() > b.len()) {
-                best = Some((sc, Some(c)));
+                best = Some((sc, Some(&t.change_sets[c.change_set])));
             }
         }
     }
@@ -586,12 +586,17 @@ fn the_diff_matches_check_on_random_policy_pairs() {
                                 access.other_method.clone()
                             };
                             let said = |dir: Direction| {
-                                claim.into_iter().flat_map(|c| &c.routes).find(|r| {
-                                    r.change == dir
-                                        && r.requests
-                                            .iter()
-                                            .any(|(rm, rp)| *rm == method && *rp == probe)
-                                })
+                                claim
+                                    .into_iter()
+                                    .flat_map(|c| &c.routes)
+                                    .map(|&r| &access.route_changes[r])
+                                    .find(|r| {
+                                        r.change == dir
+                                            && r.requests.iter().any(|&q| {
+                                                access.request(q)
+                                                    == (method.as_str(), probe.as_str())
+                                            })
+                                    })
                             };
                             let (g, l) = (said(Direction::Gained), said(Direction::Lost));
                             assert_eq!(
@@ -656,12 +661,16 @@ fn an_example_change_reads_as_a_reviewer_needs() {
     .unwrap();
     let acme = d.access.iter().find(|t| t.tenant == "acme").unwrap();
     let ulli = acme.subjects.iter().find(|s| s.subject == "ulli").unwrap();
-    let gained = &ulli.changes[0].routes;
+    let gained: Vec<_> = acme.change_sets[ulli.changes[0].change_set]
+        .routes
+        .iter()
+        .map(|&r| &acme.route_changes[r])
+        .collect();
     assert!(
         gained.iter().any(|r| r.change == Direction::Gained
             && r.via.role == "user"
             && r.via.pattern == "/environments/prod/applications/*/revisions/*/deployments"
-            && r.requests.iter().all(|(m, _)| m == "PUT")),
+            && r.requests.iter().all(|&q| acme.request(q).0 == "PUT")),
         "{gained:#?}"
     );
     assert!(
@@ -673,10 +682,10 @@ fn an_example_change_reads_as_a_reviewer_needs() {
     );
     let olga = acme.subjects.iter().find(|s| s.subject == "olga").unwrap();
     assert!(
-        olga.changes[0]
+        acme.change_sets[olga.changes[0].change_set]
             .routes
             .iter()
-            .all(|r| r.change == Direction::Lost)
+            .all(|&r| acme.route_changes[r].change == Direction::Lost)
     );
     assert!(
         olga.causes
@@ -764,8 +773,13 @@ fn the_cli_prints_text_json_and_markdown_and_exit_code_says_whether_access_chang
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["access"][0]["tenant"], "acme");
     assert_eq!(v["access"][0]["subjects"][0]["subject"], "olga");
+    let set = v["access"][0]["subjects"][0]["changes"][0]["change_set"]
+        .as_u64()
+        .unwrap();
     assert_eq!(
-        v["access"][0]["subjects"][0]["changes"][0]["routes"][0]["change"],
+        v["access"][0]["route_changes"][v["access"][0]["change_sets"][set as usize]["routes"][0]
+            .as_u64()
+            .unwrap() as usize]["change"],
         "lost"
     );
 

@@ -132,11 +132,13 @@ async fn diff_policy_returns_the_library_diff_and_writes_nothing() {
         .iter()
         .find(|s| s.subject_id == "olga")
         .unwrap();
+    let set = |s: &pb::SubjectAccessDiff| &acme.change_sets[s.changes[0].change_set as usize];
+    let route = |r: &u32| &acme.route_changes[*r as usize];
     assert!(
-        olga.changes[0]
+        set(olga)
             .routes
             .iter()
-            .all(|r| r.change == pb::AccessDirection::Lost as i32)
+            .all(|r| route(r).change == pb::AccessDirection::Lost as i32)
     );
     assert!(
         olga.causes
@@ -148,10 +150,12 @@ async fn diff_policy_returns_the_library_diff_and_writes_nothing() {
         .iter()
         .find(|s| s.subject_id == "ulli")
         .unwrap();
-    assert!(ulli.changes[0].routes.iter().any(|r| {
+    assert!(set(ulli).routes.iter().map(route).any(|r| {
         r.change == pb::AccessDirection::Gained as i32
             && r.via.as_ref().unwrap().role_id == "user"
-            && r.requests.iter().all(|q| q.method == "PUT")
+            && r.requests
+                .iter()
+                .all(|q| acme.methods[q.method_index as usize] == "PUT")
     }));
     let structure = resp.structure.unwrap();
     assert_eq!(
@@ -206,5 +210,68 @@ async fn diff_policy_returns_the_library_diff_and_writes_nothing() {
         .into_inner();
     assert!(!resp.access_changed && resp.access.is_empty());
     server.stop().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn apply_dry_run_prints_the_diff_and_writes_nothing() {
+    let db = TestDb::create("apply_dry_run").await;
+    let original = PolicyDocument::read(&example("gateway.yaml")).unwrap();
+    sync::apply(&mut db.client().await, &original, "gateway.yaml")
+        .await
+        .unwrap();
+    let before = db.revision().await;
+    let (_, exported_before) = sync::export(&mut db.client().await, None).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("changed.yaml");
+    std::fs::write(&file, changed_gateway()).unwrap();
+    let url = db.url.clone();
+    let path = file.clone();
+    let run = move |extra: &'static [&'static str]| {
+        let (url, path) = (url.clone(), path.clone());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                std::process::Command::new(env!("CARGO_BIN_EXE_authzd"))
+                    .args(["policy", "apply", "--dry-run", "--database-url", &url])
+                    .arg(&path)
+                    .args(extra)
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let out = run(&[]).await;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stdout.contains("subject `olga`"), "{stdout}");
+    assert!(
+        stdout.contains("because assignment_removed: orgadmin at the root"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("+rules PUT /environments/prod/applications/*/revisions/*/deployments"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("dry run: nothing written"), "{stderr}");
+    let out = run(&["--output", "json"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["access"][0]["tenant"], "acme");
+
+    // Nothing changed in the database: same revision, same document.
+    assert_eq!(db.revision().await, before);
+    let (_, exported_after) = sync::export(&mut db.client().await, None).await.unwrap();
+    assert_eq!(exported_before, exported_after);
+    // The real apply then writes exactly what was announced.
+    let doc: PolicyDocument = serde_yaml_ng::from_str(&changed_gateway()).unwrap();
+    let report = sync::apply(&mut db.client().await, &doc, "changed.yaml")
+        .await
+        .unwrap();
+    assert!(report.revision.is_some());
     db.drop_db().await;
 }

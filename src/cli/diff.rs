@@ -263,8 +263,9 @@ fn via_words(st: &Style, v: &Via) -> String {
     }
 }
 
-fn route_words(st: &Style, r: &RouteChange, all: &[String], other: &str) -> String {
-    let mut methods: Vec<&str> = r.requests.iter().map(|(m, _)| m.as_str()).collect();
+fn route_words(st: &Style, r: &RouteChange, t: &TenantAccess) -> String {
+    let (all, other) = (&t.methods, t.other_method.as_str());
+    let mut methods: Vec<&str> = r.requests.iter().map(|&q| t.request(q).0).collect();
     methods.sort_unstable();
     methods.dedup();
     let methods = if methods.len() == all.len() {
@@ -276,7 +277,7 @@ fn route_words(st: &Style, r: &RouteChange, all: &[String], other: &str) -> Stri
             .collect::<Vec<_>>()
             .join(",")
     };
-    let mut paths: Vec<&str> = r.requests.iter().map(|(_, p)| p.as_str()).collect();
+    let mut paths: Vec<&str> = r.requests.iter().map(|&q| t.request(q).1).collect();
     paths.sort_unstable();
     paths.dedup();
     let sign = st.sign(r.change == Direction::Gained, true);
@@ -319,8 +320,11 @@ fn role_line(st: &Style, out: &mut String, depth: usize, c: &RoleChange) {
     st.item(out, depth, &text);
 }
 
-fn scoped(st: &Style, out: &mut String, depth: usize, c: &ScopedChange, t: &TenantAccess) {
-    st.item(out, depth, &format!("at {}:", scope_words(st, &c.scopes)));
+fn scoped(st: &Style, out: &mut String, depth: usize, sc: &ScopedChange, t: &TenantAccess) {
+    st.item(out, depth, &format!("at {}:", scope_words(st, &sc.scopes)));
+    let Some(c) = t.change_sets.get(sc.change_set) else {
+        return;
+    };
     for p in &c.permissions_gained {
         let text = format!("{} permission {}", st.sign(true, true), st.code(p));
         st.item(out, depth + 1, &text);
@@ -329,12 +333,8 @@ fn scoped(st: &Style, out: &mut String, depth: usize, c: &ScopedChange, t: &Tena
         let text = format!("{} permission {}", st.sign(false, true), st.code(p));
         st.item(out, depth + 1, &text);
     }
-    for r in &c.routes {
-        st.item(
-            out,
-            depth + 1,
-            &route_words(st, r, &t.methods, &t.other_method),
-        );
+    for r in c.routes.iter().filter_map(|&r| t.route_changes.get(r)) {
+        st.item(out, depth + 1, &route_words(st, r, t));
     }
 }
 
@@ -401,13 +401,26 @@ pub fn render(d: &PolicyDiff, markdown: bool) -> String {
             } else {
                 format!("subject {}", st.code(&s.subject))
             };
-            let gains = s.changes.iter().any(|c| {
+            let sets = || {
+                s.changes
+                    .iter()
+                    .filter_map(|c| t.change_sets.get(c.change_set))
+            };
+            let gains = sets().any(|c| {
                 !c.permissions_gained.is_empty()
-                    || c.routes.iter().any(|r| r.change == Direction::Gained)
+                    || c.routes.iter().any(|&r| {
+                        t.route_changes
+                            .get(r)
+                            .is_some_and(|r| r.change == Direction::Gained)
+                    })
             });
-            let loses = s.changes.iter().any(|c| {
+            let loses = sets().any(|c| {
                 !c.permissions_lost.is_empty()
-                    || c.routes.iter().any(|r| r.change == Direction::Lost)
+                    || c.routes.iter().any(|&r| {
+                        t.route_changes
+                            .get(r)
+                            .is_some_and(|r| r.change == Direction::Lost)
+                    })
             });
             gain += usize::from(gains);
             lose += usize::from(loses);

@@ -41,6 +41,13 @@ pub struct ApplyArgs {
     /// PostgreSQL URL, e.g. `postgres://user@host:5432/authz`.
     #[arg(long, env = "AUTHZ_DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
+    /// Print what the apply would change (the structural and effective-access diff,
+    /// as `authzd diff now FILE`) and exit without writing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// With `--dry-run`: the diff's format.
+    #[arg(long, value_enum, default_value_t = super::diff::DiffOutput::Text)]
+    pub output: super::diff::DiffOutput,
 }
 
 /// Document formats `export` writes.
@@ -95,6 +102,9 @@ fn apply(args: &ApplyArgs) -> Exit {
         eprintln!("{e}");
         return Exit::DataErr;
     }
+    if args.dry_run {
+        return dry_run(args, &file, &doc);
+    }
     block_on(async {
         let mut client = match connect(&args.database_url).await {
             Ok(c) => c,
@@ -125,6 +135,57 @@ fn apply(args: &ApplyArgs) -> Exit {
             Err(e) => report(&e),
         }
     })
+}
+
+/// `apply --dry-run`: the database's state against the state the apply would leave (the
+/// document's built-in section and tenants, the other tenants as they are); nothing is
+/// written.
+fn dry_run(args: &ApplyArgs, file: &str, doc: &PolicyDocument) -> Exit {
+    let (label, current, old) = match super::diff::database(&args.database_url) {
+        Ok(x) => x,
+        Err(e) => return e,
+    };
+    let new_doc = crate::policy::diff::after_apply(&current, doc);
+    // Compiled as the apply compiles the document (the default limits).
+    let new = match compile(&new_doc, file, 0) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return Exit::DataErr;
+        }
+    };
+    let d = match crate::policy::diff::diff(
+        crate::policy::diff::Side {
+            label: &label,
+            doc: &current,
+            policy: &old,
+        },
+        crate::policy::diff::Side {
+            label: file,
+            doc: &new_doc,
+            policy: &new,
+        },
+    ) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Exit::DataErr;
+        }
+    };
+    let text = match args.output {
+        super::diff::DiffOutput::Text => super::diff::render(&d, false),
+        super::diff::DiffOutput::Markdown => super::diff::render(&d, true),
+        super::diff::DiffOutput::Json => match serde_json::to_string_pretty(&d) {
+            Ok(s) => s + "\n",
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Exit::Software;
+            }
+        },
+    };
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    eprintln!("dry run: nothing written ({label})");
+    Exit::Ok
 }
 
 fn export(args: &ExportArgs) -> Exit {

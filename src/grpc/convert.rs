@@ -437,6 +437,40 @@ pub fn diff_to_pb(d: &crate::policy::diff::PolicyDiff, revision: u64) -> pb::Dif
                 other_method: t.other_method.clone(),
                 methods: t.methods.clone(),
                 probe_paths: t.probe_paths as u64,
+                paths: t.paths.clone(),
+                change_sets: t
+                    .change_sets
+                    .iter()
+                    .map(|c| pb::AccessChangeSet {
+                        permissions_gained: c.permissions_gained.clone(),
+                        permissions_lost: c.permissions_lost.clone(),
+                        routes: c.routes.iter().map(|&r| r as u32).collect(),
+                    })
+                    .collect(),
+                route_changes: t
+                    .route_changes
+                    .iter()
+                    .map(|r| pb::RouteAccessChange {
+                        change: match r.change {
+                            Direction::Gained => pb::AccessDirection::Gained,
+                            Direction::Lost => pb::AccessDirection::Lost,
+                        } as i32,
+                        via: Some(pb::AccessVia {
+                            kind: r.via.kind.to_owned(),
+                            role_id: r.via.role.clone(),
+                            pattern: r.via.pattern.clone(),
+                            methods: r.via.methods.clone(),
+                        }),
+                        requests: r
+                            .requests
+                            .iter()
+                            .map(|&(m, p)| pb::ProbeRequest {
+                                method_index: m,
+                                path_index: p,
+                            })
+                            .collect(),
+                    })
+                    .collect(),
                 subjects: t
                     .subjects
                     .iter()
@@ -447,32 +481,7 @@ pub fn diff_to_pb(d: &crate::policy::diff::PolicyDiff, revision: u64) -> pb::Dif
                             .iter()
                             .map(|c| pb::ScopedAccessChange {
                                 scopes: c.scopes.clone(),
-                                permissions_gained: c.permissions_gained.clone(),
-                                permissions_lost: c.permissions_lost.clone(),
-                                routes: c
-                                    .routes
-                                    .iter()
-                                    .map(|r| pb::RouteAccessChange {
-                                        change: match r.change {
-                                            Direction::Gained => pb::AccessDirection::Gained,
-                                            Direction::Lost => pb::AccessDirection::Lost,
-                                        } as i32,
-                                        via: Some(pb::AccessVia {
-                                            kind: r.via.kind.to_owned(),
-                                            role_id: r.via.role.clone(),
-                                            pattern: r.via.pattern.clone(),
-                                            methods: r.via.methods.clone(),
-                                        }),
-                                        requests: r
-                                            .requests
-                                            .iter()
-                                            .map(|(m, p)| pb::ProbeRequest {
-                                                method: m.clone(),
-                                                path: p.clone(),
-                                            })
-                                            .collect(),
-                                    })
-                                    .collect(),
+                                change_set: c.change_set as u32,
                             })
                             .collect(),
                         unchanged_scopes: s.unchanged_scopes.clone(),

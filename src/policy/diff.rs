@@ -209,6 +209,10 @@ pub struct TenantChange {
 }
 
 /// Effective-access changes in one tenant.
+///
+/// Distinct changes are listed once (`change_sets`) and subjects refer to them by index:
+/// a change to a role many subjects hold reads once, not once per subject. Route requests
+/// are (method, path) index pairs into `methods` and `paths`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct TenantAccess {
     /// The tenant id.
@@ -221,9 +225,26 @@ pub struct TenantAccess {
     pub methods: Vec<String>,
     /// How many canonical probe paths the tenant's patterns give.
     pub probe_paths: usize,
+    /// The canonical probe paths some change names, sorted.
+    pub paths: Vec<String>,
+    /// The distinct changes.
+    pub change_sets: Vec<ChangeSet>,
+    /// The distinct route changes the change sets name: a group of requests gained or
+    /// lost through one rule or entry, listed once however many change sets share it.
+    pub route_changes: Vec<RouteChange>,
     /// Subjects whose access changes, by id; the empty id is anyone (anonymous or not
     /// registered), who gets public endpoints only.
     pub subjects: Vec<SubjectAccess>,
+}
+
+impl TenantAccess {
+    /// A request's method and path by its indexes (empty for an index out of range).
+    pub fn request(&self, (method, path): (u32, u32)) -> (&str, &str) {
+        (
+            self.methods.get(method as usize).map_or("", |m| m),
+            self.paths.get(path as usize).map_or("", |p| p),
+        )
+    }
 }
 
 /// One subject's changes.
@@ -241,20 +262,28 @@ pub struct SubjectAccess {
     pub causes: Vec<Cause>,
 }
 
-/// A change of access at some scopes.
+/// A change at some scopes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ScopedChange {
     /// The scopes where this is the change (`""` is the root).
     pub scopes: Vec<String>,
+    /// Index into [`TenantAccess::change_sets`].
+    pub change_set: usize,
+}
+
+/// What changes for a subject at a scope.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ChangeSet {
     /// Named permissions gained.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub permissions_gained: Vec<String>,
     /// Named permissions lost.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub permissions_lost: Vec<String>,
-    /// Route requests gained and lost, grouped by what allows them.
+    /// Route requests gained and lost, grouped by what allows them: indexes into
+    /// [`TenantAccess::route_changes`].
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub routes: Vec<RouteChange>,
+    pub routes: Vec<usize>,
 }
 
 /// Whether access is gained or lost.
@@ -274,8 +303,9 @@ pub struct RouteChange {
     pub change: Direction,
     /// What allows the requests on the side that allows them.
     pub via: Via,
-    /// The requests, as (method, canonical probe path).
-    pub requests: Vec<(String, String)>,
+    /// The requests, as (method, path) indexes into [`TenantAccess::methods`] and
+    /// [`TenantAccess::paths`].
+    pub requests: Vec<(u32, u32)>,
 }
 
 /// What allows a route request.
@@ -669,35 +699,47 @@ impl Bits {
             *w |= 1 << (i % 64);
         }
     }
-    fn get(&self, i: usize) -> bool {
-        self.0.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
-    }
     fn or(&mut self, other: &Bits) {
         for (a, b) in self.0.iter_mut().zip(&other.0) {
             *a |= b;
         }
     }
-    /// Indexes set here and not in `other`.
-    fn minus<'a>(&'a self, other: &'a Bits) -> impl Iterator<Item = usize> + 'a {
-        self.0
-            .iter()
-            .zip(&other.0)
-            .enumerate()
-            .flat_map(|(w, (a, b))| {
-                let mut x = a & !b;
-                std::iter::from_fn(move || {
-                    if x == 0 {
-                        return None;
-                    }
-                    let bit = x.trailing_zeros() as usize;
-                    x &= x - 1;
-                    Some(w * 64 + bit)
-                })
+    fn minus(&self, other: &Bits) -> Bits {
+        Bits(self.0.iter().zip(&other.0).map(|(a, b)| a & !b).collect())
+    }
+    /// How many requests are in the set.
+    fn count(&self) -> usize {
+        self.0.iter().map(|w| w.count_ones() as usize).sum()
+    }
+    /// Moves the requests of `self` that are in `part` out of `self` into the result;
+    /// `None` (and nothing allocated) when they share none.
+    fn take(&mut self, part: &Bits) -> Option<Bits> {
+        if !self.0.iter().zip(&part.0).any(|(a, b)| a & b != 0) {
+            return None;
+        }
+        let taken = Bits(self.0.iter().zip(&part.0).map(|(a, b)| a & b).collect());
+        for (a, t) in self.0.iter_mut().zip(&taken.0) {
+            *a &= !t;
+        }
+        Some(taken)
+    }
+    fn indexes(&self) -> impl Iterator<Item = usize> + '_ {
+        self.0.iter().enumerate().flat_map(|(w, &word)| {
+            let mut x = word;
+            std::iter::from_fn(move || {
+                if x == 0 {
+                    return None;
+                }
+                let bit = x.trailing_zeros() as usize;
+                x &= x - 1;
+                Some(w * 64 + bit)
             })
+        })
     }
 }
 
-/// The probe requests of one tenant, shared by both sides.
+/// The probe requests of one tenant, shared by both sides: request `i` is path
+/// `i / methods.len()` with method `i % methods.len()`.
 struct Probes {
     paths: Vec<String>,
     methods: Vec<String>,
@@ -707,14 +749,10 @@ impl Probes {
     fn len(&self) -> usize {
         self.paths.len() * self.methods.len()
     }
-    fn request(&self, i: usize) -> Option<(&str, &str)> {
-        let m = self.methods.len().max(1);
-        Some((self.paths.get(i / m)?, self.methods.get(i % m)?))
-    }
 }
 
-/// A subject's access on one side: its effective roles (`None`: no registered, enabled
-/// subject; `Some` of an empty set: a subject holding nothing), or no tenant at all.
+/// A subject's effective roles on one side (`Nobody`: no registered, enabled subject;
+/// `NoTenant`: the tenant does not exist there).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Holder {
     NoTenant,
@@ -724,21 +762,30 @@ enum Holder {
 
 /// What a holder may do.
 struct Access {
-    holder: Holder,
+    /// The effective roles, sorted by id (the order changes are attributed in).
+    by_id: Vec<RoleIdx>,
     permissions: Vec<Box<str>>,
     routes: Bits,
+}
+
+/// One role's route requests: through endpoint entries naming it, and per rule that
+/// decides (allows) them.
+struct RoleRoutes {
+    entries: Vec<u32>,
+    rules: Vec<(u32, Bits)>,
+    all: Bits,
 }
 
 /// One side of one tenant, with what the diff has evaluated so far.
 struct Eval<'a> {
     snap: Option<&'a TenantSnapshot>,
-    /// Requests allowed to anyone (public entries).
-    public: Bits,
-    /// The resolved (method-matching, non-public) entry of each request.
-    entry: Vec<Option<u32>>,
-    /// Per role: the requests its own rules allow or its membership in the resolved
-    /// entry allows; computed when first needed.
-    role_bits: Vec<Option<Bits>>,
+    /// Requests resolving to each public entry.
+    public: Vec<(u32, Bits)>,
+    public_all: Bits,
+    /// Requests resolving to each non-public entry (by entry index).
+    entries: Vec<Option<Bits>>,
+    /// Per role, computed when first needed.
+    roles: Vec<Option<RoleRoutes>>,
     accesses: Vec<Access>,
     index: HashMap<Holder, usize>,
 }
@@ -746,74 +793,101 @@ struct Eval<'a> {
 impl<'a> Eval<'a> {
     fn new(snap: Option<&'a TenantSnapshot>, probes: &Probes) -> Self {
         let n = probes.len();
-        let mut public = Bits::new(n);
-        let mut entry = vec![None; n];
-        if let Some(s) = snap {
-            for i in 0..n {
-                let Some((path, method)) = probes.request(i) else {
-                    continue;
-                };
+        let mut eval = Eval {
+            snap,
+            public: Vec::new(),
+            public_all: Bits::new(n),
+            entries: Vec::new(),
+            roles: Vec::new(),
+            accesses: Vec::new(),
+            index: HashMap::new(),
+        };
+        let Some(s) = snap else {
+            return eval;
+        };
+        eval.roles = (0..s.role_count()).map(|_| None).collect();
+        eval.entries = vec![None; s.endpoints.len()];
+        let mut public: BTreeMap<u32, Bits> = BTreeMap::new();
+        for (pi, path) in probes.paths.iter().enumerate() {
+            let segments = PathSegments::new(path);
+            for (mi, method) in probes.methods.iter().enumerate() {
                 let Ok(method) = Method::parse(method) else {
                     continue;
                 };
-                let (e, _) = s.resolve_endpoint(&PathSegments::new(path), method);
-                match e.and_then(|e| s.endpoints.get(e as usize).map(|ep| (e, ep))) {
-                    Some((_, ep)) if ep.public => public.set(i),
-                    Some((e, _)) => {
-                        if let Some(slot) = entry.get_mut(i) {
-                            *slot = Some(e);
+                let i = pi * probes.methods.len() + mi;
+                let (Some(e), _) = s.resolve_endpoint(&segments, method) else {
+                    continue;
+                };
+                match s.endpoints.get(e as usize) {
+                    Some(ep) if ep.public => {
+                        public.entry(e).or_insert_with(|| Bits::new(n)).set(i);
+                        eval.public_all.set(i);
+                    }
+                    Some(_) => {
+                        if let Some(slot) = eval.entries.get_mut(e as usize) {
+                            slot.get_or_insert_with(|| Bits::new(n)).set(i);
                         }
                     }
                     None => {}
                 }
             }
         }
-        Eval {
-            snap,
-            public,
-            entry,
-            role_bits: vec![None; snap.map_or(0, |s| s.role_count())],
-            accesses: Vec::new(),
-            index: HashMap::new(),
-        }
+        eval.public = public.into_iter().collect();
+        eval
     }
 
-    fn role_bits(&mut self, role: RoleIdx, probes: &Probes) -> Bits {
-        if let Some(Some(b)) = self.role_bits.get(role as usize) {
-            return b.clone();
+    /// Computes a role's requests (once): its rules judged on every probe request, and
+    /// the entries naming it.
+    fn prepare_role(&mut self, role: RoleIdx, probes: &Probes) {
+        let Some(s) = self.snap else { return };
+        if self.roles.get(role as usize).is_none_or(Option::is_some) {
+            return;
         }
-        let mut bits = Bits::new(probes.len());
-        if let Some(s) = self.snap
-            && let Some(r) = s.role(role)
+        let n = probes.len();
+        let mut all = Bits::new(n);
+        let entries: Vec<u32> = (0..s.endpoints.len() as u32)
+            .filter(|&e| {
+                s.endpoints
+                    .get(e as usize)
+                    .is_some_and(|ep| !ep.public && ep.role_set.contains(role))
+                    && self.entries.get(e as usize).is_some_and(Option::is_some)
+            })
+            .collect();
+        for &e in &entries {
+            if let Some(Some(b)) = self.entries.get(e as usize) {
+                all.or(b);
+            }
+        }
+        let mut rules: BTreeMap<u32, Bits> = BTreeMap::new();
+        if let Some(r) = s.role(role)
+            && !r.rules.is_empty()
         {
-            let has_rules = !r.rules.is_empty();
-            for i in 0..probes.len() {
-                let in_entry = self
-                    .entry
-                    .get(i)
-                    .copied()
-                    .flatten()
-                    .and_then(|e| s.endpoints.get(e as usize))
-                    .is_some_and(|ep| ep.role_set.contains(role));
-                let allowed = in_entry
-                    || (has_rules
-                        && probes.request(i).is_some_and(|(path, method)| {
-                            Method::parse(method).is_ok_and(|m| {
-                                matches!(
-                                    r.judge(&PathSegments::new(path), m),
-                                    RuleVerdict::Allowed(_)
-                                )
-                            })
-                        }));
-                if allowed {
-                    bits.set(i);
+            let methods: Vec<Method<'_>> = probes
+                .methods
+                .iter()
+                .filter_map(|m| Method::parse(m).ok())
+                .collect();
+            for (pi, path) in probes.paths.iter().enumerate() {
+                // Role::judge in two halves: the path's rules once, then each method.
+                let Some(group) = r.matching_rules(&PathSegments::new(path)) else {
+                    continue;
+                };
+                for (mi, &method) in methods.iter().enumerate() {
+                    if let RuleVerdict::Allowed(rule) = r.verdict(group, method) {
+                        let i = pi * probes.methods.len() + mi;
+                        rules.entry(rule).or_insert_with(|| Bits::new(n)).set(i);
+                        all.set(i);
+                    }
                 }
             }
         }
-        if let Some(slot) = self.role_bits.get_mut(role as usize) {
-            *slot = Some(bits.clone());
+        if let Some(slot) = self.roles.get_mut(role as usize) {
+            *slot = Some(RoleRoutes {
+                entries,
+                rules: rules.into_iter().collect(),
+                all,
+            });
         }
-        bits
     }
 
     /// The holder for a subject at a scope: its effective roles, as Check gathers them.
@@ -841,97 +915,146 @@ impl<'a> Eval<'a> {
         if let Some(&i) = self.index.get(&holder) {
             return i;
         }
-        let (permissions, routes) = match (&holder, self.snap) {
+        let access = match (&holder, self.snap) {
             (Holder::Roles(roles), Some(s)) => {
                 let mut perms: BTreeSet<&str> = BTreeSet::new();
-                let mut routes = self.public.clone();
+                let mut routes = self.public_all.clone();
                 for &r in roles {
                     if let Some(role) = s.role(r) {
                         perms.extend(role.permissions.iter().map(|p| &**p));
                     }
-                    let b = self.role_bits(r, probes);
-                    routes.or(&b);
+                    self.prepare_role(r, probes);
+                    if let Some(Some(rr)) = self.roles.get(r as usize) {
+                        routes.or(&rr.all);
+                    }
                 }
-                (perms.into_iter().map(Box::from).collect(), routes)
+                let mut by_id = roles.clone();
+                by_id.sort_by_key(|&r| s.role_id(r));
+                Access {
+                    by_id,
+                    permissions: perms.into_iter().map(Box::from).collect(),
+                    routes,
+                }
             }
-            (Holder::Nobody, Some(_)) => (Vec::new(), self.public.clone()),
-            _ => (Vec::new(), Bits::new(probes.len())),
+            (Holder::Nobody, Some(_)) => Access {
+                by_id: Vec::new(),
+                permissions: Vec::new(),
+                routes: self.public_all.clone(),
+            },
+            _ => Access {
+                by_id: Vec::new(),
+                permissions: Vec::new(),
+                routes: Bits::new(probes.len()),
+            },
         };
         let i = self.accesses.len();
-        self.accesses.push(Access {
-            holder: holder.clone(),
-            permissions,
-            routes,
-        });
+        self.accesses.push(access);
         self.index.insert(holder, i);
         i
     }
 
-    /// What allows request `i` for the holder of access `a` (which allows it): as Check
-    /// looks, a public entry, then the resolved entry's roles, then role rules; among
+    /// Splits `bits` (requests access `a` allows) by what allows them, in the order Check
+    /// looks: public entries, then the resolved entry's roles, then role rules; among
     /// roles, the first by id.
-    fn via(&self, a: usize, i: usize, probes: &Probes) -> Via {
-        let unknown = Via {
-            kind: "rule",
-            role: String::new(),
-            pattern: String::new(),
-            methods: String::new(),
-        };
+    fn attribute(&self, a: usize, mut bits: Bits) -> Vec<(Via, Bits)> {
+        let mut out = Vec::new();
         let (Some(s), Some(access)) = (self.snap, self.accesses.get(a)) else {
-            return unknown;
+            return out;
         };
-        let Some((path, method)) = probes.request(i) else {
-            return unknown;
-        };
-        let segments = PathSegments::new(path);
-        let Ok(m) = Method::parse(method) else {
-            return unknown;
-        };
-        if self.public.get(i) {
-            let (e, _) = s.resolve_endpoint(&segments, m);
-            if let Some(ep) = e.and_then(|e| s.endpoints.get(e as usize)) {
-                return Via {
-                    kind: "public",
-                    role: String::new(),
-                    pattern: ep.pattern.to_string(),
-                    methods: ep.methods.to_string(),
-                };
-            }
-        }
-        let Holder::Roles(roles) = &access.holder else {
-            return unknown;
-        };
-        let mut by_id: Vec<(&str, RoleIdx)> = roles.iter().map(|&r| (s.role_id(r), r)).collect();
-        by_id.sort_unstable();
-        if let Some(ep) = self
-            .entry
-            .get(i)
-            .copied()
-            .flatten()
-            .and_then(|e| s.endpoints.get(e as usize))
-            && let Some(&(id, _)) = by_id.iter().find(|(_, r)| ep.role_set.contains(*r))
-        {
-            return Via {
-                kind: "endpoint",
-                role: id.to_owned(),
+        let entry_via = |kind: &'static str, role: &str, e: u32| {
+            s.endpoints.get(e as usize).map(|ep| Via {
+                kind,
+                role: role.to_owned(),
                 pattern: ep.pattern.to_string(),
                 methods: ep.methods.to_string(),
-            };
-        }
-        for (id, r) in by_id {
-            if let Some(role) = s.role(r)
-                && let RuleVerdict::Allowed(rule) = role.judge(&segments, m)
-                && let Some(rule) = role.rules.get(rule as usize)
+            })
+        };
+        // Requests not yet attributed: the walk stops once every one is.
+        let mut left = bits.count();
+        let take = |bits: &mut Bits, part: &Bits, left: &mut usize| {
+            let taken = bits.take(part)?;
+            *left -= taken.count();
+            Some(taken)
+        };
+        for (e, b) in &self.public {
+            if left == 0 {
+                return out;
+            }
+            if let Some(taken) = take(&mut bits, b, &mut left)
+                && let Some(via) = entry_via("public", "", *e)
             {
-                return Via {
-                    kind: "rule",
-                    role: id.to_owned(),
-                    pattern: rule.pattern.to_string(),
-                    methods: rule.methods.to_string(),
-                };
+                out.push((via, taken));
             }
         }
-        unknown
+        for &r in &access.by_id {
+            let Some(Some(rr)) = self.roles.get(r as usize) else {
+                continue;
+            };
+            for &e in &rr.entries {
+                if left == 0 {
+                    return out;
+                }
+                if let Some(Some(b)) = self.entries.get(e as usize)
+                    && let Some(taken) = take(&mut bits, b, &mut left)
+                    && let Some(via) = entry_via("endpoint", s.role_id(r), e)
+                {
+                    out.push((via, taken));
+                }
+            }
+        }
+        for &r in &access.by_id {
+            let (Some(Some(rr)), Some(role)) = (self.roles.get(r as usize), s.role(r)) else {
+                continue;
+            };
+            for (k, b) in &rr.rules {
+                if left == 0 {
+                    return out;
+                }
+                if let Some(taken) = take(&mut bits, b, &mut left)
+                    && let Some(rule) = role.rules.get(*k as usize)
+                {
+                    out.push((
+                        Via {
+                            kind: "rule",
+                            role: s.role_id(r).to_owned(),
+                            pattern: rule.pattern.to_string(),
+                            methods: rule.methods.to_string(),
+                        },
+                        taken,
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A change with requests as probe request indexes (before paths are renumbered).
+struct RawChange {
+    gained: Vec<String>,
+    lost: Vec<String>,
+    /// Indexes into the [`Groups`].
+    routes: Vec<usize>,
+}
+
+/// Route changes, each kept once: subjects whose access changes alike (losing the same
+/// role's rule, say) share them.
+#[derive(Default)]
+struct Groups {
+    index: HashMap<(Direction, Via, Bits), usize>,
+    list: Vec<(Direction, Via, Bits)>,
+}
+
+impl Groups {
+    fn intern(&mut self, key: (Direction, Via, Bits)) -> usize {
+        use std::collections::hash_map::Entry;
+        match self.index.entry(key) {
+            Entry::Occupied(o) => *o.get(),
+            Entry::Vacant(v) => {
+                self.list.push(v.key().clone());
+                *v.insert(self.list.len() - 1)
+            }
+        }
     }
 }
 
@@ -941,42 +1064,28 @@ fn change(
     a: usize,
     new: &Eval<'_>,
     b: usize,
-    probes: &Probes,
-) -> Option<(Vec<String>, Vec<String>, Vec<RouteChange>)> {
+    groups: &mut Groups,
+) -> Option<RawChange> {
     let (oa, nb) = (old.accesses.get(a)?, new.accesses.get(b)?);
     let op: BTreeSet<&str> = oa.permissions.iter().map(|p| &**p).collect();
     let np: BTreeSet<&str> = nb.permissions.iter().map(|p| &**p).collect();
     let gained: Vec<String> = np.difference(&op).map(|p| (*p).to_owned()).collect();
     let lost: Vec<String> = op.difference(&np).map(|p| (*p).to_owned()).collect();
-    let mut routes: BTreeMap<(Direction, Via), Vec<(String, String)>> = BTreeMap::new();
-    for i in nb.routes.minus(&oa.routes) {
-        if let Some((p, m)) = probes.request(i) {
-            routes
-                .entry((Direction::Gained, new.via(b, i, probes)))
-                .or_default()
-                .push((m.to_owned(), p.to_owned()));
-        }
+    let mut routes = Vec::new();
+    for (via, bits) in new.attribute(b, nb.routes.minus(&oa.routes)) {
+        routes.push(groups.intern((Direction::Gained, via, bits)));
     }
-    for i in oa.routes.minus(&nb.routes) {
-        if let Some((p, m)) = probes.request(i) {
-            routes
-                .entry((Direction::Lost, old.via(a, i, probes)))
-                .or_default()
-                .push((m.to_owned(), p.to_owned()));
-        }
+    for (via, bits) in old.attribute(a, oa.routes.minus(&nb.routes)) {
+        routes.push(groups.intern((Direction::Lost, via, bits)));
     }
     if gained.is_empty() && lost.is_empty() && routes.is_empty() {
         return None;
     }
-    let routes = routes
-        .into_iter()
-        .map(|((change, via), requests)| RouteChange {
-            change,
-            via,
-            requests,
-        })
-        .collect();
-    Some((gained, lost, routes))
+    Some(RawChange {
+        gained,
+        lost,
+        routes,
+    })
 }
 
 /// The scopes where `subject`'s access can differ: the root and every scope of its
@@ -1056,7 +1165,8 @@ fn tenant_access(
         subjects.extend(s.subjects.keys());
     }
     let mut memo: HashMap<(usize, usize), Option<usize>> = HashMap::new();
-    let mut changes: Vec<(Vec<String>, Vec<String>, Vec<RouteChange>)> = Vec::new();
+    let mut raw: Vec<RawChange> = Vec::new();
+    let mut groups = Groups::default();
     let mut out = Vec::new();
     for subject in std::iter::once("").chain(subjects.iter().copied()) {
         let mut scopes: BTreeSet<String> = BTreeSet::new();
@@ -1079,9 +1189,9 @@ fn tenant_access(
             let c = match memo.get(&(a, b)) {
                 Some(c) => *c,
                 None => {
-                    let c = change(&o, a, &n, b, &probes).map(|c| {
-                        changes.push(c);
-                        changes.len() - 1
+                    let c = change(&o, a, &n, b, &mut groups).map(|c| {
+                        raw.push(c);
+                        raw.len() - 1
                     });
                     memo.insert((a, b), c);
                     c
@@ -1102,15 +1212,7 @@ fn tenant_access(
         }
         let mut scoped: Vec<ScopedChange> = grouped
             .into_iter()
-            .filter_map(|(c, scopes)| {
-                let (g, l, r) = changes.get(c)?;
-                Some(ScopedChange {
-                    scopes,
-                    permissions_gained: g.clone(),
-                    permissions_lost: l.clone(),
-                    routes: r.clone(),
-                })
-            })
+            .map(|(change_set, scopes)| ScopedChange { scopes, change_set })
             .collect();
         scoped.sort_by(|a, b| a.scopes.cmp(&b.scopes));
         let role_ids = |s: Option<&TenantSnapshot>, set: &BTreeSet<RoleIdx>| -> BTreeSet<String> {
@@ -1119,19 +1221,65 @@ fn tenant_access(
         };
         let mut roles = role_ids(old, &roles_seen.0);
         roles.extend(role_ids(new, &roles_seen.1));
+        let via_endpoint = scoped.iter().any(|c| {
+            raw.get(c.change_set).is_some_and(|r| {
+                r.routes
+                    .iter()
+                    .any(|&g| groups.list.get(g).is_some_and(|(_, v, _)| v.kind != "rule"))
+            })
+        });
         out.push(SubjectAccess {
             subject: subject.to_owned(),
-            causes: causes(subject, old_doc, new_doc, &roles, &scoped),
+            causes: causes(subject, old_doc, new_doc, &roles, via_endpoint),
             changes: scoped,
             unchanged_scopes: unchanged,
         });
     }
+    // Only the paths some change names, renumbered in sorted order.
+    let m = probes.methods.len().max(1);
+    let mut used: BTreeSet<usize> = BTreeSet::new();
+    for (_, _, bits) in &groups.list {
+        used.extend(bits.indexes().map(|i| i / m));
+    }
+    let mut used: Vec<(usize, &String)> = used
+        .into_iter()
+        .filter_map(|p| probes.paths.get(p).map(|s| (p, s)))
+        .collect();
+    used.sort_by(|a, b| a.1.cmp(b.1));
+    let renumber: HashMap<usize, u32> = used
+        .iter()
+        .enumerate()
+        .map(|(new, (old, _))| (*old, new as u32))
+        .collect();
+    let route_changes = groups
+        .list
+        .into_iter()
+        .map(|(change, via, bits)| RouteChange {
+            change,
+            via,
+            requests: bits
+                .indexes()
+                .filter_map(|i| Some(((i % m) as u32, *renumber.get(&(i / m))?)))
+                .collect(),
+        })
+        .collect();
+    let change_sets = raw
+        .into_iter()
+        .map(|c| ChangeSet {
+            permissions_gained: c.gained,
+            permissions_lost: c.lost,
+            routes: c.routes,
+        })
+        .collect();
     Ok(TenantAccess {
         tenant: tenant.to_owned(),
         fresh_segment: fresh,
         other_method: other,
-        methods: probes.methods,
         probe_paths: probes.paths.len(),
+        paths: used.into_iter().map(|(_, p)| p.clone()).collect(),
+        methods: probes.methods,
+        change_sets,
+        route_changes,
         subjects: out,
     })
 }
@@ -1145,7 +1293,7 @@ fn causes(
     (old_policy, old): DocSide<'_>,
     (new_policy, new): DocSide<'_>,
     roles: &BTreeSet<String>,
-    changes: &[ScopedChange],
+    via_endpoint: bool,
 ) -> Vec<Cause> {
     let mut out: BTreeSet<Cause> = BTreeSet::new();
     let mut add = |kind: &'static str, detail: String| {
@@ -1254,10 +1402,6 @@ fn causes(
             (None, None) => {}
         }
     }
-    let via_endpoint = changes
-        .iter()
-        .flat_map(|c| &c.routes)
-        .any(|r| r.via.kind != "rule");
     let endpoints = |p: &PolicyDocument, t: &TenantDoc| -> Vec<String> {
         p.endpoints
             .iter()

@@ -9,7 +9,7 @@
 use super::{
     decision::{Decision, GrantRef, Matched, Reason, Source},
     pattern::PathSegments,
-    snapshot::{Role, RoleIdx, RoleSet, ScopeIdx, SubjectRef, TenantSnapshot},
+    snapshot::{Role, RoleIdx, RoleSet, RuleGroup, ScopeIdx, SubjectRef, TenantSnapshot},
 };
 use crate::model::{Method, scope_covers};
 
@@ -32,9 +32,23 @@ impl Role {
     /// ([`super::diff`]) both judge through this.
     #[inline]
     pub fn judge(&self, segments: &PathSegments<'_>, method: Method<'_>) -> RuleVerdict {
-        let Some(group) = self.matcher.find_in(segments, |_| true) else {
-            return RuleVerdict::NoMatch;
-        };
+        match self.matching_rules(segments) {
+            Some(group) => self.verdict(group, method),
+            None => RuleVerdict::NoMatch,
+        }
+    }
+
+    /// The role's most specific rules matching the path (equally specific ones share a
+    /// group), if any: the first half of [`Role::judge`], which does not depend on the
+    /// method (the diff finds it once per path for every method).
+    #[inline]
+    pub fn matching_rules(&self, segments: &PathSegments<'_>) -> Option<&RuleGroup> {
+        self.matcher.find_in(segments, |_| true)
+    }
+
+    /// How the matching `group` judges `method`: the second half of [`Role::judge`].
+    #[inline]
+    pub fn verdict(&self, group: &RuleGroup, method: Method<'_>) -> RuleVerdict {
         let allowed = group.rules.iter().find(|&&r| {
             self.rules
                 .get(r as usize)
