@@ -6,8 +6,11 @@
 //! policies are compiled) and prints what it found.
 //!
 //! ```text
-//! cargo run --release --example diff_scale [SUBJECTS] [ROLES]
+//! cargo run --release --example diff_scale [SUBJECTS] [ROLES] [DIR]
 //! ```
+//!
+//! With DIR, also writes the two versions there as `old.yaml` and `new.yaml`, to time
+//! `authzd diff` itself on them.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -155,6 +158,11 @@ fn main() {
     }
     t.default_roles = vec!["role-1".into()];
 
+    if let Some(dir) = args.next() {
+        let dir = std::path::Path::new(&dir);
+        std::fs::write(dir.join("old.yaml"), old.to_yaml().unwrap()).unwrap();
+        std::fs::write(dir.join("new.yaml"), new.to_yaml().unwrap()).unwrap();
+    }
     let started = Instant::now();
     let (op, np) = (
         compile(&old, "old", 1).unwrap(),

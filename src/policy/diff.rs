@@ -836,57 +836,98 @@ impl<'a> Eval<'a> {
         eval
     }
 
-    /// Computes a role's requests (once): its rules judged on every probe request, and
-    /// the entries naming it.
-    fn prepare_role(&mut self, role: RoleIdx, probes: &Probes) {
+    /// Computes the requests of every role in `needed` not computed yet: the entries
+    /// naming it, and its rules judged on every probe request. Path by path (each split
+    /// once), judging only roles whose rules can match it: a role whose rules all start
+    /// with a literal segment is judged only on paths starting with one of those.
+    fn prepare_roles(&mut self, needed: &BTreeSet<RoleIdx>, probes: &Probes) {
         let Some(s) = self.snap else { return };
-        if self.roles.get(role as usize).is_none_or(Option::is_some) {
-            return;
-        }
         let n = probes.len();
-        let mut all = Bits::new(n);
-        let entries: Vec<u32> = (0..s.endpoints.len() as u32)
-            .filter(|&e| {
-                s.endpoints
-                    .get(e as usize)
-                    .is_some_and(|ep| !ep.public && ep.role_set.contains(role))
-                    && self.entries.get(e as usize).is_some_and(Option::is_some)
-            })
+        let todo: Vec<RoleIdx> = needed
+            .iter()
+            .copied()
+            .filter(|&r| self.roles.get(r as usize).is_some_and(Option::is_none))
             .collect();
-        for &e in &entries {
-            if let Some(Some(b)) = self.entries.get(e as usize) {
-                all.or(b);
+        let methods: Vec<Method<'_>> = probes
+            .methods
+            .iter()
+            .filter_map(|m| Method::parse(m).ok())
+            .collect();
+        let mut any_first: Vec<RoleIdx> = Vec::new();
+        let mut by_first: HashMap<&str, Vec<RoleIdx>> = HashMap::new();
+        for &r in &todo {
+            let Some(role) = s.role(r) else { continue };
+            let mut firsts: BTreeSet<&str> = BTreeSet::new();
+            let mut any = false;
+            for rule in role.rules.iter() {
+                match rule.pattern.segments().first() {
+                    Some(Segment::Literal(l)) => {
+                        firsts.insert(l);
+                    }
+                    _ => any = true,
+                }
+            }
+            if any {
+                any_first.push(r);
+            } else {
+                for f in firsts {
+                    by_first.entry(f).or_default().push(r);
+                }
             }
         }
-        let mut rules: BTreeMap<u32, Bits> = BTreeMap::new();
-        if let Some(r) = s.role(role)
-            && !r.rules.is_empty()
-        {
-            let methods: Vec<Method<'_>> = probes
-                .methods
+        let mut rules: HashMap<RoleIdx, BTreeMap<u32, Bits>> = HashMap::new();
+        for (pi, path) in probes.paths.iter().enumerate() {
+            let first = super::pattern::path_segments(path).next().unwrap_or("");
+            let candidates = any_first
                 .iter()
-                .filter_map(|m| Method::parse(m).ok())
-                .collect();
-            for (pi, path) in probes.paths.iter().enumerate() {
+                .chain(by_first.get(first).into_iter().flatten());
+            let mut segments: Option<PathSegments<'_>> = None;
+            for &r in candidates {
+                let Some(role) = s.role(r) else { continue };
+                let segments = segments.get_or_insert_with(|| PathSegments::new(path));
                 // Role::judge in two halves: the path's rules once, then each method.
-                let Some(group) = r.matching_rules(&PathSegments::new(path)) else {
+                let Some(group) = role.matching_rules(segments) else {
                     continue;
                 };
                 for (mi, &method) in methods.iter().enumerate() {
-                    if let RuleVerdict::Allowed(rule) = r.verdict(group, method) {
+                    if let RuleVerdict::Allowed(rule) = role.verdict(group, method) {
                         let i = pi * probes.methods.len() + mi;
-                        rules.entry(rule).or_insert_with(|| Bits::new(n)).set(i);
-                        all.set(i);
+                        rules
+                            .entry(r)
+                            .or_default()
+                            .entry(rule)
+                            .or_insert_with(|| Bits::new(n))
+                            .set(i);
                     }
                 }
             }
         }
-        if let Some(slot) = self.roles.get_mut(role as usize) {
-            *slot = Some(RoleRoutes {
-                entries,
-                rules: rules.into_iter().collect(),
-                all,
-            });
+        for r in todo {
+            let entries: Vec<u32> = (0..s.endpoints.len() as u32)
+                .filter(|&e| {
+                    s.endpoints
+                        .get(e as usize)
+                        .is_some_and(|ep| !ep.public && ep.role_set.contains(r))
+                        && self.entries.get(e as usize).is_some_and(Option::is_some)
+                })
+                .collect();
+            let mut all = Bits::new(n);
+            for &e in &entries {
+                if let Some(Some(b)) = self.entries.get(e as usize) {
+                    all.or(b);
+                }
+            }
+            let rules: Vec<(u32, Bits)> = rules.remove(&r).unwrap_or_default().into_iter().collect();
+            for (_, b) in &rules {
+                all.or(b);
+            }
+            if let Some(slot) = self.roles.get_mut(r as usize) {
+                *slot = Some(RoleRoutes {
+                    entries,
+                    rules,
+                    all,
+                });
+            }
         }
     }
 
@@ -923,7 +964,6 @@ impl<'a> Eval<'a> {
                     if let Some(role) = s.role(r) {
                         perms.extend(role.permissions.iter().map(|p| &**p));
                     }
-                    self.prepare_role(r, probes);
                     if let Some(Some(rr)) = self.roles.get(r as usize) {
                         routes.or(&rr.all);
                     }
@@ -1136,6 +1176,9 @@ fn tenant_access(
         }
     }
     methods.remove("*");
+    // INVARIANT: every probe method parses (compiled sets hold valid tokens), so method
+    // indexes line up wherever the methods are parsed again.
+    methods.retain(|m| Method::parse(m).is_ok());
     let mut other = "OTHER".to_owned();
     while methods.contains(&other) {
         other.push('_');
@@ -1168,6 +1211,11 @@ fn tenant_access(
     let mut raw: Vec<RawChange> = Vec::new();
     let mut groups = Groups::default();
     let mut out = Vec::new();
+    // First every subject's effective roles per scope, so each side judges the roles
+    // held anywhere in one pass over the probe paths.
+    type Holders = Vec<(String, Holder, Holder)>;
+    let mut held: Vec<(&str, Holders)> = Vec::new();
+    let mut needed: (BTreeSet<RoleIdx>, BTreeSet<RoleIdx>) = Default::default();
     for subject in std::iter::once("").chain(subjects.iter().copied()) {
         let mut scopes: BTreeSet<String> = BTreeSet::new();
         scopes.insert(String::new());
@@ -1175,10 +1223,26 @@ fn tenant_access(
             subject_scopes(old, subject, &mut scopes);
             subject_scopes(new, subject, &mut scopes);
         }
-        let mut per_scope: Vec<(String, Option<usize>)> = Vec::with_capacity(scopes.len());
-        let mut roles_seen: (BTreeSet<RoleIdx>, BTreeSet<RoleIdx>) = Default::default();
+        let mut holders = Vec::with_capacity(scopes.len());
         for scope in scopes {
             let (ho, hn) = (o.holder(subject, &scope), n.holder(subject, &scope));
+            if let Holder::Roles(r) = &ho {
+                needed.0.extend(r.iter().copied());
+            }
+            if let Holder::Roles(r) = &hn {
+                needed.1.extend(r.iter().copied());
+            }
+            holders.push((scope, ho, hn));
+        }
+        held.push((subject, holders));
+    }
+    o.prepare_roles(&needed.0, &probes);
+    n.prepare_roles(&needed.1, &probes);
+    let (old_index, new_index) = (DocIndex::of(old_doc.1), DocIndex::of(new_doc.1));
+    for (subject, holders) in held {
+        let mut per_scope: Vec<(String, Option<usize>)> = Vec::with_capacity(holders.len());
+        let mut roles_seen: (BTreeSet<RoleIdx>, BTreeSet<RoleIdx>) = Default::default();
+        for (scope, ho, hn) in holders {
             if let Holder::Roles(r) = &ho {
                 roles_seen.0.extend(r.iter().copied());
             }
@@ -1230,7 +1294,14 @@ fn tenant_access(
         });
         out.push(SubjectAccess {
             subject: subject.to_owned(),
-            causes: causes(subject, old_doc, new_doc, &roles, via_endpoint),
+            causes: causes(
+                subject,
+                old_doc,
+                new_doc,
+                (&old_index, &new_index),
+                &roles,
+                via_endpoint,
+            ),
             changes: scoped,
             unchanged_scopes: unchanged,
         });
@@ -1284,6 +1355,48 @@ fn tenant_access(
     })
 }
 
+/// One side's tenant document, indexed for [`causes`]: each subject's registration,
+/// direct assignments and groups, each group's assignments (so finding a subject's causes
+/// does not scan the whole tenant).
+#[derive(Default)]
+struct DocIndex<'a> {
+    subjects: HashMap<&'a str, bool>,
+    direct: HashMap<&'a str, BTreeSet<String>>,
+    groups_of: HashMap<&'a str, BTreeSet<&'a str>>,
+    group_assignments: HashMap<&'a str, BTreeSet<String>>,
+    defaults: BTreeSet<&'a str>,
+}
+
+impl<'a> DocIndex<'a> {
+    fn of(t: Option<&'a TenantDoc>) -> Self {
+        let mut ix = DocIndex::default();
+        let Some(t) = t else { return ix };
+        ix.subjects = t.subjects.iter().map(|s| (s.id.as_str(), s.disabled)).collect();
+        for a in &t.assignments {
+            let at = format!("{} at {}", a.role, scope_text(&a.scope));
+            match (&a.subject, &a.group) {
+                (Some(s), _) => {
+                    ix.direct.entry(s).or_default().insert(at);
+                }
+                (None, Some(g)) => {
+                    ix.group_assignments
+                        .entry(g)
+                        .or_default()
+                        .insert(format!("group `{g}`: {at}"));
+                }
+                (None, None) => {}
+            }
+        }
+        for g in &t.groups {
+            for m in &g.members {
+                ix.groups_of.entry(m).or_default().insert(&g.id);
+            }
+        }
+        ix.defaults = t.default_roles.iter().map(String::as_str).collect();
+        ix
+    }
+}
+
 /// The structural changes behind a subject's change: its own registration, assignments
 /// and groups, its groups' assignments, the tenant's default roles, the definitions of
 /// roles it holds on either side, and the endpoint tables when a route change comes
@@ -1292,6 +1405,7 @@ fn causes(
     subject: &str,
     (old_policy, old): DocSide<'_>,
     (new_policy, new): DocSide<'_>,
+    (io, inew): (&DocIndex<'_>, &DocIndex<'_>),
     roles: &BTreeSet<String>,
     via_endpoint: bool,
 ) -> Vec<Cause> {
@@ -1307,76 +1421,55 @@ fn causes(
     let empty = TenantDoc::default();
     let (o, n) = (old.unwrap_or(&empty), new.unwrap_or(&empty));
     if !subject.is_empty() {
-        let (so, sn) = (
-            o.subjects.iter().find(|s| s.id == subject),
-            n.subjects.iter().find(|s| s.id == subject),
-        );
-        match (so, sn) {
+        match (io.subjects.get(subject), inew.subjects.get(subject)) {
             (None, Some(_)) if old.is_some() => {
                 add("subject_added", format!("`{subject}` registered"))
             }
             (Some(_), None) if new.is_some() => {
                 add("subject_removed", format!("`{subject}` removed"))
             }
-            (Some(a), Some(b)) if !a.disabled && b.disabled => {
-                add("subject_disabled", format!("`{subject}` disabled"))
-            }
-            (Some(a), Some(b)) if a.disabled && !b.disabled => {
-                add("subject_enabled", format!("`{subject}` enabled"))
-            }
+            (Some(false), Some(true)) => add("subject_disabled", format!("`{subject}` disabled")),
+            (Some(true), Some(false)) => add("subject_enabled", format!("`{subject}` enabled")),
             _ => {}
         }
-        let direct = |t: &TenantDoc| -> BTreeSet<String> {
-            t.assignments
-                .iter()
-                .filter(|a| a.subject.as_deref() == Some(subject))
-                .map(|a| format!("{} at {}", a.role, scope_text(&a.scope)))
-                .collect()
-        };
-        let (da, db) = (direct(o), direct(n));
-        for x in db.difference(&da) {
+        let none = BTreeSet::new();
+        let (da, db) = (
+            io.direct.get(subject).unwrap_or(&none),
+            inew.direct.get(subject).unwrap_or(&none),
+        );
+        for x in db.difference(da) {
             add("assignment_added", x.clone());
         }
-        for x in da.difference(&db) {
+        for x in da.difference(db) {
             add("assignment_removed", x.clone());
         }
-        let groups = |t: &TenantDoc| -> BTreeSet<String> {
-            t.groups
-                .iter()
-                .filter(|g| g.members.iter().any(|m| m == subject))
-                .map(|g| g.id.clone())
-                .collect()
-        };
-        let (ga, gb) = (groups(o), groups(n));
-        for g in gb.difference(&ga) {
+        let no_groups = BTreeSet::new();
+        let (ga, gb) = (
+            io.groups_of.get(subject).unwrap_or(&no_groups),
+            inew.groups_of.get(subject).unwrap_or(&no_groups),
+        );
+        for g in gb.difference(ga) {
             add("group_joined", format!("member of group `{g}`"));
         }
-        for g in ga.difference(&gb) {
+        for g in ga.difference(gb) {
             add("group_left", format!("no longer in group `{g}`"));
         }
-        let group_assignments = |t: &TenantDoc, g: &str| -> BTreeSet<String> {
-            t.assignments
-                .iter()
-                .filter(|a| a.group.as_deref() == Some(g))
-                .map(|a| format!("group `{g}`: {} at {}", a.role, scope_text(&a.scope)))
-                .collect()
-        };
-        for g in ga.intersection(&gb) {
-            let (a, b) = (group_assignments(o, g), group_assignments(n, g));
-            for x in b.difference(&a) {
+        for g in ga.intersection(gb) {
+            let (a, b) = (
+                io.group_assignments.get(g).unwrap_or(&none),
+                inew.group_assignments.get(g).unwrap_or(&none),
+            );
+            for x in b.difference(a) {
                 add("group_assignment_added", x.clone());
             }
-            for x in a.difference(&b) {
+            for x in a.difference(b) {
                 add("group_assignment_removed", x.clone());
             }
         }
-        let defaults =
-            |t: &TenantDoc| -> BTreeSet<String> { t.default_roles.iter().cloned().collect() };
-        let (a, b) = (defaults(o), defaults(n));
-        for r in b.difference(&a) {
+        for r in inew.defaults.difference(&io.defaults) {
             add("default_role_added", format!("default role `{r}`"));
         }
-        for r in a.difference(&b) {
+        for r in io.defaults.difference(&inew.defaults) {
             add("default_role_removed", format!("default role `{r}`"));
         }
     }
