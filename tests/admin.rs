@@ -654,6 +654,7 @@ async fn invalid_inputs_are_refused_naming_the_field() {
             .apply_policy(root(pb::ApplyPolicyRequest {
                 document: "version: 1\nroles: [{id: a, includes: [nope]}]\n".into(),
                 format: pb::DocumentFormat::Yaml as i32,
+                force: false,
             }))
             .await,
         Code::InvalidArgument,
@@ -664,6 +665,7 @@ async fn invalid_inputs_are_refused_naming_the_field() {
             .apply_policy(root(pb::ApplyPolicyRequest {
                 document: "{not json".into(),
                 format: pb::DocumentFormat::Json as i32,
+                force: false,
             }))
             .await,
         Code::InvalidArgument,
@@ -995,6 +997,7 @@ async fn every_authentication_failure_is_refused() {
                 pb::ApplyPolicyRequest {
                     document: "version: 1\n".into(),
                     format: 0,
+                    force: false,
                 },
             ))
             .await,
@@ -1159,6 +1162,7 @@ tenants:
         .apply_policy(root(pb::ApplyPolicyRequest {
             document: doc.into(),
             format: pb::DocumentFormat::Yaml as i32,
+            force: false,
         }))
         .await
         .unwrap()
@@ -1184,6 +1188,7 @@ tenants:
         .apply_policy(root(pb::ApplyPolicyRequest {
             document: doc.into(),
             format: 0,
+            force: false,
         }))
         .await
         .unwrap()

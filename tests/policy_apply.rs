@@ -275,3 +275,124 @@ async fn apply_dry_run_prints_the_diff_and_writes_nothing() {
     assert!(report.revision.is_some());
     db.drop_db().await;
 }
+
+/// An apply never silently erases what was written through the admin API: a document
+/// that no longer has such a row is refused (naming it, nothing written) unless forced;
+/// rows a document wrote are deleted as before.
+#[tokio::test]
+async fn apply_refuses_to_delete_admin_api_rows_unless_forced() {
+    let db = TestDb::create("apply_force").await;
+    let original = PolicyDocument::read(&example("gateway.yaml")).unwrap();
+    sync::apply(&mut db.client().await, &original, "gateway.yaml")
+        .await
+        .unwrap();
+    // Written through the admin API: a grant and a new subject.
+    let store = AdminStore::new(postgres::pool(&db.url, 2).unwrap());
+    store
+        .register_subject("root", "acme", "zoe", false)
+        .await
+        .unwrap();
+    store
+        .grant(
+            "root",
+            "acme",
+            &authz::policy::source::AssignmentDoc {
+                subject: Some("zoe".into()),
+                group: None,
+                role: "user".into(),
+                scope: "environments/test".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let origins: Vec<(String, String)> = db
+        .client()
+        .await
+        .query("SELECT subject_id, origin FROM assignments WHERE tenant_id = 'acme' AND subject_id IN ('zoe', 'olga') ORDER BY 1", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        origins,
+        [
+            ("olga".into(), "document".into()),
+            ("zoe".into(), "api".into())
+        ]
+    );
+    let before = db.revision().await;
+
+    // The original document does not have them: refused, naming both rows.
+    let err = sync::apply(&mut db.client().await, &original, "gateway.yaml")
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, sync::SyncError::Protected { .. }), "{msg}");
+    assert!(msg.contains("subjects (acme, zoe)"), "{msg}");
+    assert!(msg.contains("assignments (acme"), "{msg}");
+    assert!(msg.contains("--force"), "{msg}");
+    assert_eq!(db.revision().await, before, "nothing written");
+
+    // The CLI says the same and exits 65; with --force it deletes them.
+    let file = example("gateway.yaml");
+    let url = db.url.clone();
+    let cli = move |force: bool| {
+        let (url, file) = (url.clone(), file.clone());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_authzd"));
+                c.args(["policy", "apply", "--database-url", &url])
+                    .arg(&file);
+                if force {
+                    c.arg("--force");
+                }
+                c.output().unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let out = cli(false).await;
+    assert_eq!(out.status.code(), Some(65));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("written through the admin API") && stderr.contains("zoe"),
+        "{stderr}"
+    );
+    assert_eq!(db.revision().await, before, "nothing written");
+    let out = cli(true).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, now) = sync::export(&mut db.client().await, Some(&["acme".into()]))
+        .await
+        .unwrap();
+    let acme = now.tenants.iter().find(|t| t.id == "acme").unwrap();
+    assert!(!acme.subjects.iter().any(|s| s.id == "zoe"));
+
+    // Rows a document wrote are deleted without --force, as before.
+    let mut smaller = original.clone();
+    let acme = smaller.tenants.iter_mut().find(|t| t.id == "acme").unwrap();
+    acme.assignments
+        .retain(|a| !(a.subject.as_deref() == Some("olga") && a.role == "orgadmin"));
+    let report = sync::apply(&mut db.client().await, &smaller, "smaller.yaml")
+        .await
+        .unwrap();
+    assert!(report.revision.is_some());
+    // Through ApplyPolicy (admin store), the same refusal, and `force` deletes.
+    store
+        .register_subject("root", "acme", "zed", false)
+        .await
+        .unwrap();
+    let err = store
+        .apply_policy("root", smaller.clone(), false)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("subjects (acme, zed)"), "{err}");
+    store.apply_policy("root", smaller, true).await.unwrap();
+    db.drop_db().await;
+}

@@ -45,6 +45,10 @@ pub struct ApplyArgs {
     /// as `authzd diff now FILE`) and exit without writing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Delete rows the document no longer has even when they were written through the
+    /// admin API or SQL (without it such an apply refuses, listing them, exit 65).
+    #[arg(long)]
+    pub force: bool,
     /// With `--dry-run`: the diff's format.
     #[arg(long, value_enum, default_value_t = super::diff::DiffOutput::Text)]
     pub output: super::diff::DiffOutput,
@@ -110,7 +114,7 @@ fn apply(args: &ApplyArgs) -> Exit {
             Ok(c) => c,
             Err(e) => return report(&SyncError::from(e)),
         };
-        match sync::apply(&mut client, &doc, &file).await {
+        match sync::apply_with(&mut client, &doc, &file, args.force).await {
             Ok(r) => {
                 let t = r.total();
                 match r.revision {
@@ -128,7 +132,7 @@ fn apply(args: &ApplyArgs) -> Exit {
                 eprintln!("{e}");
                 Exit::DataErr
             }
-            Err(e @ SyncError::Rejected { .. }) => {
+            Err(e @ (SyncError::Rejected { .. } | SyncError::Protected { .. })) => {
                 eprintln!("{file}: {e}");
                 Exit::DataErr
             }

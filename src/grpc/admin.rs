@@ -767,7 +767,7 @@ impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
                     .await
                     .map_err(|e| AdminError::Db(e.to_string()))?
                     .map_err(|e| bad("document", e))?;
-                let report = self.store.apply_policy(&admin.name, doc).await?;
+                let report = self.store.apply_policy(&admin.name, doc, m.force).await?;
                 let total = report.total();
                 info!(token = %admin.name, rpc = "ApplyPolicy", revision = report.current_revision(), "admin write");
                 Ok(pb::ApplyPolicyResponse {

@@ -917,7 +917,8 @@ impl<'a> Eval<'a> {
                     all.or(b);
                 }
             }
-            let rules: Vec<(u32, Bits)> = rules.remove(&r).unwrap_or_default().into_iter().collect();
+            let rules: Vec<(u32, Bits)> =
+                rules.remove(&r).unwrap_or_default().into_iter().collect();
             for (_, b) in &rules {
                 all.or(b);
             }
@@ -1371,7 +1372,11 @@ impl<'a> DocIndex<'a> {
     fn of(t: Option<&'a TenantDoc>) -> Self {
         let mut ix = DocIndex::default();
         let Some(t) = t else { return ix };
-        ix.subjects = t.subjects.iter().map(|s| (s.id.as_str(), s.disabled)).collect();
+        ix.subjects = t
+            .subjects
+            .iter()
+            .map(|s| (s.id.as_str(), s.disabled))
+            .collect();
         for a in &t.assignments {
             let at = format!("{} at {}", a.role, scope_text(&a.scope));
             match (&a.subject, &a.group) {

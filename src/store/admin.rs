@@ -101,6 +101,7 @@ impl From<SyncError> for AdminError {
             SyncError::Rejected { message } => AdminError::Precondition(message),
             SyncError::Unavailable { message } => AdminError::Unavailable(message),
             SyncError::Db { message } => AdminError::Db(message),
+            e @ SyncError::Protected { .. } => AdminError::Precondition(e.to_string()),
         }
     }
 }
@@ -642,11 +643,14 @@ impl AdminStore {
     }
 
     /// Makes the database match `doc` ([`sync`]'s rules), in one transaction with its
-    /// audit row. The document is compiled first and refused if invalid.
+    /// audit row. The document is compiled first and refused if invalid; without
+    /// `force`, an apply that would delete rows written through the admin API or SQL is
+    /// refused (`FAILED_PRECONDITION` listing them).
     pub async fn apply_policy(
         &self,
         actor: &str,
         doc: PolicyDocument,
+        force: bool,
     ) -> Result<sync::ApplyReport, AdminError> {
         // Compiled on a blocking thread (the document can be as large as a gRPC
         // message), then handed back for the writes.
@@ -663,7 +667,7 @@ impl AdminStore {
         };
         let mut conn = self.pool.get().await?;
         let tx = conn.transaction().await?;
-        let report = sync::apply_in(&tx, &doc).await?;
+        let report = sync::apply_in(&tx, &doc, force).await?;
         // Recorded even when nothing differed: someone applied this document.
         finish(tx, audit, json!({ "tenants": tenants })).await?;
         Ok(report)
