@@ -28,7 +28,8 @@ use std::process::{ExitCode, Termination};
 pub enum Exit {
     /// Success; for `check`, allowed.
     Ok,
-    /// `health`: the server is not SERVING, or did not answer.
+    /// `health`: the server is not SERVING, or did not answer; `test`: an expectation
+    /// failed; `diff --exit-code`: someone's access changes.
     Unhealthy,
     /// `check`: the request is denied (not an error).
     Denied,
