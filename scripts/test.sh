@@ -129,6 +129,13 @@ step "manifests"
 cargo build --quiet --bin authzd
 AUTHZD="${CARGO_TARGET_DIR:-$root/target}/debug/authzd" bash scripts/validate-manifests.sh
 
+step "policy expectations (authzd test, JUnit)"
+# The example policies' expectation files, as a CI system reads them: JUnit XML next to
+# the build output (exit 1 on a failed expectation, 65 on an invalid file).
+junit="${CARGO_TARGET_DIR:-$root/target}/policy-tests.xml"
+"${CARGO_TARGET_DIR:-$root/target}/debug/authzd" test examples/policies --output junit > "$junit"
+echo "wrote $junit"
+
 step "tests"
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --all-targets --no-fail-fast

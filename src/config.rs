@@ -52,6 +52,10 @@ pub enum Command {
     AdminToken(AdminTokenArgs),
     /// Ask a server's gRPC health service (plaintext or TLS); exit 0 only when SERVING.
     Health(crate::cli::health::HealthArgs),
+    /// Run expectation files (`*.expect.yaml`) against their policies; exit 1 on a failure.
+    Test(crate::cli::test::TestArgs),
+    /// Show who gains and who loses which access between two policies, and why.
+    Diff(crate::cli::diff::DiffArgs),
 }
 
 /// `authzd admin-token`.

@@ -7,7 +7,8 @@
 //!   route patterns and the most-specific-match trie ([`policy::pattern`]), the pure
 //!   evaluator ([`policy::eval`]), decisions and their explanations
 //!   ([`policy::decision`]), listings ([`policy::list`]) and incremental member changes
-//!   ([`policy::update`]).
+//!   ([`policy::update`]); expectation files ([`policy::expect`], `authzd test`) and the
+//!   effective-access diff between two policies ([`policy::diff`], `authzd diff`).
 //! - [`cache`]: the shared in-memory policy: tenant slots swapped atomically, and the
 //!   applied revision.
 //! - [`store`]: where policies come from: a file, reloaded on change

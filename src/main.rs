@@ -37,5 +37,7 @@ fn main() -> Exit {
         Command::GenDataset(args) => cli::dataset::run(&args),
         Command::AdminToken(args) => cli::admin_token::run(&args),
         Command::Health(args) => cli::health::run(&args),
+        Command::Test(args) => cli::test::run(&args),
+        Command::Diff(args) => cli::diff::run(&args),
     }
 }

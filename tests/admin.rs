@@ -654,6 +654,7 @@ async fn invalid_inputs_are_refused_naming_the_field() {
             .apply_policy(root(pb::ApplyPolicyRequest {
                 document: "version: 1\nroles: [{id: a, includes: [nope]}]\n".into(),
                 format: pb::DocumentFormat::Yaml as i32,
+                force: false,
             }))
             .await,
         Code::InvalidArgument,
@@ -664,6 +665,7 @@ async fn invalid_inputs_are_refused_naming_the_field() {
             .apply_policy(root(pb::ApplyPolicyRequest {
                 document: "{not json".into(),
                 format: pb::DocumentFormat::Json as i32,
+                force: false,
             }))
             .await,
         Code::InvalidArgument,
@@ -692,6 +694,7 @@ async fn apply_policy_is_held_to_the_databases_limits() {
         root(pb::ApplyPolicyRequest {
             document: doc.to_owned(),
             format: pb::DocumentFormat::Yaml as i32,
+            force: true,
         })
     };
     assert_code(
@@ -1031,6 +1034,7 @@ async fn every_authentication_failure_is_refused() {
                 pb::ApplyPolicyRequest {
                     document: "version: 1\n".into(),
                     format: 0,
+                    force: false,
                 },
             ))
             .await,
@@ -1196,6 +1200,7 @@ tenants:
         .apply_policy(root(pb::ApplyPolicyRequest {
             document: doc.into(),
             format: pb::DocumentFormat::Yaml as i32,
+            force: false,
         }))
         .await
         .unwrap()
@@ -1221,6 +1226,7 @@ tenants:
         .apply_policy(root(pb::ApplyPolicyRequest {
             document: doc.into(),
             format: 0,
+            force: false,
         }))
         .await
         .unwrap()

@@ -1698,6 +1698,9 @@ impl Writer {
                 let req = pb::ApplyPolicyRequest {
                     document: serde_json::to_string(&doc).unwrap(),
                     format: pb::DocumentFormat::Json as i32,
+                    // The document replaces what the admin writes of this history did:
+                    // that is the apply under test, not the refusal to erase them.
+                    force: true,
                 };
                 let outcome = {
                     let mut client = a.clone();

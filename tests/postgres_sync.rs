@@ -124,7 +124,7 @@ fn same_decisions(seed: &str, want: &PolicyDocument, got: &PolicyDocument) {
     let got = compile(got, "exported", 1).unwrap();
     let mut failures = Vec::new();
     for case in &e.cases {
-        let (w, g) = (case.explain(&want), case.explain(&got));
+        let (w, g) = (case.explain(&want).unwrap(), case.explain(&got).unwrap());
         if w != g {
             failures.push(format!("case `{}`:\n  want {w:?}\n  got  {g:?}", case.name));
         }
@@ -154,7 +154,8 @@ async fn migrate_twice_is_a_no_op() {
                 "V1__schema".to_owned(),
                 "V2__audit".to_owned(),
                 "V3__validation".to_owned(),
-                "V4__closure_limit".to_owned()
+                "V4__closure_limit".to_owned(),
+                "V5__origin".to_owned()
             ]
         );
         assert_eq!(migrate(&db.url).await.unwrap(), Vec::<String>::new());
@@ -607,7 +608,7 @@ async fn cli_migrate_apply_export_and_exit_codes() {
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
         assert_eq!(
             stdout(&o),
-            "applied V1__schema\napplied V2__audit\napplied V3__validation\napplied V4__closure_limit\n"
+            "applied V1__schema\napplied V2__audit\napplied V3__validation\napplied V4__closure_limit\napplied V5__origin\n"
         );
         let o = authzd(&["migrate"], Some(url)).await;
         assert_eq!(stdout(&o), "schema up to date\n");

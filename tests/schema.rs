@@ -298,7 +298,8 @@ async fn concurrent_migrators_take_turns() {
             "applied V1__schema",
             "applied V2__audit",
             "applied V3__validation",
-            "applied V4__closure_limit"
+            "applied V4__closure_limit",
+            "applied V5__origin"
         ],
         "{applied:?}"
     );

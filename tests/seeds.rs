@@ -17,10 +17,10 @@ const SEEDS: [&str; 3] = ["console", "chat-api", "gateway"];
 
 fn library(seed: &str) {
     let e = expectations(&format!("{seed}.expect.yaml"));
-    let (policy, _) = file::load(&example(&e.policy), 1).unwrap();
+    let (policy, _) = file::load(&example(e.policy.as_deref().unwrap()), 1).unwrap();
     let mut failures = Vec::new();
     for case in &e.cases {
-        let got = case.explain(&policy);
+        let got = case.explain(&policy).unwrap();
         if let Some(m) = case.mismatch(&Observed::from(&got)) {
             failures.push(m);
         }
@@ -30,7 +30,7 @@ fn library(seed: &str) {
 
 async fn grpc(seed: &str) {
     let e = expectations(&format!("{seed}.expect.yaml"));
-    let server = TestServer::start(&example(&e.policy)).await;
+    let server = TestServer::start(&example(e.policy.as_deref().unwrap())).await;
     let mut client = server.client.clone();
     let mut failures = Vec::new();
     for case in &e.cases {
@@ -46,7 +46,7 @@ async fn grpc(seed: &str) {
 
 fn cli(seed: &str) {
     let e = expectations(&format!("{seed}.expect.yaml"));
-    let policy = example(&e.policy);
+    let policy = example(e.policy.as_deref().unwrap());
     let mut failures = Vec::new();
     for case in &e.cases {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_authzd"))
@@ -116,14 +116,14 @@ fn gateway_cli() {
 #[tokio::test]
 async fn library_grpc_and_cli_explain_identically() {
     let e = expectations("gateway.expect.yaml");
-    let server = TestServer::start(&example(&e.policy)).await;
+    let server = TestServer::start(&example(e.policy.as_deref().unwrap())).await;
     let mut client = server.client.clone();
     for case in e.cases.iter().take(10) {
         let via_grpc = Observed::from_pb(&client.check(case.to_pb()).await.unwrap().into_inner());
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_authzd"))
             .arg("check")
             .arg("--policy")
-            .arg(example(&e.policy))
+            .arg(example(e.policy.as_deref().unwrap()))
             .args(case.cli_args())
             .output()
             .unwrap();

@@ -206,7 +206,7 @@ pub async fn generate(
         return Err(DatasetError::NotEmpty);
     }
     // The built-in section as an ordinary, captured change: this bumps the revision.
-    let builtin = sync::apply_in(&tx, &base).await?;
+    let builtin = sync::apply_in(&tx, &base, true).await?;
     // Validate the built-in rows now, while their deferred triggers are still queued.
     tx.batch_execute("SET CONSTRAINTS ALL IMMEDIATE").await?;
     if let Err(e) = tx

@@ -80,7 +80,9 @@ pub(crate) fn report(e: &SyncError) -> Exit {
 /// The exit code for a database error (see [`report`]).
 pub(crate) fn exit_for(e: &SyncError) -> Exit {
     match e {
-        SyncError::Invalid(_) | SyncError::Rejected { .. } => Exit::DataErr,
+        SyncError::Invalid(_) | SyncError::Rejected { .. } | SyncError::Protected { .. } => {
+            Exit::DataErr
+        }
         SyncError::Unavailable { .. } => Exit::Unavailable,
         SyncError::Db { .. } => Exit::Software,
     }

@@ -13,10 +13,12 @@ pub(crate) use say;
 pub mod admin_token;
 pub mod check;
 pub mod dataset;
+pub mod diff;
 pub mod health;
 pub mod migrate;
 pub mod policy;
 pub mod serve;
+pub mod test;
 pub mod validate;
 
 use std::process::{ExitCode, Termination};
@@ -26,7 +28,8 @@ use std::process::{ExitCode, Termination};
 pub enum Exit {
     /// Success; for `check`, allowed.
     Ok,
-    /// `health`: the server is not SERVING, or did not answer.
+    /// `health`: the server is not SERVING, or did not answer; `test`: an expectation
+    /// failed; `diff --exit-code`: someone's access changes.
     Unhealthy,
     /// `check`: the request is denied (not an error).
     Denied,

@@ -44,6 +44,17 @@ pub struct ApplyArgs {
     /// Largest policy file, in bytes: a larger one is refused (exit 65) before it is read.
     #[arg(long, env = "AUTHZ_MAX_POLICY_BYTES", default_value_t = Limits::default().document_bytes)]
     pub max_policy_bytes: u64,
+    /// Print what the apply would change (the structural and effective-access diff,
+    /// as `authzd diff now FILE`) and exit without writing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Delete rows the document no longer has even when they were written through the
+    /// admin API or SQL (without it such an apply refuses, listing them, exit 65).
+    #[arg(long)]
+    pub force: bool,
+    /// With `--dry-run`: the diff's format.
+    #[arg(long, value_enum, default_value_t = super::diff::DiffOutput::Text)]
+    pub output: super::diff::DiffOutput,
 }
 
 /// Document formats `export` writes.
@@ -104,12 +115,15 @@ fn apply(args: &ApplyArgs) -> Exit {
     if let Err(exit) = super::migrate::check_url(&args.database_url) {
         return exit;
     }
+    if args.dry_run {
+        return dry_run(args, &file, &doc);
+    }
     block_on(async {
         let mut client = match connect(&args.database_url).await {
             Ok(c) => c,
             Err(e) => return report(&SyncError::from(e)),
         };
-        match sync::apply(&mut client, &doc, &file).await {
+        match sync::apply_with(&mut client, &doc, &file, args.force).await {
             Ok(r) => {
                 let t = r.total();
                 match r.revision {
@@ -127,13 +141,65 @@ fn apply(args: &ApplyArgs) -> Exit {
                 eprintln!("{e}");
                 Exit::DataErr
             }
-            Err(e @ SyncError::Rejected { .. }) => {
+            Err(e @ (SyncError::Rejected { .. } | SyncError::Protected { .. })) => {
                 eprintln!("{file}: {e}");
                 Exit::DataErr
             }
             Err(e) => report(&e),
         }
     })
+}
+
+/// `apply --dry-run`: the database's state against the state the apply would leave (the
+/// document's built-in section and tenants, the other tenants as they are); nothing is
+/// written.
+fn dry_run(args: &ApplyArgs, file: &str, doc: &PolicyDocument) -> Exit {
+    let ((label, current, old), limits) =
+        match super::diff::database_with_limits(&args.database_url) {
+            Ok(x) => x,
+            Err(e) => return e,
+        };
+    let new_doc = crate::policy::diff::after_apply(&current, doc);
+    // Compiled as the apply compiles the document: held to the database's limits.
+    let new = match crate::policy::compile_with(&new_doc, file, 0, limits) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return Exit::DataErr;
+        }
+    };
+    let d = match crate::policy::diff::diff(
+        crate::policy::diff::Side {
+            label: &label,
+            doc: &current,
+            policy: &old,
+        },
+        crate::policy::diff::Side {
+            label: file,
+            doc: &new_doc,
+            policy: &new,
+        },
+    ) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Exit::DataErr;
+        }
+    };
+    let text = match args.output {
+        super::diff::DiffOutput::Text => super::diff::render(&d, false),
+        super::diff::DiffOutput::Markdown => super::diff::render(&d, true),
+        super::diff::DiffOutput::Json => match serde_json::to_string_pretty(&d) {
+            Ok(s) => s + "\n",
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Exit::Software;
+            }
+        },
+    };
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    eprintln!("dry run: nothing written ({label})");
+    Exit::Ok
 }
 
 fn export(args: &ExportArgs) -> Exit {

@@ -806,7 +806,7 @@ impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
                     .await
                     .map_err(|e| AdminError::Db(e.to_string()))?
                     .map_err(|e| bad("document", e))?;
-                let report = self.store.apply_policy(&admin.name, doc).await?;
+                let report = self.store.apply_policy(&admin.name, doc, m.force).await?;
                 let total = report.total();
                 info!(token = %admin.name, rpc = "ApplyPolicy", revision = report.current_revision(), "admin write");
                 Ok(pb::ApplyPolicyResponse {
@@ -816,6 +816,62 @@ impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
                     rows_updated: total.updated,
                     rows_deleted: total.deleted,
                 })
+            }
+            .await,
+        )
+    }
+
+    async fn diff_policy(
+        &self,
+        request: Request<pb::DiffPolicyRequest>,
+    ) -> std::result::Result<Response<pb::DiffPolicyResponse>, Status> {
+        let admin = caller(&request)?;
+        let m = request.into_inner();
+        self.done(
+            async {
+                // Like ApplyPolicy, the document speaks for the built-in roles every
+                // tenant shares.
+                unlimited(&admin, "DiffPolicy")?;
+                let fmt = format(m.format)?;
+                let (revision, current, limits) = self.store.current_policy().await?;
+                let document = m.document;
+                // Parsed, compiled and compared on a blocking thread: the Checks this
+                // runtime answers must not wait on it.
+                let diffed = off_runtime(move || {
+                    let doc = PolicyDocument::parse(&document, fmt, "document")
+                        .map_err(|e| bad("document", e))?;
+                    let new = crate::policy::diff::after_apply(&current, &doc);
+                    let limits = crate::policy::Limits {
+                        document_bytes: u64::MAX,
+                        ..limits
+                    };
+                    let label = format!("database revision {revision}");
+                    let old_policy = crate::policy::compile_with(
+                        &current, &label, revision, limits,
+                    )
+                    .map_err(|e| {
+                        AdminError::Db(format!("the database's policy does not compile: {e}"))
+                    })?;
+                    let new_policy =
+                        crate::policy::compile_with(&new, "document", revision, limits)
+                            .map_err(|e| bad("document", e))?;
+                    crate::policy::diff::diff(
+                        crate::policy::diff::Side {
+                            label: &label,
+                            doc: &current,
+                            policy: &old_policy,
+                        },
+                        crate::policy::diff::Side {
+                            label: "document",
+                            doc: &new,
+                            policy: &new_policy,
+                        },
+                    )
+                    .map_err(|e| bad("document", e))
+                })
+                .await
+                .map_err(|e| AdminError::Db(e.to_string()))??;
+                Ok(crate::grpc::convert::diff_to_pb(&diffed, revision))
             }
             .await,
         )

@@ -327,3 +327,175 @@ pub fn listing_to_pb(l: Listing) -> pb::ListPermissionsResponse {
         revision: l.revision,
     }
 }
+
+impl crate::policy::expect::Observed {
+    /// A gRPC CheckResponse in the terms expectation files use (`REASON_NO_GRANT` is
+    /// `no_grant`, `GRANT_SOURCE_GROUP` is `group`); unknown enum values are empty.
+    pub fn from_pb(r: &pb::CheckResponse) -> Self {
+        let reason = pb::Reason::try_from(r.reason)
+            .map(|r| {
+                r.as_str_name()
+                    .trim_start_matches("REASON_")
+                    .to_ascii_lowercase()
+            })
+            .unwrap_or_default();
+        let g = r.grant.clone().unwrap_or_default();
+        let source = match pb::GrantSource::try_from(g.source) {
+            Ok(pb::GrantSource::Unspecified) | Err(_) => String::new(),
+            Ok(s) => s
+                .as_str_name()
+                .trim_start_matches("GRANT_SOURCE_")
+                .to_ascii_lowercase(),
+        };
+        Self {
+            allowed: r.allowed,
+            reason,
+            role: g.role,
+            chain: g.include_chain,
+            source,
+            group: g.group_id,
+            grant_scope: g.scope,
+            pattern: r.matched_pattern.clone(),
+            required_roles: r.required_roles.clone(),
+            explanation: r.explanation.clone(),
+        }
+    }
+}
+
+impl crate::policy::expect::Case {
+    /// The case as a gRPC CheckRequest (a case with neither a permission nor a route
+    /// gets no action, which the server refuses as invalid).
+    pub fn to_pb(&self) -> pb::CheckRequest {
+        let action = match (&self.permission, &self.method, &self.path) {
+            (Some(p), _, _) => Some(pb::check_request::Action::Permission(p.clone())),
+            (None, Some(m), Some(p)) => Some(pb::check_request::Action::Route(pb::HttpRoute {
+                method: m.clone(),
+                path: p.clone(),
+            })),
+            _ => None,
+        };
+        pb::CheckRequest {
+            tenant_id: self.tenant.clone(),
+            subject_id: self.subject.clone(),
+            scope: self.scope.clone(),
+            action,
+            min_revision: 0,
+        }
+    }
+}
+
+/// A policy diff ([`crate::policy::diff`]) as DiffPolicy's answer, at `revision`.
+pub fn diff_to_pb(d: &crate::policy::diff::PolicyDiff, revision: u64) -> pb::DiffPolicyResponse {
+    use crate::policy::diff::{ChangeKind, Changes, Direction, RoleChange};
+    let changes = |c: &Changes| pb::ItemChanges {
+        added: c.added.clone(),
+        removed: c.removed.clone(),
+    };
+    let kind = |k: ChangeKind| match k {
+        ChangeKind::Added => pb::ItemChangeKind::Added,
+        ChangeKind::Removed => pb::ItemChangeKind::Removed,
+        ChangeKind::Changed => pb::ItemChangeKind::Changed,
+    } as i32;
+    let role = |r: &RoleChange| pb::RoleDiff {
+        role_id: r.role.clone(),
+        change: kind(r.change),
+        includes: Some(changes(&r.includes)),
+        permissions: Some(changes(&r.permissions)),
+        routes: Some(changes(&r.routes)),
+    };
+    let s = &d.structural;
+    pb::DiffPolicyResponse {
+        revision,
+        access_changed: d.access_changed(),
+        structure: Some(pb::PolicyStructureDiff {
+            builtin_roles: s.builtin_roles.iter().map(role).collect(),
+            global_endpoints: Some(changes(&s.global_endpoints)),
+            tenants: s
+                .tenants
+                .iter()
+                .map(|t| pb::TenantDiff {
+                    tenant_id: t.tenant.clone(),
+                    change: kind(t.change),
+                    roles: t.roles.iter().map(role).collect(),
+                    endpoints: Some(changes(&t.endpoints)),
+                    default_roles: Some(changes(&t.default_roles)),
+                    subjects: Some(changes(&t.subjects)),
+                    disabled: t.disabled.clone(),
+                    enabled: t.enabled.clone(),
+                    groups: Some(changes(&t.groups)),
+                    members: Some(changes(&t.members)),
+                    assignments: Some(changes(&t.assignments)),
+                })
+                .collect(),
+        }),
+        access: d
+            .access
+            .iter()
+            .map(|t| pb::TenantAccessDiff {
+                tenant_id: t.tenant.clone(),
+                fresh_segment: t.fresh_segment.clone(),
+                other_method: t.other_method.clone(),
+                methods: t.methods.clone(),
+                probe_paths: t.probe_paths as u64,
+                paths: t.paths.clone(),
+                change_sets: t
+                    .change_sets
+                    .iter()
+                    .map(|c| pb::AccessChangeSet {
+                        permissions_gained: c.permissions_gained.clone(),
+                        permissions_lost: c.permissions_lost.clone(),
+                        routes: c.routes.iter().map(|&r| r as u32).collect(),
+                    })
+                    .collect(),
+                route_changes: t
+                    .route_changes
+                    .iter()
+                    .map(|r| pb::RouteAccessChange {
+                        change: match r.change {
+                            Direction::Gained => pb::AccessDirection::Gained,
+                            Direction::Lost => pb::AccessDirection::Lost,
+                        } as i32,
+                        via: Some(pb::AccessVia {
+                            kind: r.via.kind.to_owned(),
+                            role_id: r.via.role.clone(),
+                            pattern: r.via.pattern.clone(),
+                            methods: r.via.methods.clone(),
+                        }),
+                        requests: r
+                            .requests
+                            .iter()
+                            .map(|&(m, p)| pb::ProbeRequest {
+                                method_index: m,
+                                path_index: p,
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+                subjects: t
+                    .subjects
+                    .iter()
+                    .map(|s| pb::SubjectAccessDiff {
+                        subject_id: s.subject.clone(),
+                        changes: s
+                            .changes
+                            .iter()
+                            .map(|c| pb::ScopedAccessChange {
+                                scopes: c.scopes.clone(),
+                                change_set: c.change_set as u32,
+                            })
+                            .collect(),
+                        unchanged_scopes: s.unchanged_scopes.clone(),
+                        causes: s
+                            .causes
+                            .iter()
+                            .map(|c| pb::AccessCause {
+                                kind: c.kind.to_owned(),
+                                detail: c.detail.clone(),
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}

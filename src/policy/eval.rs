@@ -9,9 +9,58 @@
 use super::{
     decision::{Decision, GrantRef, Matched, Reason, Source},
     pattern::PathSegments,
-    snapshot::{Role, RoleIdx, RoleSet, ScopeIdx, SubjectRef, TenantSnapshot},
+    snapshot::{Role, RoleIdx, RoleSet, RuleGroup, ScopeIdx, SubjectRef, TenantSnapshot},
 };
 use crate::model::{Method, scope_covers};
+
+/// How one role's own rules judge a request: the most specific matching rules decide
+/// (`docs/semantics.md`, "Role rules").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuleVerdict {
+    /// No rule of the role matches the path.
+    NoMatch,
+    /// The most specific matching rules allow the method; the first of them (index into
+    /// [`Role::rules`]).
+    Allowed(u32),
+    /// The most specific matching rules do not allow the method; the first of them.
+    MethodNotAllowed(u32),
+}
+
+impl Role {
+    /// Judges a request by this role's own rules alone (includes are not followed: each
+    /// included role is judged on its own rules). Check and the effective-access diff
+    /// ([`super::diff`]) both judge through this.
+    #[inline]
+    pub fn judge(&self, segments: &PathSegments<'_>, method: Method<'_>) -> RuleVerdict {
+        match self.matching_rules(segments) {
+            Some(group) => self.verdict(group, method),
+            None => RuleVerdict::NoMatch,
+        }
+    }
+
+    /// The role's most specific rules matching the path (equally specific ones share a
+    /// group), if any: the first half of [`Role::judge`], which does not depend on the
+    /// method (the diff finds it once per path for every method).
+    #[inline]
+    pub fn matching_rules(&self, segments: &PathSegments<'_>) -> Option<&RuleGroup> {
+        self.matcher.find_in(segments, |_| true)
+    }
+
+    /// How the matching `group` judges `method`: the second half of [`Role::judge`].
+    #[inline]
+    pub fn verdict(&self, group: &RuleGroup, method: Method<'_>) -> RuleVerdict {
+        let allowed = group.rules.iter().find(|&&r| {
+            self.rules
+                .get(r as usize)
+                .is_some_and(|rule| rule.methods.contains(method))
+        });
+        match (allowed, group.rules.first()) {
+            (Some(&rule), _) => RuleVerdict::Allowed(rule),
+            (None, Some(&rule)) => RuleVerdict::MethodNotAllowed(rule),
+            (None, None) => RuleVerdict::NoMatch,
+        }
+    }
+}
 
 /// What a check asks for.
 #[derive(Clone, Copy, Debug)]
@@ -51,22 +100,7 @@ impl TenantSnapshot {
             Action::Permission(_) => None,
         };
         if let (Action::Route { method, .. }, Some(segments)) = (q.action, &segments) {
-            if !self.endpoint_matcher.is_empty() {
-                self.endpoint_matcher.find_in(segments, |group| {
-                    for &e in &group.entries {
-                        entry_on_path.get_or_insert(e);
-                        if self
-                            .endpoints
-                            .get(e as usize)
-                            .is_some_and(|ep| ep.methods.contains(method))
-                        {
-                            entry = Some(e);
-                            return true;
-                        }
-                    }
-                    false
-                });
-            }
+            (entry, entry_on_path) = self.resolve_endpoint(segments, method);
             if let Some(e) = entry
                 && self.endpoints.get(e as usize).is_some_and(|ep| ep.public)
             {
@@ -137,24 +171,15 @@ impl TenantSnapshot {
                 let mut rule_on_path: Option<Matched> = None;
                 let grant = self.first_grant(subject, q.scope, |role| {
                     role.closure.iter().enumerate().find_map(|(pos, &(g, _))| {
-                        let granting = self.role(g)?;
-                        let group = granting.matcher.find_in(segments, |_| true)?;
-                        let allowed = group.rules.iter().find(|&&r| {
-                            granting
-                                .rules
-                                .get(r as usize)
-                                .is_some_and(|rule| rule.methods.contains(method))
-                        });
-                        match allowed {
-                            Some(&rule) => {
+                        match self.role(g)?.judge(segments, method) {
+                            RuleVerdict::Allowed(rule) => {
                                 Some((pos as u32, Some(Matched::Rule { role: g, rule })))
                             }
-                            None => {
-                                if let Some(&rule) = group.rules.first() {
-                                    rule_on_path.get_or_insert(Matched::Rule { role: g, rule });
-                                }
+                            RuleVerdict::MethodNotAllowed(rule) => {
+                                rule_on_path.get_or_insert(Matched::Rule { role: g, rule });
                                 None
                             }
+                            RuleVerdict::NoMatch => None,
                         }
                     })
                 });
@@ -170,6 +195,37 @@ impl TenantSnapshot {
                 }
             }
         }
+    }
+
+    /// Resolves a route in the endpoint table, as a router would: the most specific entry
+    /// whose pattern matches and whose methods contain `method` (first), and the most
+    /// specific entry whose pattern matches at all (second, for `method_not_allowed`).
+    /// Check and the effective-access diff ([`super::diff`]) both resolve through this.
+    #[inline]
+    pub fn resolve_endpoint(
+        &self,
+        segments: &PathSegments<'_>,
+        method: Method<'_>,
+    ) -> (Option<u32>, Option<u32>) {
+        let mut entry: Option<u32> = None;
+        let mut entry_on_path: Option<u32> = None;
+        if !self.endpoint_matcher.is_empty() {
+            self.endpoint_matcher.find_in(segments, |group| {
+                for &e in &group.entries {
+                    entry_on_path.get_or_insert(e);
+                    if self
+                        .endpoints
+                        .get(e as usize)
+                        .is_some_and(|ep| ep.methods.contains(method))
+                    {
+                        entry = Some(e);
+                        return true;
+                    }
+                }
+                false
+            });
+        }
+        (entry, entry_on_path)
     }
 
     /// The first grant `f` finds among the roles the subject holds at `scope`: `f` is

@@ -5,7 +5,9 @@
 
 pub mod compile;
 pub mod decision;
+pub mod diff;
 pub mod eval;
+pub mod expect;
 pub mod list;
 pub mod lookup;
 pub mod nesting;

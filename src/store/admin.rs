@@ -112,6 +112,7 @@ impl From<SyncError> for AdminError {
             SyncError::Rejected { message } => AdminError::Precondition(message),
             SyncError::Unavailable { message } => AdminError::Unavailable(message),
             SyncError::Db { message } => AdminError::Db(message),
+            e @ SyncError::Protected { .. } => AdminError::Precondition(e.to_string()),
         }
     }
 }
@@ -653,11 +654,14 @@ impl AdminStore {
     }
 
     /// Makes the database match `doc` ([`sync`]'s rules), in one transaction with its
-    /// audit row. The document is compiled first and refused if invalid.
+    /// audit row. The document is compiled first and refused if invalid; without
+    /// `force`, an apply that would delete rows written through the admin API or SQL is
+    /// refused (`FAILED_PRECONDITION` listing them).
     pub async fn apply_policy(
         &self,
         actor: &str,
         doc: PolicyDocument,
+        force: bool,
     ) -> Result<sync::ApplyReport, AdminError> {
         let mut conn = self.pool.get().await?;
         let tx = conn.transaction().await?;
@@ -677,7 +681,7 @@ impl AdminStore {
             tenant: "",
             action: "ApplyPolicy",
         };
-        let report = sync::apply_in(&tx, &doc).await?;
+        let report = sync::apply_in(&tx, &doc, force).await?;
         // Recorded even when nothing differed: someone applied this document.
         finish(tx, audit, json!({ "tenants": tenants })).await?;
         Ok(report)
@@ -692,6 +696,16 @@ impl AdminStore {
         let mut conn = self.pool.get().await?;
         let client: &mut tokio_postgres::Client = &mut conn;
         Ok(sync::export(client, tenants).await?)
+    }
+
+    /// The whole current policy as a document, with its revision and the limits the
+    /// database holds it to ([`sync::export_current`]).
+    pub async fn current_policy(
+        &self,
+    ) -> Result<(u64, PolicyDocument, crate::policy::Limits), AdminError> {
+        let mut conn = self.pool.get().await?;
+        let client: &mut tokio_postgres::Client = &mut conn;
+        Ok(sync::export_current(client).await?)
     }
 
     /// Built-in roles and the tenant's custom roles with ids after `after`, by id.

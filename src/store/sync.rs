@@ -65,6 +65,17 @@ pub enum SyncError {
         /// What went wrong.
         message: String,
     },
+    /// The apply would delete rows whose last write did not come from a document apply
+    /// (the admin API, SQL) and was not forced; nothing was written.
+    #[error(
+        "the apply would delete {} rows written through the admin API or SQL, not by a document apply: {}; apply with --force (ApplyPolicy: `force`) to delete them",
+        rows.len(),
+        rows.join("; ")
+    )]
+    Protected {
+        /// Each row, as `table (key, ...)`.
+        rows: Vec<String>,
+    },
     /// The database failed the operation for another reason.
     #[error("database: {message}")]
     Db {
@@ -211,10 +222,22 @@ pub async fn apply(
     doc: &PolicyDocument,
     file: &str,
 ) -> Result<ApplyReport, SyncError> {
+    apply_with(client, doc, file, false).await
+}
+
+/// [`apply`]; with `force`, rows written through the admin API or SQL are deleted too
+/// when the document no longer has them (without, the apply refuses with
+/// [`SyncError::Protected`]).
+pub async fn apply_with(
+    client: &mut Client,
+    doc: &PolicyDocument,
+    file: &str,
+    force: bool,
+) -> Result<ApplyReport, SyncError> {
     let tx = client.transaction().await?;
     let limits = super::postgres::read_limits(&tx).await?;
     crate::policy::compile_with(doc, file, 0, limits)?;
-    let report = apply_in(&tx, doc).await?;
+    let report = apply_in(&tx, doc, force).await?;
     if report.revision.is_some() {
         // The deferred validation triggers run here; a refusal rolls everything back.
         tx.commit().await?;
@@ -229,6 +252,7 @@ pub async fn apply(
 pub(crate) async fn apply_in(
     tx: &Transaction<'_>,
     doc: &PolicyDocument,
+    force: bool,
 ) -> Result<ApplyReport, SyncError> {
     // INVARIANT: nothing else commits a captured write until this transaction ends (see
     // "Concurrency" above), so the state read below is the state written to.
@@ -236,6 +260,9 @@ pub(crate) async fn apply_in(
         .query_one("SELECT revision FROM authz_state FOR UPDATE", &[])
         .await?
         .try_get(0)?;
+    // Rows this transaction writes are the document's (migration V5's origin column).
+    tx.batch_execute("SET LOCAL authz.origin = 'document'")
+        .await?;
     let names: Vec<String> = doc.tenants.iter().map(|t| t.id.clone()).collect();
     let desired = Desired::of(doc);
     let mut tables = Vec::with_capacity(TABLES.len());
@@ -243,6 +270,15 @@ pub(crate) async fn apply_in(
     for (table, want) in TABLES.iter().zip(desired.tables()) {
         let have = read_rows(tx, table, &names).await?;
         diffs.push(diff(want, have));
+    }
+    if !force {
+        let mut protected = Vec::new();
+        for (table, d) in TABLES.iter().zip(&diffs) {
+            protected.extend(not_from_documents(tx, table, &d.delete).await?);
+        }
+        if !protected.is_empty() {
+            return Err(SyncError::Protected { rows: protected });
+        }
     }
     // Deletes from children to parents, so no delete cascades behind the counts' back.
     let mut counts = vec![RowCounts::default(); TABLES.len()];
@@ -284,6 +320,23 @@ pub async fn export(
         Some(t) => Tenants::Only(t),
     };
     Ok(read_document(client, which).await?)
+}
+
+/// The whole current policy (every tenant) as a document, with the revision it reflects
+/// and the limits the database holds it to, from one consistent snapshot: what
+/// `authzd test --database-url` and `authzd diff now` compile.
+pub async fn export_current(
+    client: &mut Client,
+) -> Result<(u64, PolicyDocument, crate::policy::Limits), SyncError> {
+    use crate::store::postgres::{
+        read_document_in, read_limits, read_revision, snapshot_transaction,
+    };
+    let tx = snapshot_transaction(client).await?;
+    let revision = read_revision(&tx).await?;
+    let limits = read_limits(&tx).await?;
+    let doc = read_document_in(&tx, Tenants::All).await?;
+    tx.commit().await?;
+    Ok((revision, doc, limits))
 }
 
 // ------------------------------------------------------------------- rows and tables
@@ -754,6 +807,77 @@ const CHUNK: usize = 5_000;
 
 /// Writes rows in chunks, each chunk one statement over `jsonb_to_recordset`; returns
 /// the rows affected.
+/// The rows among `rows` (keys of `table`) whose last write was not a document apply's
+/// (`origin = 'api'`, migration V5), as `table (key, ...)`. None for `tenants` (no
+/// origin) or a schema without the column.
+async fn not_from_documents(
+    tx: &Transaction<'_>,
+    table: &Table,
+    rows: &[Row],
+) -> Result<Vec<String>, SyncError> {
+    if rows.is_empty() || table.name == "tenants" {
+        return Ok(Vec::new());
+    }
+    let has_origin: bool = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM information_schema.columns
+                            WHERE table_schema = current_schema()
+                              AND table_name = $1 AND column_name = 'origin')",
+            &[&table.name],
+        )
+        .await?
+        .try_get(0)?;
+    if !has_origin {
+        return Ok(Vec::new());
+    }
+    let defs = table
+        .key
+        .iter()
+        .map(|c| format!("\"{}\" {}", c.0, c.1.sql()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let matches = table
+        .key
+        .iter()
+        .map(|c| match c.1 {
+            OptText => format!("cur.\"{0}\" IS NOT DISTINCT FROM x.\"{0}\"", c.0),
+            _ => format!("cur.\"{0}\" = x.\"{0}\"", c.0),
+        })
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let shown = table
+        .key
+        .iter()
+        .map(|c| format!("coalesce(cur.\"{}\"::text, '')", c.0))
+        .collect::<Vec<_>>()
+        .join(" || ', ' || ");
+    let name = table.name;
+    let sql = format!(
+        "SELECT {shown} FROM \"{name}\" AS cur JOIN jsonb_to_recordset($1::jsonb) AS x({defs}) \
+         ON {matches} WHERE cur.origin <> 'document' ORDER BY 1"
+    );
+    let statement = tx.prepare(&sql).await?;
+    let mut out = Vec::new();
+    for chunk in rows.chunks(CHUNK) {
+        let items: Vec<Value> = chunk
+            .iter()
+            .map(|(k, _)| {
+                let mut obj = Map::new();
+                for (c, val) in table.key.iter().zip(k) {
+                    obj.insert(c.0.to_owned(), val.json());
+                }
+                Value::Object(obj)
+            })
+            .collect();
+        let param = Value::Array(items);
+        for row in tx.query(&statement, &[&param]).await? {
+            let key: String = row.try_get(0)?;
+            out.push(format!("{name} ({key})"));
+        }
+    }
+    Ok(out)
+}
+
 async fn write(
     tx: &Transaction<'_>,
     table: &Table,

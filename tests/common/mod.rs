@@ -22,12 +22,10 @@ use authz::{
     cache::Cache,
     grpc::ServiceConfig,
     metrics::{Freshness, Metrics, PolicySource},
-    pb::{self, authorization_service_client::AuthorizationServiceClient},
-    policy::Explanation,
+    pb::authorization_service_client::AuthorizationServiceClient,
     server::{self, ServerError},
     store::file::{self, AbortOnDrop, Reloader},
 };
-use serde::Deserialize;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
 
@@ -258,167 +256,25 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
     (status, content_type, body.to_owned())
 }
 
-/// An expectations file (`examples/policies/*.expect.yaml`).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Expectations {
-    pub policy: String,
-    pub cases: Vec<Case>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Case {
-    pub name: String,
-    pub tenant: String,
-    #[serde(default)]
-    pub subject: String,
-    #[serde(default)]
-    pub scope: String,
-    pub permission: Option<String>,
-    pub method: Option<String>,
-    pub path: Option<String>,
-    pub allowed: bool,
-    pub reason: String,
-    pub role: Option<String>,
-    pub chain: Option<Vec<String>>,
-    pub source: Option<String>,
-    pub group: Option<String>,
-    pub grant_scope: Option<String>,
-    pub pattern: Option<String>,
-    pub required_roles: Option<Vec<String>>,
-}
+/// An expectations file (`examples/policies/*.expect.yaml`), read by the library's
+/// parser (the one `authzd test` uses).
+#[allow(unused_imports, reason = "each test crate uses part of the harness")]
+pub use authz::policy::expect::{Case, ExpectFile as Expectations, Observed};
 
 pub fn expectations(name: &str) -> Expectations {
     let path = example(name);
-    let text = std::fs::read_to_string(&path).unwrap();
-    let e: Expectations =
-        serde_yaml_ng::from_str(&text).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+    let e = Expectations::read(&path).unwrap_or_else(|err| panic!("{err}"));
     assert!(!e.cases.is_empty(), "{name} has no cases");
     e
 }
 
-/// An answer, whichever way it came.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Observed {
-    pub allowed: bool,
-    pub reason: String,
-    pub role: String,
-    pub chain: Vec<String>,
-    pub source: String,
-    pub group: String,
-    pub grant_scope: String,
-    pub pattern: String,
-    pub required_roles: Vec<String>,
-    pub explanation: String,
+/// What the test harness adds to a case: its `authzd check` arguments.
+pub trait CaseExt {
+    fn cli_args(&self) -> Vec<String>;
 }
 
-impl From<&Explanation> for Observed {
-    fn from(e: &Explanation) -> Self {
-        let v = serde_json::to_value(e).unwrap();
-        Observed::from_json(&v)
-    }
-}
-
-impl Observed {
-    /// From the JSON the CLI prints (`authzd check --output json`).
-    pub fn from_json(v: &serde_json::Value) -> Self {
-        let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
-        let list = |v: &serde_json::Value| -> Vec<String> {
-            v.as_array()
-                .map(|a| a.iter().map(|x| x.as_str().unwrap().to_owned()).collect())
-                .unwrap_or_default()
-        };
-        let g = &v["grant"];
-        Observed {
-            allowed: v["allowed"].as_bool().unwrap(),
-            reason: s(&v["reason"]),
-            role: s(&g["role"]),
-            chain: list(&g["include_chain"]),
-            source: s(&g["source"]),
-            group: s(&g["group_id"]),
-            grant_scope: s(&g["scope"]),
-            pattern: s(&v["matched_pattern"]),
-            required_roles: list(&v["required_roles"]),
-            explanation: s(&v["explanation"]),
-        }
-    }
-
-    pub fn from_pb(r: &pb::CheckResponse) -> Self {
-        let reason = pb::Reason::try_from(r.reason).unwrap();
-        let reason = reason
-            .as_str_name()
-            .trim_start_matches("REASON_")
-            .to_ascii_lowercase();
-        let g = r.grant.clone().unwrap_or_default();
-        let source = pb::GrantSource::try_from(g.source).unwrap();
-        let source = match source {
-            pb::GrantSource::Unspecified => String::new(),
-            s => s
-                .as_str_name()
-                .trim_start_matches("GRANT_SOURCE_")
-                .to_ascii_lowercase(),
-        };
-        Observed {
-            allowed: r.allowed,
-            reason,
-            role: g.role,
-            chain: g.include_chain,
-            source,
-            group: g.group_id,
-            grant_scope: g.scope,
-            pattern: r.matched_pattern.clone(),
-            required_roles: r.required_roles.clone(),
-            explanation: r.explanation.clone(),
-        }
-    }
-}
-
-impl Case {
-    pub fn to_pb(&self) -> pb::CheckRequest {
-        let action = match (&self.permission, &self.method, &self.path) {
-            (Some(p), None, None) => pb::check_request::Action::Permission(p.clone()),
-            (None, Some(m), Some(p)) => pb::check_request::Action::Route(pb::HttpRoute {
-                method: m.clone(),
-                path: p.clone(),
-            }),
-            _ => panic!("case `{}` needs permission or method+path", self.name),
-        };
-        pb::CheckRequest {
-            tenant_id: self.tenant.clone(),
-            subject_id: self.subject.clone(),
-            scope: self.scope.clone(),
-            action: Some(action),
-            min_revision: 0,
-        }
-    }
-
-    /// The explanation a compiled policy gives for this case, through the library.
-    pub fn explain(&self, policy: &authz::policy::Policy) -> Explanation {
-        use authz::{
-            model::{self, Method},
-            policy::{Action, Query},
-        };
-        let action = match (&self.permission, &self.method, &self.path) {
-            (Some(p), _, _) => Action::Permission(model::name(p).unwrap()),
-            (None, Some(m), Some(p)) => Action::Route {
-                method: Method::parse(m).unwrap(),
-                path: model::request_path(p).unwrap(),
-            },
-            _ => panic!("case `{}` has no action", self.name),
-        };
-        let q = Query {
-            subject: &self.subject,
-            scope: model::scope(&self.scope).unwrap(),
-            action,
-        };
-        match policy.tenants.iter().find(|t| *t.id == *self.tenant) {
-            Some(t) => t.explain(&q, &t.check(&q)),
-            None => Explanation::unknown_tenant(&self.tenant, 1),
-        }
-    }
-
-    pub fn cli_args(&self) -> Vec<String> {
+impl CaseExt for Case {
+    fn cli_args(&self) -> Vec<String> {
         let mut a = vec![
             "--tenant".into(),
             self.tenant.clone(),
@@ -435,56 +291,6 @@ impl Case {
             _ => panic!("case `{}` needs permission or method+path", self.name),
         }
         a
-    }
-
-    /// Compares an answer with the case; returns a message on mismatch.
-    pub fn mismatch(&self, got: &Observed) -> Option<String> {
-        let mut diffs = Vec::new();
-        if got.allowed != self.allowed {
-            diffs.push(format!(
-                "allowed: want {} got {}",
-                self.allowed, got.allowed
-            ));
-        }
-        if got.reason != self.reason {
-            diffs.push(format!("reason: want {} got {}", self.reason, got.reason));
-        }
-        let mut opt = |name: &str, want: &Option<String>, got: &str| {
-            if let Some(w) = want
-                && w != got
-            {
-                diffs.push(format!("{name}: want `{w}` got `{got}`"));
-            }
-        };
-        opt("role", &self.role, &got.role);
-        opt("source", &self.source, &got.source);
-        opt("group", &self.group, &got.group);
-        opt("grant_scope", &self.grant_scope, &got.grant_scope);
-        opt("pattern", &self.pattern, &got.pattern);
-        if let Some(c) = &self.chain
-            && *c != got.chain
-        {
-            diffs.push(format!("chain: want {c:?} got {:?}", got.chain));
-        }
-        if let Some(r) = &self.required_roles
-            && *r != got.required_roles
-        {
-            diffs.push(format!(
-                "required_roles: want {r:?} got {:?}",
-                got.required_roles
-            ));
-        }
-        if got.explanation.is_empty()
-            || !got
-                .explanation
-                .starts_with(if self.allowed { "allowed" } else { "denied" })
-        {
-            diffs.push(format!(
-                "explanation does not state the decision: `{}`",
-                got.explanation
-            ));
-        }
-        (!diffs.is_empty()).then(|| format!("case `{}`: {}", self.name, diffs.join("; ")))
     }
 }
 

@@ -1,0 +1,398 @@
+//! Reviewing a change before it is applied, against a real PostgreSQL: the admin API's
+//! DiffPolicy (the same diff as `authzd diff now FILE`), and `authzd policy apply
+//! --dry-run`, which writes nothing.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "a test that panics has failed; that is its job"
+)]
+
+mod common;
+
+use std::time::Duration;
+
+use authz::{
+    grpc::{
+        PolicyAdmin, ServiceConfig,
+        auth::{AdminTokens, file_line},
+    },
+    pb::{self, policy_admin_service_client::PolicyAdminServiceClient},
+    policy::{
+        PolicyDocument, compile,
+        diff::{Side, after_apply, diff},
+    },
+    server::ServerConfig,
+    store::{admin::AdminStore, follow::FollowConfig, postgres, sync},
+};
+use common::{TestServer, example, pg::TestDb};
+use tonic::{Code, Request};
+
+const ROOT: &str = "root-secret-token";
+const ACME: &str = "acme-secret-token";
+
+fn authed<T>(token: &str, msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+/// The gateway example with a reviewer-worthy change: role `user` may deploy to prod,
+/// and olga is no longer orgadmin.
+fn changed_gateway() -> String {
+    let text = std::fs::read_to_string(example("gateway.yaml")).unwrap();
+    let removed = "      - subject: olga\n        role: orgadmin\n";
+    assert!(text.contains(removed));
+    let text = text.replacen(removed, "", 1);
+    let anchor = "  - id: user\n";
+    assert!(text.contains(anchor));
+    // A rule added at the top of the `user` role's rules.
+    let doc: PolicyDocument = serde_yaml_ng::from_str(&text).unwrap();
+    let mut doc = doc;
+    let user = doc.roles.iter_mut().find(|r| r.id == "user").unwrap();
+    user.routes.push(authz::policy::source::RouteDoc {
+        methods: vec!["PUT".into()],
+        path: "/environments/prod/applications/*/revisions/*/deployments".into(),
+    });
+    doc.to_yaml().unwrap()
+}
+
+#[tokio::test]
+async fn diff_policy_returns_the_library_diff_and_writes_nothing() {
+    let db = TestDb::create("diff_policy").await;
+    let original = PolicyDocument::read(&example("gateway.yaml")).unwrap();
+    sync::apply(&mut db.client().await, &original, "gateway.yaml")
+        .await
+        .unwrap();
+    let tokens = AdminTokens::parse(
+        &format!(
+            "{}\n{}\n",
+            file_line(ROOT, "*", Some("root")),
+            file_line(ACME, "acme", Some("acme-admin"))
+        ),
+        "tokens",
+    )
+    .unwrap();
+    let admin = PolicyAdmin::new(AdminStore::new(postgres::pool(&db.url, 2).unwrap()), tokens);
+    let mut follow = FollowConfig::new(db.url.clone());
+    follow.poll_interval = Duration::from_millis(100);
+    let config = ServerConfig {
+        service: ServiceConfig::default(),
+        shutdown_grace: Duration::from_secs(5),
+        admin: Some(admin),
+        ..ServerConfig::default()
+    };
+    let (server, _follower) = TestServer::start_db_configured(follow, config).await;
+    let mut client = PolicyAdminServiceClient::new(server.channel.clone());
+    let before = db.revision().await;
+
+    let document = changed_gateway();
+    let resp = client
+        .diff_policy(authed(
+            ROOT,
+            pb::DiffPolicyRequest {
+                document: document.clone(),
+                format: pb::DocumentFormat::Yaml as i32,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.revision, before);
+    assert!(resp.access_changed);
+
+    // Exactly the library's diff of the database's document and the applied result.
+    let (_, current, _) = sync::export_current(&mut db.client().await).await.unwrap();
+    let new = after_apply(&current, &serde_yaml_ng::from_str(&document).unwrap());
+    let (op, np) = (
+        compile(&current, "db", 1).unwrap(),
+        compile(&new, "doc", 1).unwrap(),
+    );
+    let want = diff(
+        Side {
+            label: "db",
+            doc: &current,
+            policy: &op,
+        },
+        Side {
+            label: "doc",
+            doc: &new,
+            policy: &np,
+        },
+    )
+    .unwrap();
+    assert_eq!(resp, authz::grpc::convert::diff_to_pb(&want, before));
+
+    // What a reviewer reads in it.
+    let acme = resp.access.iter().find(|t| t.tenant_id == "acme").unwrap();
+    let olga = acme
+        .subjects
+        .iter()
+        .find(|s| s.subject_id == "olga")
+        .unwrap();
+    let set = |s: &pb::SubjectAccessDiff| &acme.change_sets[s.changes[0].change_set as usize];
+    let route = |r: &u32| &acme.route_changes[*r as usize];
+    assert!(
+        set(olga)
+            .routes
+            .iter()
+            .all(|r| route(r).change == pb::AccessDirection::Lost as i32)
+    );
+    assert!(
+        olga.causes
+            .iter()
+            .any(|c| c.kind == "assignment_removed" && c.detail == "orgadmin at the root")
+    );
+    let ulli = acme
+        .subjects
+        .iter()
+        .find(|s| s.subject_id == "ulli")
+        .unwrap();
+    assert!(set(ulli).routes.iter().map(route).any(|r| {
+        r.change == pb::AccessDirection::Gained as i32
+            && r.via.as_ref().unwrap().role_id == "user"
+            && r.requests
+                .iter()
+                .all(|q| acme.methods[q.method_index as usize] == "PUT")
+    }));
+    let structure = resp.structure.unwrap();
+    assert_eq!(
+        structure.builtin_roles[0].routes.as_ref().unwrap().added,
+        ["PUT /environments/prod/applications/*/revisions/*/deployments"]
+    );
+
+    // Nothing was written.
+    assert_eq!(db.revision().await, before);
+
+    // A token for one tenant may not ask (the document speaks for every tenant's
+    // built-in roles); a bad document is INVALID_ARGUMENT naming `document`.
+    let err = client
+        .diff_policy(authed(
+            ACME,
+            pb::DiffPolicyRequest {
+                document: document.clone(),
+                format: 0,
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    for bad in [
+        "version: 1\nroles:\n  - id: a\n    includes: [a]\n",
+        "version: 1\nrolez: []\n",
+    ] {
+        let err = client
+            .diff_policy(authed(
+                ROOT,
+                pb::DiffPolicyRequest {
+                    document: bad.into(),
+                    format: 0,
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains("document"), "{}", err.message());
+    }
+    // The same document as the database's: nothing changes.
+    let resp = client
+        .diff_policy(authed(
+            ROOT,
+            pb::DiffPolicyRequest {
+                document: std::fs::read_to_string(example("gateway.yaml")).unwrap(),
+                format: 0,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!resp.access_changed && resp.access.is_empty());
+    server.stop().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn apply_dry_run_prints_the_diff_and_writes_nothing() {
+    let db = TestDb::create("apply_dry_run").await;
+    let original = PolicyDocument::read(&example("gateway.yaml")).unwrap();
+    sync::apply(&mut db.client().await, &original, "gateway.yaml")
+        .await
+        .unwrap();
+    let before = db.revision().await;
+    let (_, exported_before) = sync::export(&mut db.client().await, None).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("changed.yaml");
+    std::fs::write(&file, changed_gateway()).unwrap();
+    let url = db.url.clone();
+    let path = file.clone();
+    let run = move |extra: &'static [&'static str]| {
+        let (url, path) = (url.clone(), path.clone());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                std::process::Command::new(env!("CARGO_BIN_EXE_authzd"))
+                    .args(["policy", "apply", "--dry-run", "--database-url", &url])
+                    .arg(&path)
+                    .args(extra)
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let out = run(&[]).await;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stdout.contains("subject `olga`"), "{stdout}");
+    assert!(
+        stdout.contains("because assignment_removed: orgadmin at the root"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("+rules PUT /environments/prod/applications/*/revisions/*/deployments"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("dry run: nothing written"), "{stderr}");
+    let out = run(&["--output", "json"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["access"][0]["tenant"], "acme");
+
+    // Nothing changed in the database: same revision, same document.
+    assert_eq!(db.revision().await, before);
+    let (_, exported_after) = sync::export(&mut db.client().await, None).await.unwrap();
+    assert_eq!(exported_before, exported_after);
+    // The real apply then writes exactly what was announced.
+    let doc: PolicyDocument = serde_yaml_ng::from_str(&changed_gateway()).unwrap();
+    let report = sync::apply(&mut db.client().await, &doc, "changed.yaml")
+        .await
+        .unwrap();
+    assert!(report.revision.is_some());
+    db.drop_db().await;
+}
+
+/// An apply never silently erases what was written through the admin API: a document
+/// that no longer has such a row is refused (naming it, nothing written) unless forced;
+/// rows a document wrote are deleted as before.
+#[tokio::test]
+async fn apply_refuses_to_delete_admin_api_rows_unless_forced() {
+    let db = TestDb::create("apply_force").await;
+    let original = PolicyDocument::read(&example("gateway.yaml")).unwrap();
+    sync::apply(&mut db.client().await, &original, "gateway.yaml")
+        .await
+        .unwrap();
+    // Written through the admin API: a grant and a new subject.
+    let store = AdminStore::new(postgres::pool(&db.url, 2).unwrap());
+    store
+        .register_subject("root", "acme", "zoe", false)
+        .await
+        .unwrap();
+    store
+        .grant(
+            "root",
+            "acme",
+            &authz::policy::source::AssignmentDoc {
+                subject: Some("zoe".into()),
+                group: None,
+                role: "user".into(),
+                scope: "environments/test".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let origins: Vec<(String, String)> = db
+        .client()
+        .await
+        .query("SELECT subject_id, origin FROM assignments WHERE tenant_id = 'acme' AND subject_id IN ('zoe', 'olga') ORDER BY 1", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        origins,
+        [
+            ("olga".into(), "document".into()),
+            ("zoe".into(), "api".into())
+        ]
+    );
+    let before = db.revision().await;
+
+    // The original document does not have them: refused, naming both rows.
+    let err = sync::apply(&mut db.client().await, &original, "gateway.yaml")
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, sync::SyncError::Protected { .. }), "{msg}");
+    assert!(msg.contains("subjects (acme, zoe)"), "{msg}");
+    assert!(msg.contains("assignments (acme"), "{msg}");
+    assert!(msg.contains("--force"), "{msg}");
+    assert_eq!(db.revision().await, before, "nothing written");
+
+    // The CLI says the same and exits 65; with --force it deletes them.
+    let file = example("gateway.yaml");
+    let url = db.url.clone();
+    let cli = move |force: bool| {
+        let (url, file) = (url.clone(), file.clone());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_authzd"));
+                c.args(["policy", "apply", "--database-url", &url])
+                    .arg(&file);
+                if force {
+                    c.arg("--force");
+                }
+                c.output().unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let out = cli(false).await;
+    assert_eq!(out.status.code(), Some(65));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("written through the admin API") && stderr.contains("zoe"),
+        "{stderr}"
+    );
+    assert_eq!(db.revision().await, before, "nothing written");
+    let out = cli(true).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, now) = sync::export(&mut db.client().await, Some(&["acme".into()]))
+        .await
+        .unwrap();
+    let acme = now.tenants.iter().find(|t| t.id == "acme").unwrap();
+    assert!(!acme.subjects.iter().any(|s| s.id == "zoe"));
+
+    // Rows a document wrote are deleted without --force, as before.
+    let mut smaller = original.clone();
+    let acme = smaller.tenants.iter_mut().find(|t| t.id == "acme").unwrap();
+    acme.assignments
+        .retain(|a| !(a.subject.as_deref() == Some("olga") && a.role == "orgadmin"));
+    let report = sync::apply(&mut db.client().await, &smaller, "smaller.yaml")
+        .await
+        .unwrap();
+    assert!(report.revision.is_some());
+    // Through ApplyPolicy (admin store), the same refusal, and `force` deletes.
+    store
+        .register_subject("root", "acme", "zed", false)
+        .await
+        .unwrap();
+    let err = store
+        .apply_policy("root", smaller.clone(), false)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("subjects (acme, zed)"), "{err}");
+    store.apply_policy("root", smaller, true).await.unwrap();
+    db.drop_db().await;
+}
