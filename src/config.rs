@@ -123,8 +123,9 @@ pub struct ServeArgs {
     #[arg(long, env = "AUTHZ_FOLLOW", default_value = "auto", value_parser = parse_follow)]
     pub follow: FollowMode,
     /// With a database: how often to look for changes without a notification (when
-    /// polling, the only way; under LISTEN, a safety net).
-    #[arg(long, env = "AUTHZ_POLL_INTERVAL", default_value = "200ms", value_parser = positive_duration)]
+    /// polling, the only way; under LISTEN, a safety net). From 10ms to 1h: thousands of
+    /// replicas polling faster would load the database for nothing.
+    #[arg(long, env = "AUTHZ_POLL_INTERVAL", default_value = "200ms", value_parser = poll_interval)]
     pub poll_interval: Duration,
     /// Serve only these tenants (comma-separated ids); requests about others fail with
     /// FAILED_PRECONDITION. Only they are loaded.
@@ -215,12 +216,13 @@ fn parse_follow(s: &str) -> Result<FollowMode, String> {
     s.parse()
 }
 
-fn positive_duration(s: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(s) {
-        Ok(d) if d.is_zero() => Err("must be longer than 0s".into()),
-        Ok(d) => Ok(d),
-        Err(e) => Err(e.to_string()),
+/// A poll interval: 10 ms to 1 h.
+fn poll_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(10) || d > Duration::from_secs(3600) {
+        return Err(format!("`{s}` is outside 10ms to 1h"));
     }
+    Ok(d)
 }
 
 fn parse_tenant_list(s: &str) -> Result<TenantFilter, String> {
@@ -491,6 +493,8 @@ mod tests {
         for bad in [
             &["--follow", "notify"][..],
             &["--poll-interval", "0s"],
+            &["--poll-interval", "1ns"],
+            &["--poll-interval", "2h"],
             &["--tenant-shard", "2/2"],
             &["--tenant-shard", "x"],
             &["--tenants", ""],

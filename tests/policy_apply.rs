@@ -393,6 +393,38 @@ async fn apply_refuses_to_delete_admin_api_rows_unless_forced() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("subjects (acme, zed)"), "{err}");
-    store.apply_policy("root", smaller, true).await.unwrap();
+    store
+        .apply_policy("root", smaller.clone(), true)
+        .await
+        .unwrap();
+
+    // Overwriting what the admin API wrote is refused too: a subject it disabled is not
+    // silently enabled again by a document that has it enabled.
+    let subject = smaller
+        .tenants
+        .iter()
+        .find(|t| t.id == "acme")
+        .and_then(|t| t.subjects.iter().find(|s| !s.disabled))
+        .map(|s| s.id.clone())
+        .unwrap();
+    db.client()
+        .await
+        .execute(
+            "UPDATE subjects SET disabled = true WHERE tenant_id = 'acme' AND id = $1",
+            &[&subject],
+        )
+        .await
+        .unwrap();
+    let before = db.revision().await;
+    let err = sync::apply(&mut db.client().await, &smaller, "smaller.yaml")
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, sync::SyncError::Protected { .. }), "{msg}");
+    assert!(
+        msg.contains(&format!("subjects (acme, {subject})")),
+        "{msg}"
+    );
+    assert_eq!(db.revision().await, before, "nothing written");
     db.drop_db().await;
 }

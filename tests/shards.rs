@@ -135,6 +135,26 @@ async fn a_shard_refuses_other_tenants_on_every_query_api() {
         err.message().contains("this replica serves shard 1/2"),
         "{err:?}"
     );
+    // With a min_revision this replica will never reach: refused as another shard's at
+    // once, not UNAVAILABLE after the wait (which a client would retry here).
+    let err = client
+        .check(pb::CheckRequest {
+            min_revision: 999,
+            ..permission_check("globex", "erin", "chats.read")
+        })
+        .await
+        .unwrap_err();
+    assert_wrong_shard(&err, "globex", "shard 0/2");
+    let err = client
+        .list_permissions(pb::ListPermissionsRequest {
+            tenant_id: "globex".into(),
+            subject_id: "erin".into(),
+            min_revision: 999,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_wrong_shard(&err, "globex", "shard 0/2");
     let nowhere = (0..100)
         .map(|i| format!("nowhere-{i}"))
         .find(|t| shard_of(t, 2) == 1)

@@ -282,6 +282,11 @@ impl AuthzService {
         if let Some(refused) = refusal(caller, tenant) {
             return Err(refused.into());
         }
+        // Another shard's tenant is refused at once, not after a min_revision wait
+        // that could only end in UNAVAILABLE (which clients retry on the wrong replica).
+        if !self.cache.filter().serves(tenant) {
+            return Err(self.cache.not_served(tenant).into());
+        }
         self.fresh(req.min_revision).await?;
         let resolved = self.resolve(tenant, req.min_revision)?;
         let explanation = explain_on(&resolved, tenant, &query);
@@ -456,6 +461,11 @@ impl AuthzService {
         if let Some(refused) = refusal(caller, l.tenant) {
             return Err(refused.into());
         }
+        // Another shard's tenant is refused at once, not after a min_revision wait
+        // that could only end in UNAVAILABLE (which clients retry on the wrong replica).
+        if !self.cache.filter().serves(l.tenant) {
+            return Err(self.cache.not_served(l.tenant).into());
+        }
         self.fresh(req.min_revision).await?;
         let resolved = self.resolve(l.tenant, req.min_revision)?;
         let Some(snapshot) = resolved.snapshot() else {
@@ -502,6 +512,11 @@ impl AuthzService {
         crate::telemetry::record_tenant(tenant);
         if let Some(refused) = refusal(caller, tenant) {
             return Err(refused.into());
+        }
+        // Another shard's tenant is refused at once, not after a min_revision wait
+        // that could only end in UNAVAILABLE (which clients retry on the wrong replica).
+        if !self.cache.filter().serves(tenant) {
+            return Err(self.cache.not_served(tenant).into());
         }
         self.fresh(req.min_revision).await?;
         let resolved = self.resolve(tenant, req.min_revision)?;

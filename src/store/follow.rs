@@ -527,10 +527,25 @@ impl Follow {
     /// Applies every change after the cache's revision, in order, then publishes. Each
     /// round reads the revision and the changes up to it from one snapshot.
     async fn catch_up(&mut self, client: &mut Client) -> Result<(), StoreError> {
+        // A database (or pooler) that stops answering mid-session would otherwise hold
+        // the poll forever, with the connection still counted as up: the position read
+        // (one short query) gets at most this long, then the follower reconnects.
+        let answer_within = (self.config.poll_interval * 5).max(Duration::from_secs(10));
         loop {
             let from = self.cache.revision();
-            let tx = snapshot_transaction(client).await?;
-            let (target, lag) = read_position(&tx, self.standby).await?;
+            let position = tokio::time::timeout(answer_within, async {
+                let tx = snapshot_transaction(client).await?;
+                let position = read_position(&tx, self.standby).await?;
+                Ok::<_, StoreError>((tx, position))
+            })
+            .await
+            .map_err(|_| {
+                closed(format!(
+                    "no answer from the database within {}; reconnecting",
+                    humantime::format_duration(answer_within)
+                ))
+            })?;
+            let (tx, (target, lag)) = position?;
             if target < from {
                 tx.commit().await?;
                 // Not current: nothing is confirmed until the server catches up.
@@ -809,9 +824,12 @@ fn member_changes(c: &Change) -> Vec<MemberChange> {
 }
 
 /// The revision the transaction's snapshot reflects, and on a standby its replay lag
-/// (module documentation): zero while its WAL receiver runs (streaming, or a status this
-/// role may not see) and it has replayed all it received; else the time since the last
-/// commit it replayed (or since it started, if none).
+/// (module documentation): zero once the server is no longer in recovery (a promoted
+/// standby is a primary: current by definition), or while its WAL receiver runs
+/// (streaming, or a status this role may not see) and it has replayed all it received
+/// (after a restart the receiver starts at a segment boundary behind what was already
+/// replayed: receive <= replay, not only equal); else the time since the last commit it
+/// replayed (or since it started, if none).
 async fn read_position(
     tx: &tokio_postgres::Transaction<'_>,
     standby: bool,
@@ -822,7 +840,9 @@ async fn read_position(
     let row = tx
         .query_typed_one(
             "SELECT s.revision,
-                    CASE WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn()
+                    CASE WHEN NOT pg_is_in_recovery() THEN 0
+                         WHEN (pg_last_wal_receive_lsn() IS NULL
+                               OR pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn())
                           AND EXISTS (SELECT 1 FROM pg_stat_wal_receiver
                                        WHERE status IS NULL OR status = 'streaming')
                          THEN 0

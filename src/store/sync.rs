@@ -68,7 +68,7 @@ pub enum SyncError {
     /// The apply would delete rows whose last write did not come from a document apply
     /// (the admin API, SQL) and was not forced; nothing was written.
     #[error(
-        "the apply would delete {} rows written through the admin API or SQL, not by a document apply: {}; apply with --force (ApplyPolicy: `force`) to delete them",
+        "the apply would delete or overwrite {} rows written through the admin API or SQL, not by a document apply: {}; apply with --force (ApplyPolicy: `force`) to do it anyway",
         rows.len(),
         rows.join("; ")
     )]
@@ -273,8 +273,11 @@ pub(crate) async fn apply_in(
     }
     if !force {
         let mut protected = Vec::new();
+        // Deleting such a row, or overwriting it (a subject the admin API disabled,
+        // which the document has enabled), would silently undo that write.
         for (table, d) in TABLES.iter().zip(&diffs) {
             protected.extend(not_from_documents(tx, table, &d.delete).await?);
+            protected.extend(not_from_documents(tx, table, &d.update).await?);
         }
         if !protected.is_empty() {
             return Err(SyncError::Protected { rows: protected });
