@@ -263,10 +263,35 @@ async fn apply_dry_run_prints_the_diff_and_writes_nothing() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["access"][0]["tenant"], "acme");
 
+    assert!(!stderr.contains("without --force"), "{stderr}");
+
     // Nothing changed in the database: same revision, same document.
     assert_eq!(db.revision().await, before);
     let (_, exported_after) = sync::export(&mut db.client().await, None).await.unwrap();
     assert_eq!(exported_before, exported_after);
+
+    // A row written by SQL that the apply would delete: the dry run says the apply will
+    // need --force, and still writes nothing.
+    db.client()
+        .await
+        .batch_execute("INSERT INTO subjects (tenant_id, id) VALUES ('acme', 'sqlonly')")
+        .await
+        .unwrap();
+    let before = db.revision().await;
+    let out = run(&[]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("without --force the apply will be refused")
+            && stderr.contains("subjects (acme, sqlonly)"),
+        "{stderr}"
+    );
+    assert_eq!(db.revision().await, before);
+    db.client()
+        .await
+        .batch_execute("DELETE FROM subjects WHERE tenant_id = 'acme' AND id = 'sqlonly'")
+        .await
+        .unwrap();
     // The real apply then writes exactly what was announced.
     let doc: PolicyDocument = serde_yaml_ng::from_str(&changed_gateway()).unwrap();
     let report = sync::apply(&mut db.client().await, &doc, "changed.yaml")

@@ -198,6 +198,23 @@ fn dry_run(args: &ApplyArgs, file: &str, doc: &PolicyDocument) -> Exit {
         },
     };
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    // Would the apply be refused for rows the admin API wrote? The apply's own check,
+    // run in a transaction that is rolled back.
+    if !args.force {
+        let _ = block_on(async {
+            let Ok(mut client) = connect(&args.database_url).await else {
+                return Exit::Ok;
+            };
+            let Ok(tx) = client.transaction().await else {
+                return Exit::Ok;
+            };
+            if let Err(e @ SyncError::Protected { .. }) = sync::apply_in(&tx, doc, false).await {
+                eprintln!("note: without --force the apply will be refused: {e}");
+            }
+            let _ = tx.rollback().await;
+            Exit::Ok
+        });
+    }
     eprintln!("dry run: nothing written ({label})");
     Exit::Ok
 }
