@@ -273,11 +273,14 @@ pub(crate) async fn apply_in(
     }
     if !force {
         let mut protected = Vec::new();
-        // Deleting such a row, or overwriting it (a subject the admin API disabled,
-        // which the document has enabled), would silently undo that write.
+        // Deleting such a row would silently undo that write; so would overwriting a
+        // subject's `disabled` the admin API set (an incident response's disable). Other
+        // updates only move a row in its list (positions) or change a description.
         for (table, d) in TABLES.iter().zip(&diffs) {
             protected.extend(not_from_documents(tx, table, &d.delete).await?);
-            protected.extend(not_from_documents(tx, table, &d.update).await?);
+            if table.name == "subjects" {
+                protected.extend(not_from_documents(tx, table, &d.update).await?);
+            }
         }
         if !protected.is_empty() {
             return Err(SyncError::Protected { rows: protected });
