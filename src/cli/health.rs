@@ -45,6 +45,17 @@ pub struct HealthArgs {
 
 /// Runs the probe: 0 when SERVING, 1 otherwise, with one line saying which.
 pub fn run(args: &HealthArgs) -> Exit {
+    // A TLS file that cannot be read is the probe's own configuration error (66), not an
+    // unhealthy server (1): a probe that can never pass should not look like an outage.
+    for path in [&args.tls_ca, &args.tls_cert, &args.tls_key]
+        .into_iter()
+        .flatten()
+    {
+        if let Err(e) = read(path) {
+            super::say!("error: {e}");
+            return Exit::NoInput;
+        }
+    }
     block_on(async {
         let outcome = match tokio::time::timeout(args.timeout, probe(args)).await {
             Ok(outcome) => outcome,
