@@ -476,15 +476,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for RustlsStream<S> {
     }
 }
 
-/// tokio-postgres' configuration and the TLS connector for a database URL.
+/// tokio-postgres' configuration and the TLS connector for a database URL. Without an
+/// `application_name` in the URL the connections say `authzd`, so `pg_stat_activity`
+/// and the pooler's `SHOW CLIENTS` tell them apart from other clients.
 pub fn connect_config(url: &str) -> Result<(tokio_postgres::Config, MakeRustls), StoreError> {
-    let (config, params) = parse(url)?;
+    let (mut config, params) = parse(url)?;
+    if config.get_application_name().is_none() {
+        config.application_name("authzd");
+    }
     Ok((config, params.connector()?))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connections_are_named_authzd_unless_the_url_names_them() {
+        let (config, _) = connect_config("postgres://authz@db/authz?sslmode=disable").unwrap();
+        assert_eq!(config.get_application_name(), Some("authzd"));
+        let (config, _) =
+            connect_config("postgres://authz@db/authz?sslmode=disable&application_name=x").unwrap();
+        assert_eq!(config.get_application_name(), Some("x"));
+    }
 
     #[test]
     fn tls_parameters_are_taken_out_of_urls_and_key_value_strings() {
