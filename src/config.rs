@@ -4,7 +4,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand, ValueEnum, builder::BoolishValueParser};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{policy::Limits, shard::TenantFilter, store::follow::FollowMode, telemetry::LogFormat};
 
@@ -90,7 +90,7 @@ pub struct ServeArgs {
     pub admin_tokens_file: Option<PathBuf>,
     /// The admin tokens file may be missing (an optional Secret): the admin API is then
     /// off, with a warning and `authz_admin_api_enabled 0`.
-    #[arg(long, env = "AUTHZ_ADMIN_TOKENS_OPTIONAL", value_parser = BoolishValueParser::new())]
+    #[arg(long, env = "AUTHZ_ADMIN_TOKENS_OPTIONAL", value_parser = switch)]
     pub admin_tokens_optional: bool,
     /// TLS: the server's certificate chain (PEM); needs `--tls-key`. Without it the
     /// listener speaks plaintext.
@@ -110,11 +110,11 @@ pub struct ServeArgs {
     #[arg(long, env = "AUTHZ_QUERY_TOKENS_FILE")]
     pub query_tokens_file: Option<PathBuf>,
     /// Run schema migrations at start (with `--database-url`).
-    #[arg(long, env = "AUTHZ_MIGRATE", value_parser = BoolishValueParser::new())]
+    #[arg(long, env = "AUTHZ_MIGRATE", value_parser = switch)]
     pub migrate: bool,
     /// With a database whose schema is missing or older than this binary's: wait (and
     /// say so) until `authzd migrate` has run, instead of exiting with 69.
-    #[arg(long, env = "AUTHZ_WAIT_FOR_SCHEMA", value_parser = BoolishValueParser::new())]
+    #[arg(long, env = "AUTHZ_WAIT_FOR_SCHEMA", value_parser = switch)]
     pub wait_for_schema: bool,
     /// With a database: how the follower learns of changes. `listen`: LISTEN for
     /// notifications (a primary, on a connection of its own); `poll`: read the change log
@@ -214,6 +214,18 @@ impl ServeArgs {
 
 fn parse_follow(s: &str) -> Result<FollowMode, String> {
     s.parse()
+}
+
+/// A switch's value (from its environment variable): `1`, `true`, `yes`, `on`, `y`, `t`
+/// or `0`, `false`, `no`, `off`, `n`, `f`, in any case; empty is off.
+fn switch(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" | "y" | "t" => Ok(true),
+        "0" | "false" | "no" | "off" | "n" | "f" | "" => Ok(false),
+        _ => Err(format!(
+            "`{s}` is not a switch value: use 1, true, yes or on (or 0, false, no, off)"
+        )),
+    }
 }
 
 /// A poll interval: 10 ms to 1 h.
@@ -387,6 +399,28 @@ fn sampling_ratio(s: &str) -> Result<f64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn switches_take_the_usual_forms_and_name_them_when_wrong() {
+        for on in ["1", "true", "YES", "on", "y", "T"] {
+            assert_eq!(switch(on), Ok(true), "{on}");
+        }
+        for off in ["0", "false", "No", "off", "n", "f", ""] {
+            assert_eq!(switch(off), Ok(false), "{off}");
+        }
+        let e = switch("maybe").unwrap_err();
+        assert!(
+            e.contains("`maybe`") && e.contains("1, true, yes or on"),
+            "{e}"
+        );
+        // As flags: present means on, absent off.
+        let cli =
+            Cli::try_parse_from(["authzd", "serve", "--policy", "p.yaml", "--migrate"]).unwrap();
+        let Command::Serve(a) = cli.command else {
+            panic!()
+        };
+        assert!(a.migrate && !a.wait_for_schema);
+    }
 
     #[test]
     fn serve_defaults_and_flags() {
