@@ -257,24 +257,27 @@ fn include_fan_out() {
     );
 }
 
+/// Bytes this thread allocates refusing `yaml` for `max_closure_cost = 50000` (the
+/// document must be refused for that limit, naming it).
+fn closure_refusal_cost(yaml: &str) -> u64 {
+    let limits = Limits {
+        closure_cost_per_tenant: 50_000,
+        ..Limits::default()
+    };
+    let doc = PolicyDocument::parse(yaml, Format::Yaml, "p.yaml").unwrap();
+    let before = ALLOCATED.with(Cell::get);
+    let e = compile_with(&doc, "p.yaml", 1, limits).unwrap_err();
+    let after = ALLOCATED.with(Cell::get);
+    assert!(e.to_string().contains("max_closure_cost = 50000"), "{e}");
+    drop(doc);
+    after - before
+}
+
 /// A hub including N roles, included by N roles: N² closure entries, quadratic in the
 /// document, unless `max_closure_cost` stops it. Refused at the cost of the limit
 /// (here 50,000) plus what is linear in the roles, not at the cost of N².
 #[test]
 fn a_hub_over_the_closure_limit_is_refused_at_the_cost_of_the_limit() {
-    let limits = Limits {
-        closure_cost_per_tenant: 50_000,
-        ..Limits::default()
-    };
-    let refusal_cost = |yaml: &str| -> u64 {
-        let doc = PolicyDocument::parse(yaml, Format::Yaml, "p.yaml").unwrap();
-        let before = ALLOCATED.with(Cell::get);
-        let e = compile_with(&doc, "p.yaml", 1, limits).unwrap_err();
-        let after = ALLOCATED.with(Cell::get);
-        assert!(e.to_string().contains("max_closure_cost = 50000"), "{e}");
-        drop(doc);
-        after - before
-    };
     linear(
         "hub over the closure limit",
         1000,
@@ -293,7 +296,7 @@ fn a_hub_over_the_closure_limit_is_refused_at_the_cost_of_the_limit() {
             }
             y
         },
-        refusal_cost,
+        closure_refusal_cost,
     );
 }
 
@@ -303,19 +306,6 @@ fn a_hub_over_the_closure_limit_is_refused_at_the_cost_of_the_limit() {
 /// of the limit plus what is linear in the includes.
 #[test]
 fn a_dense_include_graph_over_the_closure_limit_is_refused_at_the_cost_of_the_limit() {
-    let limits = Limits {
-        closure_cost_per_tenant: 50_000,
-        ..Limits::default()
-    };
-    let refusal_cost = |yaml: &str| -> u64 {
-        let doc = PolicyDocument::parse(yaml, Format::Yaml, "p.yaml").unwrap();
-        let before = ALLOCATED.with(Cell::get);
-        let e = compile_with(&doc, "p.yaml", 1, limits).unwrap_err();
-        let after = ALLOCATED.with(Cell::get);
-        assert!(e.to_string().contains("max_closure_cost = 50000"), "{e}");
-        drop(doc);
-        after - before
-    };
     // 4x the includes: 2x the roles per layer.
     let make = |n: usize| {
         let mut y = format!("{BASE}tenants:\n  - id: t\n    roles:\n");
@@ -332,9 +322,9 @@ fn a_dense_include_graph_over_the_closure_limit_is_refused_at_the_cost_of_the_li
         }
         y
     };
-    refusal_cost(&make(60));
-    let small = refusal_cost(&make(60));
-    let large = refusal_cost(&make(120));
+    closure_refusal_cost(&make(60));
+    let small = closure_refusal_cost(&make(60));
+    let large = closure_refusal_cost(&make(120));
     let ratio = large as f64 / small as f64;
     println!("dense include graph: 60 -> {small} bytes, 120 -> {large} bytes, x{ratio:.2}");
     assert!(

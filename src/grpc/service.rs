@@ -284,7 +284,8 @@ impl AuthzService {
         }
         // Another shard's tenant is refused at once, not after a min_revision wait
         // that could only end in UNAVAILABLE (which clients retry on the wrong replica).
-        if !self.cache.filter().serves(tenant) {
+        // Without a wait, `resolve` refuses it (no second hash on the hot path).
+        if req.min_revision != 0 && !self.cache.filter().serves(tenant) {
             return Err(self.cache.not_served(tenant).into());
         }
         self.fresh(req.min_revision).await?;
@@ -463,7 +464,8 @@ impl AuthzService {
         }
         // Another shard's tenant is refused at once, not after a min_revision wait
         // that could only end in UNAVAILABLE (which clients retry on the wrong replica).
-        if !self.cache.filter().serves(l.tenant) {
+        // Without a wait, `resolve` refuses it (no second hash on the hot path).
+        if req.min_revision != 0 && !self.cache.filter().serves(l.tenant) {
             return Err(self.cache.not_served(l.tenant).into());
         }
         self.fresh(req.min_revision).await?;
@@ -515,7 +517,8 @@ impl AuthzService {
         }
         // Another shard's tenant is refused at once, not after a min_revision wait
         // that could only end in UNAVAILABLE (which clients retry on the wrong replica).
-        if !self.cache.filter().serves(tenant) {
+        // Without a wait, `resolve` refuses it (no second hash on the hot path).
+        if req.min_revision != 0 && !self.cache.filter().serves(tenant) {
             return Err(self.cache.not_served(tenant).into());
         }
         self.fresh(req.min_revision).await?;
