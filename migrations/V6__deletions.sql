@@ -11,6 +11,10 @@
 --
 -- A row's key is its natural key as a JSON object of the key columns, the same columns
 -- `authzd policy apply` identifies rows by (src/store/sync.rs `TABLES`): never a serial.
+--
+-- TRUNCATE fires no row trigger: it would write no change row, bump no revision, wake
+-- no replica and leave nothing here. It is refused on the policy tables (DELETE does the
+-- same and is captured).
 
 CREATE TABLE authz_deleted (
     entity text NOT NULL,
@@ -106,5 +110,22 @@ BEGIN
         EXECUTE format('CREATE TRIGGER %I_deletion_delete AFTER DELETE ON %I
                         REFERENCING OLD TABLE AS authz_old_rows
                         FOR EACH STATEMENT EXECUTE FUNCTION authz_track_deletions()', t, t);
+    END LOOP;
+END $$;
+
+CREATE FUNCTION authz_no_truncate() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'TRUNCATE % is not captured in the change log (replicas would not see it): use DELETE', TG_TABLE_NAME
+        USING ERRCODE = 'feature_not_supported';
+END $$;
+
+DO $$
+DECLARE t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['tenants', 'roles', 'role_includes', 'role_permissions',
+                             'role_routes', 'endpoints', 'default_roles', 'subjects',
+                             'groups', 'group_members', 'assignments'] LOOP
+        EXECUTE format('CREATE TRIGGER %I_no_truncate BEFORE TRUNCATE ON %I
+                        FOR EACH STATEMENT EXECUTE FUNCTION authz_no_truncate()', t, t);
     END LOOP;
 END $$;

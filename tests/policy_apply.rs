@@ -167,6 +167,37 @@ async fn diff_policy_returns_the_library_diff_and_writes_nothing() {
     // Nothing was written.
     assert_eq!(db.revision().await, before);
 
+    // A row written through SQL that the document does not have: DiffPolicy names it as
+    // a row ApplyPolicy would refuse to delete without `force`.
+    db.client()
+        .await
+        .batch_execute("INSERT INTO subjects (tenant_id, id) VALUES ('acme', 'sqlonly')")
+        .await
+        .unwrap();
+    let with_sql = client
+        .diff_policy(authed(
+            ROOT,
+            pb::DiffPolicyRequest {
+                document: document.clone(),
+                format: pb::DocumentFormat::Yaml as i32,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        with_sql.protected_rows,
+        ["subjects (tenant_id=acme, id=sqlonly)"]
+    );
+    assert!(resp.protected_rows.is_empty());
+    db.client()
+        .await
+        .batch_execute("DELETE FROM subjects WHERE tenant_id = 'acme' AND id = 'sqlonly'")
+        .await
+        .unwrap();
+    let before = db.revision().await;
+
     // Two revisions instead of a document: the library's diff of the two states, each
     // rebuilt from the change log (an empty database at revision 0).
     let resp = client
@@ -357,10 +388,26 @@ async fn apply_dry_run_prints_the_diff_and_writes_nothing() {
     let before = db.revision().await;
     let out = run(&[]).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    // The dry run exits as the apply would: refused (65).
+    assert_eq!(out.status.code(), Some(65), "{stderr}");
     assert!(
         stderr.contains("without --force the apply will be refused")
-            && stderr.contains("subjects (acme, sqlonly)"),
+            && stderr.contains("subjects (tenant_id=acme, id=sqlonly)"),
+        "{stderr}"
+    );
+    // In JSON, the same rows beside the diff; with --force, a note and exit 0.
+    let out = run(&["--output", "json"]).await;
+    assert_eq!(out.status.code(), Some(65));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["protected_rows"],
+        serde_json::json!(["subjects (tenant_id=acme, id=sqlonly)"])
+    );
+    let out = run(&["--force"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("with --force the apply will delete"),
         "{stderr}"
     );
     assert_eq!(db.revision().await, before);
@@ -431,8 +478,8 @@ async fn apply_refuses_to_delete_admin_api_rows_unless_forced() {
         .unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, sync::SyncError::Protected { .. }), "{msg}");
-    assert!(msg.contains("subjects (acme, zoe)"), "{msg}");
-    assert!(msg.contains("assignments (acme"), "{msg}");
+    assert!(msg.contains("subjects (tenant_id=acme, id=zoe)"), "{msg}");
+    assert!(msg.contains("assignments (tenant_id=acme"), "{msg}");
     assert!(msg.contains("--force"), "{msg}");
     assert_eq!(db.revision().await, before, "nothing written");
 
@@ -494,7 +541,11 @@ async fn apply_refuses_to_delete_admin_api_rows_unless_forced() {
         .apply_policy("root", smaller.clone(), false)
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("subjects (acme, zed)"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("subjects (tenant_id=acme, id=zed)"),
+        "{err}"
+    );
     store
         .apply_policy("root", smaller.clone(), true)
         .await
@@ -524,7 +575,7 @@ async fn apply_refuses_to_delete_admin_api_rows_unless_forced() {
     let msg = err.to_string();
     assert!(matches!(err, sync::SyncError::Protected { .. }), "{msg}");
     assert!(
-        msg.contains(&format!("subjects (acme, {subject})")),
+        msg.contains(&format!("subjects (tenant_id=acme, id={subject})")),
         "{msg}"
     );
     assert_eq!(db.revision().await, before, "nothing written");
@@ -562,21 +613,26 @@ async fn apply_refuses_to_recreate_rows_the_admin_api_deleted_unless_forced() {
     assert!(matches!(err, sync::SyncError::Protected { .. }), "{msg}");
     assert!(
         msg.contains(&format!(
-            "assignments (acme, olga, , orgadmin, ): deleted at revision {revoked_at}"
+            "assignments (tenant_id=acme, subject_id=olga, role_id=orgadmin, scope=\"\"): deleted at revision {revoked_at}"
         )),
         "{msg}"
     );
     // The cascade of the subject's deletion is the API's too.
     assert!(
-        msg.contains("subjects (acme, gus): deleted at revision"),
+        msg.contains("subjects (tenant_id=acme, id=gus): deleted at revision"),
         "{msg}"
     );
     assert!(
-        msg.contains("group_members (acme, prod-deployers, gus): deleted at revision"),
+        msg.contains("group_members (tenant_id=acme, group_id=prod-deployers, subject_id=gus): deleted at revision"),
         "{msg}"
     );
-    assert!(msg.contains("assignments (acme, gus, , user, )"), "{msg}");
+    assert!(
+        msg.contains("assignments (tenant_id=acme, subject_id=gus, role_id=user, scope=\"\")"),
+        "{msg}"
+    );
     assert_eq!(db.revision().await, before, "nothing written");
+    // Rows that grant access are listed first: assignments before subjects.
+    assert!(msg.find("assignments (") < msg.find("subjects ("), "{msg}");
 
     // The dry run says so beforehand.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_authzd"))
@@ -585,9 +641,12 @@ async fn apply_refuses_to_recreate_rows_the_admin_api_deleted_unless_forced() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(65), "{stderr}");
     assert!(
         stderr.contains("without --force the apply will be refused")
-            && stderr.contains("assignments (acme, olga, , orgadmin, ): deleted at revision"),
+            && stderr.contains(
+                "assignments (tenant_id=acme, subject_id=olga, role_id=orgadmin, scope=\"\"): deleted at revision"
+            ),
         "{stderr}"
     );
     assert_eq!(db.revision().await, before, "nothing written");
@@ -615,7 +674,7 @@ async fn apply_refuses_to_recreate_rows_the_admin_api_deleted_unless_forced() {
         .unwrap_err();
     let msg = err.to_string();
     assert!(!msg.contains("olga"), "{msg}");
-    assert!(msg.contains("subjects (acme, gus)"), "{msg}");
+    assert!(msg.contains("subjects (tenant_id=acme, id=gus)"), "{msg}");
 
     // Forced, the apply re-creates gus; afterwards the same document applies cleanly.
     let report = sync::apply_with(&mut db.client().await, &original, "gateway.yaml", true)
@@ -638,6 +697,77 @@ async fn apply_refuses_to_recreate_rows_the_admin_api_deleted_unless_forced() {
         .get(0);
     assert_eq!(left, 0, "every deleted row exists again");
 
+    // The admin API rewriting a role with the same content is no change an apply must
+    // refuse (its list rows are numbered as a document's); the apply takes the rewritten
+    // rows back as the document's.
+    let same = original
+        .tenants
+        .iter()
+        .find(|t| t.id == "acme")
+        .unwrap()
+        .roles
+        .iter()
+        .find(|r| !r.routes.is_empty())
+        .unwrap()
+        .clone();
+    store.update_role("root", "acme", &same).await.unwrap();
+    let report = sync::apply(&mut db.client().await, &original, "gateway.yaml")
+        .await
+        .unwrap();
+    assert!(report.total().adopted > 0, "{report:?}");
+    assert_eq!(
+        report.total().inserted + report.total().updated + report.total().deleted,
+        0
+    );
+    let report = sync::apply(&mut db.client().await, &original, "gateway.yaml")
+        .await
+        .unwrap();
+    assert_eq!(report.revision, None);
+
+    // A grant made through the API and then written into the document is the document's
+    // from that apply on: a later document without it revokes it unforced.
+    let zoe_grant = authz::policy::source::AssignmentDoc {
+        subject: Some("olga".into()),
+        group: None,
+        role: "user".into(),
+        scope: "environments/test".into(),
+    };
+    store.grant("root", "acme", &zoe_grant).await.unwrap();
+    let mut with_grant = original.clone();
+    with_grant
+        .tenants
+        .iter_mut()
+        .find(|t| t.id == "acme")
+        .unwrap()
+        .assignments
+        .push(zoe_grant.clone());
+    let report = sync::apply(&mut db.client().await, &with_grant, "with-grant.yaml")
+        .await
+        .unwrap();
+    assert_eq!(report.table("assignments").adopted, 1, "{report:?}");
+    sync::apply(&mut db.client().await, &original, "gateway.yaml")
+        .await
+        .unwrap();
+
+    // A forced ApplyPolicy records what it overrode in the audit log.
+    store.revoke("root", "acme", &olga).await.unwrap();
+    let report = store
+        .apply_policy("root", original.clone(), true)
+        .await
+        .unwrap();
+    assert_eq!(report.overridden.len(), 1, "{:?}", report.overridden);
+    let audit = store.list_audit(None, i64::MAX, 1).await.unwrap();
+    let detail: serde_json::Value = serde_json::from_str(&audit.items[0].detail).unwrap();
+    assert_eq!(detail["force"], true, "{detail}");
+    assert_eq!(detail["overridden_count"], 1, "{detail}");
+    assert!(
+        detail["overridden"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("assignments (tenant_id=acme, subject_id=olga, role_id=orgadmin"),
+        "{detail}"
+    );
+
     // A rule the admin API changed is not silently changed back.
     let mut role = original
         .tenants
@@ -655,7 +785,10 @@ async fn apply_refuses_to_recreate_rows_the_admin_api_deleted_unless_forced() {
         .unwrap_err();
     let msg = err.to_string();
     assert!(
-        msg.contains(&format!("role_routes (acme, {}, 1)", role.id)),
+        msg.contains(&format!(
+            "role_routes (tenant_id=acme, role_id={}, position=1)",
+            role.id
+        )),
         "{msg}"
     );
     db.drop_db().await;
@@ -780,6 +913,17 @@ async fn diff_compares_past_revisions_rebuilt_from_the_change_log() {
     assert!(
         stderr.contains("older than the retained change log"),
         "{stderr}"
+    );
+    // TRUNCATE would bypass the change log: refused.
+    let err = db
+        .client()
+        .await
+        .batch_execute("TRUNCATE assignments CASCADE")
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:?}").contains("not captured in the change log"),
+        "{err:?}"
     );
     // The revision the pruned log still reaches back to works.
     let out = run(vec![rev(applied), rev(revoked), "--exit-code".into()]).await;

@@ -79,7 +79,8 @@ fn load_side(which: &str, args: &DiffArgs) -> Result<Loaded, Exit> {
         return database(url);
     }
     if let Some(n) = which.strip_prefix("rev:") {
-        let Ok(revision) = n.parse::<u64>() else {
+        let digits = !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit());
+        let (true, Ok(revision)) = (digits, n.parse::<u64>()) else {
             eprintln!("error: `{which}`: a revision is `rev:N`, N a whole number (0 or more)");
             return Err(Exit::Usage);
         };
@@ -134,6 +135,8 @@ pub fn database_with_limits(url: &str) -> Result<(Loaded, Limits), Exit> {
 /// documents to now. A revision the database cannot rebuild (newer than its own, or
 /// older than the retained change log) is a bad argument (exit 64).
 fn database_at(url: &str, at: Option<u64>) -> Result<(Loaded, Limits), Exit> {
+    // A URL that cannot work is a bad argument, as for every database command.
+    super::migrate::check_url(url)?;
     let mut out = None;
     let exit = block_on(async {
         let mut client = match connect(url).await {

@@ -45,7 +45,8 @@ pub struct ApplyArgs {
     #[arg(long, env = "AUTHZ_MAX_POLICY_BYTES", default_value_t = Limits::default().document_bytes)]
     pub max_policy_bytes: u64,
     /// Print what the apply would change (the structural and effective-access diff,
-    /// as `authzd diff now FILE`) and exit without writing.
+    /// as `authzd diff now FILE`) and exit without writing; the exit code is the
+    /// apply's (65 when it would be refused without `--force`).
     #[arg(long)]
     pub dry_run: bool,
     /// Delete or overwrite rows even when their last write came through the admin API
@@ -127,13 +128,30 @@ fn apply(args: &ApplyArgs) -> Exit {
         match sync::apply_with(&mut client, &doc, &file, args.force).await {
             Ok(r) => {
                 let t = r.total();
+                if !r.overridden.is_empty() {
+                    eprintln!(
+                        "{file}: --force: deleted, overwrote or re-created {} rows the admin API or SQL wrote or deleted: {}",
+                        r.overridden.len(),
+                        sync::listed(&r.overridden)
+                    );
+                }
                 match r.revision {
-                    Some(rev) => super::say!(
-                        "applied {file}: revision {rev} ({} rows inserted, {} updated, {} deleted)",
-                        t.inserted,
-                        t.updated,
-                        t.deleted
-                    ),
+                    Some(rev) => {
+                        let adopted = if t.adopted > 0 {
+                            format!(
+                                ", {} rows the admin API wrote now the document's",
+                                t.adopted
+                            )
+                        } else {
+                            String::new()
+                        };
+                        super::say!(
+                            "applied {file}: revision {rev} ({} rows inserted, {} updated, {} deleted{adopted})",
+                            t.inserted,
+                            t.updated,
+                            t.deleted
+                        )
+                    }
                     None => super::say!("{file}: no changes (revision {})", r.previous_revision),
                 }
                 Exit::Ok
@@ -187,36 +205,67 @@ fn dry_run(args: &ApplyArgs, file: &str, doc: &PolicyDocument) -> Exit {
             return Exit::DataErr;
         }
     };
+    // Would the apply be refused for rows the admin API wrote or deleted? The apply's
+    // own check, in a transaction that writes nothing.
+    let mut protected = Vec::new();
+    let exit = block_on(async {
+        let mut client = match connect(&args.database_url).await {
+            Ok(c) => c,
+            Err(e) => return report(&SyncError::from(e)),
+        };
+        match sync::protected_rows(&mut client, doc).await {
+            Ok(rows) => {
+                protected = rows;
+                Exit::Ok
+            }
+            Err(e) => report(&e),
+        }
+    });
+    if exit != Exit::Ok {
+        return exit;
+    }
     let text = match args.output {
         super::diff::DiffOutput::Text => super::diff::render(&d, false),
         super::diff::DiffOutput::Markdown => super::diff::render(&d, true),
-        super::diff::DiffOutput::Json => match serde_json::to_string_pretty(&d) {
-            Ok(s) => s + "\n",
-            Err(e) => {
-                eprintln!("error: {e}");
-                return Exit::Software;
+        super::diff::DiffOutput::Json => {
+            // The diff, and the rows the apply would refuse to write unforced.
+            let mut v = match serde_json::to_value(&d) {
+                Ok(v) => v,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Exit::Software;
+                }
+            };
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert("protected_rows".to_owned(), serde_json::json!(protected));
             }
-        },
+            match serde_json::to_string_pretty(&v) {
+                Ok(s) => s + "\n",
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Exit::Software;
+                }
+            }
+        }
     };
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
-    // Would the apply be refused for rows the admin API wrote? The apply's own check,
-    // run in a transaction that is rolled back.
-    if !args.force {
-        let _ = block_on(async {
-            let Ok(mut client) = connect(&args.database_url).await else {
-                return Exit::Ok;
-            };
-            let Ok(tx) = client.transaction().await else {
-                return Exit::Ok;
-            };
-            if let Err(e @ SyncError::Protected { .. }) = sync::apply_in(&tx, doc, false).await {
-                eprintln!("note: without --force the apply will be refused: {e}");
-            }
-            let _ = tx.rollback().await;
-            Exit::Ok
-        });
-    }
     eprintln!("dry run: nothing written ({label})");
+    if !protected.is_empty() {
+        if args.force {
+            eprintln!(
+                "note: with --force the apply will delete, overwrite or re-create {} rows the admin API or SQL wrote or deleted: {}",
+                protected.len(),
+                sync::listed(&protected)
+            );
+        } else {
+            // Exits as the apply would: refused.
+            eprintln!(
+                "note: without --force the apply will be refused: {}",
+                SyncError::Protected { rows: protected }
+            );
+            return Exit::DataErr;
+        }
+    }
     Exit::Ok
 }
 

@@ -885,13 +885,16 @@ impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
                 if m.new_revision.is_some() {
                     return Err(bad("old_revision", "required when `new_revision` is set"));
                 }
-                let (revision, current, limits) = self.store.current_policy().await?;
                 let document = m.document;
                 // Parsed, compiled and compared on a blocking thread: the Checks this
                 // runtime answers must not wait on it.
+                let doc = off_runtime(move || PolicyDocument::parse(&document, fmt, "document"))
+                    .await
+                    .map_err(|e| AdminError::Db(e.to_string()))?
+                    .map_err(|e| bad("document", e))?;
+                let protected_rows = self.store.protected_rows(&doc).await?;
+                let (revision, current, limits) = self.store.current_policy().await?;
                 let diffed = off_runtime(move || {
-                    let doc = PolicyDocument::parse(&document, fmt, "document")
-                        .map_err(|e| bad("document", e))?;
                     let new = crate::policy::diff::after_apply(&current, &doc);
                     let limits = crate::policy::Limits {
                         document_bytes: u64::MAX,
@@ -923,7 +926,9 @@ impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
                 })
                 .await
                 .map_err(|e| AdminError::Db(e.to_string()))??;
-                Ok(crate::grpc::convert::diff_to_pb(&diffed, revision))
+                let mut out = crate::grpc::convert::diff_to_pb(&diffed, revision);
+                out.protected_rows = protected_rows;
+                Ok(out)
             }
             .await,
         )

@@ -643,7 +643,9 @@ impl AdminStore {
         tx.execute("DELETE FROM default_roles WHERE tenant_id = $1", &[&tenant])
             .await?;
         for (i, role) in roles.iter().enumerate() {
-            let position = i32::try_from(i).unwrap_or(i32::MAX);
+            // 1-based, as `policy apply` numbers list entries (sync.rs), so a list the API
+            // wrote and the same list in a document are the same rows.
+            let position = i32::try_from(i + 1).unwrap_or(i32::MAX);
             tx.execute(
                 "INSERT INTO default_roles (tenant_id, role_id, position) VALUES ($1, $2, $3)",
                 &[&tenant, role, &position],
@@ -683,8 +685,19 @@ impl AdminStore {
             action: "ApplyPolicy",
         };
         let report = sync::apply_in(&tx, &doc, force).await?;
-        // Recorded even when nothing differed: someone applied this document.
-        finish(tx, audit, json!({ "tenants": tenants })).await?;
+        // Recorded even when nothing differed: someone applied this document. A forced
+        // apply records what it overrode (the first 100 rows, and how many).
+        let detail = if force {
+            json!({
+                "tenants": tenants,
+                "force": true,
+                "overridden": report.overridden.iter().take(100).collect::<Vec<_>>(),
+                "overridden_count": report.overridden.len(),
+            })
+        } else {
+            json!({ "tenants": tenants })
+        };
+        finish(tx, audit, detail).await?;
         Ok(report)
     }
 
@@ -727,6 +740,14 @@ impl AdminStore {
             Err(StoreError::Revision(message)) => Err(AdminError::OutOfRange(message)),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The rows an ApplyPolicy of `doc` would refuse to write without `force`
+    /// ([`sync::protected_rows`]); nothing is written.
+    pub async fn protected_rows(&self, doc: &PolicyDocument) -> Result<Vec<String>, AdminError> {
+        let mut conn = self.pool.get().await?;
+        let client: &mut tokio_postgres::Client = &mut conn;
+        Ok(sync::protected_rows(client, doc).await?)
     }
 
     /// Built-in roles and the tenant's custom roles with ids after `after`, by id.
@@ -1142,7 +1163,9 @@ async fn insert_role_parts(
     role: &RoleDoc,
 ) -> Result<(), AdminError> {
     for (i, included) in role.includes.iter().enumerate() {
-        let position = i32::try_from(i).unwrap_or(i32::MAX);
+        // 1-based, as `policy apply` numbers list entries (sync.rs), so a list the API
+        // wrote and the same list in a document are the same rows.
+        let position = i32::try_from(i + 1).unwrap_or(i32::MAX);
         tx.execute(
             "INSERT INTO role_includes (tenant_id, role_id, included, position) VALUES ($1, $2, $3, $4)",
             &[&tenant, &role.id, included, &position],
@@ -1157,7 +1180,9 @@ async fn insert_role_parts(
         .await?;
     }
     for (i, route) in role.routes.iter().enumerate() {
-        let position = i32::try_from(i).unwrap_or(i32::MAX);
+        // 1-based, as `policy apply` numbers list entries (sync.rs), so a list the API
+        // wrote and the same list in a document are the same rows.
+        let position = i32::try_from(i + 1).unwrap_or(i32::MAX);
         tx.execute(
             "INSERT INTO role_routes (tenant_id, role_id, position, methods, path) VALUES ($1, $2, $3, $4, $5)",
             &[&tenant, &role.id, &position, &route.methods, &route.path],

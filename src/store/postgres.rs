@@ -463,8 +463,15 @@ pub async fn export_at(
                 Some(o) => format!("the oldest retained change is at revision {o}"),
                 None => "no changes are retained".to_owned(),
             };
+            let rebuildable = match oldest {
+                Some(o) => format!(
+                    "the revisions it can rebuild are {} to {current}",
+                    o.saturating_sub(1)
+                ),
+                None => format!("the only revision it can rebuild is the current one, {current}"),
+            };
             return Err(StoreError::Revision(format!(
-                "revision {revision} is older than the retained change log ({retained})"
+                "revision {revision} is older than the retained change log ({retained}): {rebuildable}"
             )));
         }
     }
@@ -609,9 +616,11 @@ async fn read_document_as_of(
             }
         }};
     }
+    // Positions need not be unique (a SQL writer may repeat one): ties are broken by
+    // the key, so a read is deterministic.
     each_role_row!(
         &format!(
-            "SELECT tenant_id, role_id, included FROM {} WHERE $F ORDER BY tenant_id, role_id, position",
+            "SELECT tenant_id, role_id, included FROM {} WHERE $F ORDER BY tenant_id, role_id, position, included",
             from("role_includes")
         ),
         |role, row| {
@@ -674,7 +683,7 @@ async fn read_document_as_of(
     }
     each_tenant_row!(
         &format!(
-            "SELECT tenant_id, role_id FROM {} WHERE $F ORDER BY tenant_id, position",
+            "SELECT tenant_id, role_id FROM {} WHERE $F ORDER BY tenant_id, position, role_id",
             from("default_roles")
         ),
         |t, row| {

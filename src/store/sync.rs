@@ -90,7 +90,7 @@ pub enum SyncError {
 const LISTED_ROWS: usize = 20;
 
 /// The first [`LISTED_ROWS`] rows, joined with `; `, then how many more there are.
-fn listed(rows: &[String]) -> String {
+pub fn listed(rows: &[String]) -> String {
     let mut out = rows
         .iter()
         .take(LISTED_ROWS)
@@ -180,18 +180,23 @@ pub struct RowCounts {
     pub updated: u64,
     /// Rows deleted.
     pub deleted: u64,
+    /// Rows the document has as they are, whose last write came through the admin API
+    /// or SQL, marked as the document's (`origin`, migration V5): the document owns
+    /// them from now on, so a later document that drops them deletes them unforced.
+    pub adopted: u64,
 }
 
 impl RowCounts {
     /// Rows written in all.
     pub fn total(&self) -> u64 {
-        self.inserted + self.updated + self.deleted
+        self.inserted + self.updated + self.deleted + self.adopted
     }
 
     fn add(&mut self, o: RowCounts) {
         self.inserted += o.inserted;
         self.updated += o.updated;
         self.deleted += o.deleted;
+        self.adopted += o.adopted;
     }
 }
 
@@ -206,6 +211,9 @@ pub struct ApplyReport {
     /// `role_includes`, `role_permissions`, `role_routes`, `endpoints`, `default_roles`,
     /// `subjects`, `groups`, `group_members`, `assignments`.
     pub tables: Vec<(&'static str, RowCounts)>,
+    /// With `force`: the protected rows the apply deleted, overwrote or re-created
+    /// anyway (as [`SyncError::Protected`] lists them); empty otherwise.
+    pub overridden: Vec<String>,
 }
 
 impl ApplyReport {
@@ -282,37 +290,12 @@ pub(crate) async fn apply_in(
     // Rows this transaction writes are the document's (migration V5's origin column).
     tx.batch_execute("SET LOCAL authz.origin = 'document'")
         .await?;
-    let names: Vec<String> = doc.tenants.iter().map(|t| t.id.clone()).collect();
-    let desired = Desired::of(doc);
+    let diffs = plan(tx, doc).await?;
+    let protected = protected(tx, &diffs).await?;
+    if !force && !protected.is_empty() {
+        return Err(SyncError::Protected { rows: protected });
+    }
     let mut tables = Vec::with_capacity(TABLES.len());
-    let mut diffs = Vec::with_capacity(TABLES.len());
-    for (table, want) in TABLES.iter().zip(desired.tables()) {
-        let have = read_rows(tx, table, &names).await?;
-        diffs.push(diff(want, have));
-    }
-    if !force {
-        let mut protected = Vec::new();
-        // Deleting such a row would silently undo that write; so would overwriting a
-        // subject's `disabled` the admin API set (an incident response's disable), or a
-        // rule's or an endpoint entry's content at a position the admin API wrote.
-        // Other updates only move a row in its list (positions) or change a
-        // description.
-        // Re-creating a row the admin API deleted (a revoked grant, a removed member)
-        // would silently undo that deletion (migration V6's `authz_deleted`).
-        let tracks_deletions = has_table(tx, "authz_deleted").await?;
-        for (table, d) in TABLES.iter().zip(&diffs) {
-            protected.extend(not_from_documents(tx, table, &d.delete).await?);
-            if matches!(table.name, "subjects" | "role_routes" | "endpoints") {
-                protected.extend(not_from_documents(tx, table, &d.update).await?);
-            }
-            if tracks_deletions {
-                protected.extend(deleted_outside_documents(tx, table, &d.insert).await?);
-            }
-        }
-        if !protected.is_empty() {
-            return Err(SyncError::Protected { rows: protected });
-        }
-    }
     // Deletes from children to parents, so no delete cascades behind the counts' back.
     let mut counts = vec![RowCounts::default(); TABLES.len()];
     for ((table, d), c) in TABLES.iter().zip(&diffs).zip(&mut counts).rev() {
@@ -321,6 +304,7 @@ pub(crate) async fn apply_in(
     for ((table, d), c) in TABLES.iter().zip(&diffs).zip(&mut counts) {
         c.updated = write(tx, table, Op::Update, &d.update).await?;
         c.inserted = write(tx, table, Op::Insert, &d.insert).await?;
+        c.adopted = adopt(tx, table, &d.adopt).await?;
     }
     for (table, c) in TABLES.iter().zip(counts) {
         tables.push((table.name, c));
@@ -338,8 +322,65 @@ pub(crate) async fn apply_in(
     Ok(ApplyReport {
         previous_revision: u64::try_from(previous).unwrap_or(0),
         revision,
+        overridden: protected,
         tables,
     })
+}
+
+/// What applying `doc` would write, table by table in [`TABLES`] order.
+async fn plan(tx: &Transaction<'_>, doc: &PolicyDocument) -> Result<Vec<Diff>, SyncError> {
+    let names: Vec<String> = doc.tenants.iter().map(|t| t.id.clone()).collect();
+    let desired = Desired::of(doc);
+    let mut diffs = Vec::with_capacity(TABLES.len());
+    for (table, want) in TABLES.iter().zip(desired.tables()) {
+        let origin = table.name != "tenants" && has_column(tx, table.name, "origin").await?;
+        let (have, api) = read_rows(tx, table, &names, origin).await?;
+        diffs.push(diff(want, have, &api));
+    }
+    Ok(diffs)
+}
+
+/// The rows of a [`plan`] an apply may not write unforced, as [`SyncError::Protected`]
+/// lists them, rows that grant or hold access first (assignments, memberships,
+/// subjects, ... roles, tenants).
+///
+/// Deleting a row whose last write came through the admin API or SQL would silently
+/// undo that write; so would overwriting a subject's `disabled` the admin API set (an
+/// incident response's disable), or a rule's or an endpoint entry's content at a
+/// position the admin API wrote (other updates only move a row in its list or change a
+/// description); and so would re-creating a row the admin API deleted (a revoked grant, a
+/// removed member: migration V6's `authz_deleted`).
+async fn protected(tx: &Transaction<'_>, diffs: &[Diff]) -> Result<Vec<String>, SyncError> {
+    let tracks_deletions = has_table(tx, "authz_deleted").await?;
+    let mut out = Vec::new();
+    for (table, d) in TABLES.iter().zip(diffs).rev() {
+        if tracks_deletions {
+            out.extend(deleted_outside_documents(tx, table, &d.insert).await?);
+        }
+        out.extend(not_from_documents(tx, table, &d.delete).await?);
+        if matches!(table.name, "subjects" | "role_routes" | "endpoints") {
+            out.extend(not_from_documents(tx, table, &d.update).await?);
+        }
+    }
+    Ok(out)
+}
+
+/// The rows an apply of `doc` would refuse to write without `force` ([`protected`]),
+/// read in a transaction that writes nothing: what `policy apply --dry-run` and
+/// DiffPolicy report.
+pub async fn protected_rows(
+    client: &mut Client,
+    doc: &PolicyDocument,
+) -> Result<Vec<String>, SyncError> {
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    let rows = protected(&tx, &plan(&tx, doc).await?).await?;
+    tx.commit().await?;
+    Ok(rows)
 }
 
 /// Reads the built-in section and the given tenants (every tenant for `None`) as a
@@ -772,20 +813,28 @@ async fn read_rows(
     tx: &Transaction<'_>,
     table: &Table,
     tenants: &[String],
-) -> Result<HashMap<Vec<Val>, Vec<Val>>, SyncError> {
+    origin: bool,
+) -> Result<(HashMap<Vec<Val>, Vec<Val>>, HashSet<Vec<Val>>), SyncError> {
     let filter = if table.name == "tenants" {
         "id = ANY($1)"
     } else {
         "(tenant_id = '' OR tenant_id = ANY($1))"
     };
+    // With the origin column: whether the row's last write was a document apply's.
+    let from_document = if origin {
+        "origin = 'document'"
+    } else {
+        "true"
+    };
     let sql = format!(
-        "SELECT {} FROM \"{}\" WHERE {filter}",
+        "SELECT {}, {from_document} FROM \"{}\" WHERE {filter}",
         table.column_list(),
         table.name
     );
     let params: [&(dyn ToSql + Sync); 1] = [&tenants];
     let rows = tx.query_raw(&sql, params).await?;
     pin_mut!(rows);
+    let mut api = HashSet::new();
     let mut out = HashMap::new();
     while let Some(row) = rows.try_next().await? {
         let mut vals = Vec::with_capacity(table.key.len() + table.value.len());
@@ -799,9 +848,13 @@ async fn read_rows(
             });
         }
         let value = vals.split_off(table.key.len());
+        let document: bool = row.try_get(table.key.len() + table.value.len())?;
+        if !document {
+            api.insert(vals.clone());
+        }
         out.insert(vals, value);
     }
-    Ok(out)
+    Ok((out, api))
 }
 
 /// What to write to one table.
@@ -810,14 +863,18 @@ struct Diff {
     delete: Vec<Row>,
     update: Vec<Row>,
     insert: Vec<Row>,
+    /// Rows the document has as they are whose last write was not a document apply's.
+    adopt: Vec<Row>,
 }
 
-fn diff(want: &Rows, mut have: HashMap<Vec<Val>, Vec<Val>>) -> Diff {
+/// `api`: the keys of `have` whose last write was not a document apply's.
+fn diff(want: &Rows, mut have: HashMap<Vec<Val>, Vec<Val>>, api: &HashSet<Vec<Val>>) -> Diff {
     let mut d = Diff::default();
     for (k, v) in &want.rows {
         match have.remove(k) {
             None => d.insert.push((k.clone(), v.clone())),
             Some(old) if old != *v => d.update.push((k.clone(), v.clone())),
+            Some(_) if api.contains(k) => d.adopt.push((k.clone(), v.clone())),
             Some(_) => {}
         }
     }
@@ -841,35 +898,84 @@ const CHUNK: usize = 5_000;
 /// Writes rows in chunks, each chunk one statement over `jsonb_to_recordset`; returns
 /// the rows affected.
 /// The rows among `rows` (keys of `table`) whose last write was not a document apply's
-/// (`origin = 'api'`, migration V5), as `table (key, ...)`. None for `tenants` (no
-/// origin) or a schema without the column.
+/// (`origin = 'api'`, migration V5), as `table (column=value, ...)`. None for `tenants`
+/// (no origin) or a schema without the column.
 async fn not_from_documents(
     tx: &Transaction<'_>,
     table: &Table,
     rows: &[Row],
 ) -> Result<Vec<String>, SyncError> {
-    if rows.is_empty() || table.name == "tenants" {
+    if rows.is_empty() || table.name == "tenants" || !has_column(tx, table.name, "origin").await? {
         return Ok(Vec::new());
     }
-    let has_origin: bool = tx
+    let name = table.name;
+    let statement = tx
+        .prepare(&format!(
+            "SELECT {} FROM \"{name}\" AS cur JOIN jsonb_to_recordset($1::jsonb) AS x({}) \
+             ON {} WHERE cur.origin <> 'document' ORDER BY 1",
+            key_shown(table, "cur", false),
+            key_defs(table),
+            key_matches(table)
+        ))
+        .await?;
+    let mut out = Vec::new();
+    for chunk in rows.chunks(CHUNK) {
+        for row in tx.query(&statement, &[&keys_json(table, chunk)]).await? {
+            let key: String = row.try_get(0)?;
+            out.push(format!("{name} ({key})"));
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `table` has `column` (a migration may not have run yet).
+async fn has_column(tx: &Transaction<'_>, table: &str, column: &str) -> Result<bool, SyncError> {
+    Ok(tx
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM information_schema.columns
                             WHERE table_schema = current_schema()
-                              AND table_name = $1 AND column_name = 'origin')",
-            &[&table.name],
+                              AND table_name = $1 AND column_name = $2)",
+            &[&table, &column],
         )
         .await?
-        .try_get(0)?;
-    if !has_origin {
-        return Ok(Vec::new());
+        .try_get(0)?)
+}
+
+/// Marks `rows` (keys of `table`) as the document's: an UPDATE of nothing but the
+/// origin, which the origin trigger stamps from this transaction's `authz.origin`.
+async fn adopt(tx: &Transaction<'_>, table: &Table, rows: &[Row]) -> Result<u64, SyncError> {
+    if rows.is_empty() {
+        return Ok(0);
     }
-    let defs = table
+    let statement = tx
+        .prepare(&format!(
+            "UPDATE \"{}\" AS cur SET origin = 'document' \
+             FROM jsonb_to_recordset($1::jsonb) AS x({}) WHERE {} AND cur.origin <> 'document'",
+            table.name,
+            key_defs(table),
+            key_matches(table)
+        ))
+        .await?;
+    let mut n = 0;
+    for chunk in rows.chunks(CHUNK) {
+        n += tx.execute(&statement, &[&keys_json(table, chunk)]).await?;
+    }
+    Ok(n)
+}
+
+/// `"a" text, "b" int` for the key columns: a `jsonb_to_recordset` column list.
+fn key_defs(table: &Table) -> String {
+    table
         .key
         .iter()
         .map(|c| format!("\"{}\" {}", c.0, c.1.sql()))
         .collect::<Vec<_>>()
-        .join(", ");
-    let matches = table
+        .join(", ")
+}
+
+/// `cur` and `x` agree on every key column (NULL equal to NULL).
+fn key_matches(table: &Table) -> String {
+    table
         .key
         .iter()
         .map(|c| match c.1 {
@@ -877,23 +983,13 @@ async fn not_from_documents(
             _ => format!("cur.\"{0}\" = x.\"{0}\"", c.0),
         })
         .collect::<Vec<_>>()
-        .join(" AND ");
-    let shown = table
-        .key
-        .iter()
-        .map(|c| format!("coalesce(cur.\"{}\"::text, '')", c.0))
-        .collect::<Vec<_>>()
-        .join(" || ', ' || ");
-    let name = table.name;
-    let sql = format!(
-        "SELECT {shown} FROM \"{name}\" AS cur JOIN jsonb_to_recordset($1::jsonb) AS x({defs}) \
-         ON {matches} WHERE cur.origin <> 'document' ORDER BY 1"
-    );
-    let statement = tx.prepare(&sql).await?;
-    let mut out = Vec::new();
-    for chunk in rows.chunks(CHUNK) {
-        let items: Vec<Value> = chunk
-            .iter()
+        .join(" AND ")
+}
+
+/// The keys of `rows` as a JSON array of objects, one member per key column.
+fn keys_json(table: &Table, rows: &[Row]) -> Value {
+    Value::Array(
+        rows.iter()
             .map(|(k, _)| {
                 let mut obj = Map::new();
                 for (c, val) in table.key.iter().zip(k) {
@@ -901,14 +997,31 @@ async fn not_from_documents(
                 }
                 Value::Object(obj)
             })
-            .collect();
-        let param = Value::Array(items);
-        for row in tx.query(&statement, &[&param]).await? {
-            let key: String = row.try_get(0)?;
-            out.push(format!("{name} ({key})"));
-        }
-    }
-    Ok(out)
+            .collect(),
+    )
+}
+
+/// A row's key for people, in SQL: `tenant_id=acme, subject_id=olga, scope=""` (a NULL
+/// column left out), from the key columns of `alias` (`text` when `json`: `alias` is a
+/// JSON object of them).
+fn key_shown(table: &Table, alias: &str, json: bool) -> String {
+    let cols = table
+        .key
+        .iter()
+        .map(|c| {
+            let v = if json {
+                format!("({alias} ->> '{}')", c.0)
+            } else {
+                format!("{alias}.\"{}\"::text", c.0)
+            };
+            format!(
+                "CASE WHEN {v} IS NULL THEN NULL ELSE '{}=' || CASE WHEN {v} = '' THEN '\"\"' ELSE {v} END END",
+                c.0
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("concat_ws(', ', {cols})")
 }
 
 /// Whether the schema has `table` (a migration may not have run yet).
@@ -921,7 +1034,7 @@ async fn has_table(tx: &Transaction<'_>, table: &str) -> Result<bool, SyncError>
 
 /// The rows of `rows` (to be inserted) whose key the admin API or SQL deleted and no
 /// write has re-created since (migration V6's `authz_deleted`), each as
-/// `table (key, ...): deleted at revision N`.
+/// `table (column=value, ...): deleted at revision N`.
 async fn deleted_outside_documents(
     tx: &Transaction<'_>,
     table: &Table,
@@ -930,35 +1043,23 @@ async fn deleted_outside_documents(
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    // The key as `authz_natural_key` builds it: the key columns by name, JSON-typed.
-    let shown = table
-        .key
-        .iter()
-        .map(|c| format!("coalesce(d.key ->> '{}', '')", c.0))
-        .collect::<Vec<_>>()
-        .join(" || ', ' || ");
+    // `keys_json` builds a key as `authz_natural_key` does: the key columns by name,
+    // JSON-typed, so jsonb equality matches them.
     let statement = tx
         .prepare(&format!(
-            "SELECT {shown}, d.revision FROM authz_deleted d \
+            "SELECT {}, d.revision FROM authz_deleted d \
              JOIN jsonb_array_elements($2::jsonb) AS x(key) ON d.key = x.key \
-             WHERE d.entity = $1 ORDER BY 1"
+             WHERE d.entity = $1 ORDER BY 1",
+            key_shown(table, "d.key", true)
         ))
         .await?;
     let name = table.name;
     let mut out = Vec::new();
     for chunk in rows.chunks(CHUNK) {
-        let items: Vec<Value> = chunk
-            .iter()
-            .map(|(k, _)| {
-                let mut obj = Map::new();
-                for (c, val) in table.key.iter().zip(k) {
-                    obj.insert(c.0.to_owned(), val.json());
-                }
-                Value::Object(obj)
-            })
-            .collect();
-        let param = Value::Array(items);
-        for row in tx.query(&statement, &[&name, &param]).await? {
+        for row in tx
+            .query(&statement, &[&name, &keys_json(table, chunk)])
+            .await?
+        {
             let key: String = row.try_get(0)?;
             let revision: i64 = row.try_get(1)?;
             out.push(format!("{name} ({key}): deleted at revision {revision}"));
@@ -1137,7 +1238,9 @@ mod tests {
             (vec![text("change")], vec![Val::Bool(false)]),
             (vec![text("gone")], vec![Val::Bool(false)]),
         ]);
-        let d = diff(&want, have);
+        // `keep` is unchanged but was written through the admin API: adopted.
+        let api = HashSet::from([vec![text("keep")], vec![text("gone")]]);
+        let d = diff(&want, have, &api);
         assert_eq!(d.insert.len(), 1);
         assert_eq!(
             d.update,
@@ -1145,6 +1248,7 @@ mod tests {
         );
         assert_eq!(d.delete.len(), 1);
         assert_eq!(d.delete[0].0, vec![text("gone")]);
+        assert_eq!(d.adopt, vec![(vec![text("keep")], vec![Val::Bool(false)])]);
     }
 
     #[test]
