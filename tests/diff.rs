@@ -16,7 +16,7 @@ use authz::{
     model::{Method, scope_covers},
     policy::{
         Action, Policy, PolicyDocument, Query, compile,
-        diff::{Direction, PolicyDiff, Side, diff},
+        diff::{Direction, PolicyDiff, ProbePattern, Side, diff, fresh_segment, probe_paths},
         pattern::Pattern,
         source::{AssignmentDoc, EndpointDoc, GroupDoc, RoleDoc, RouteDoc, SubjectDoc, TenantDoc},
     },
@@ -492,6 +492,20 @@ fn the_diff_matches_check_on_random_policy_pairs() {
         frontier = next;
     }
     paths.push(vec!["a", "b", "c", "a", "b"]);
+    // Deeper than any probe path (patterns have at most 3 segments before a `**`, probes
+    // at most one more): 3 to 5 segments past each path of 1 to 3 segments.
+    let tails: [&[&str]; 3] = [
+        &["zz", "a", "b"],
+        &["c", "zz", "zz", "a"],
+        &["b", "a", "c", "zz", "a"],
+    ];
+    let deeper: Vec<Vec<&str>> = paths
+        .iter()
+        .filter(|p| (1..=3).contains(&p.len()))
+        .enumerate()
+        .map(|(i, p)| [p.as_slice(), tails[i % tails.len()]].concat())
+        .collect();
+    paths.extend(deeper);
 
     let (mut compared, mut gains, mut losses) = (0u64, 0u64, 0u64);
     let mut rng = Rng(0x5EED_D1FF);
@@ -805,4 +819,28 @@ fn the_cli_prints_text_json_and_markdown_and_exit_code_says_whether_access_chang
     assert_eq!(out.status.code(), Some(64));
     let out = run(&["rev:3", o]);
     assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn probe_paths_stop_one_fresh_segment_past_the_patterns() {
+    let patterns: Vec<Pattern> = ["/a/**", "/a/{id}/b", "/c"]
+        .iter()
+        .map(|p| Pattern::parse(p).unwrap())
+        .collect();
+    let probes: Vec<ProbePattern<'_>> = patterns
+        .iter()
+        .map(|p| ProbePattern::new(p.segments()))
+        .collect();
+    let fresh = fresh_segment(&probes);
+    assert_eq!(fresh, "~");
+    let paths = probe_paths(&probes, &fresh, 1000).unwrap();
+    // Past `/a/~/b` no pattern names a segment: `/a/**` matches `/a/~/b/~` as it matches
+    // every longer path, so that one path stands for them all.
+    assert_eq!(
+        paths,
+        [
+            "/", "/a", "/a/~", "/a/~/b", "/a/~/b/~", "/a/~/~", "/a/~/~/~", "/c", "/c/~", "/~",
+            "/~/~"
+        ]
+    );
 }

@@ -642,12 +642,16 @@ fn probe_walk<'p>(
         .collect();
     let at = |p: usize| patterns.get(p).and_then(|p| p.prefix.get(i));
     if longer.is_empty() {
-        // No pattern can match a longer path differently: one more segment stands for
-        // every longer path.
+        // No pattern names a segment past here: only patterns ending in `**` still
+        // match a longer path, and they match every longer path alike. One fresh segment
+        // stands for all of them, and the walk stops.
         prefix.push(fresh);
-        let ok = probe_walk(patterns, fresh, &[], prefix, out, limit);
+        let path = join_path(prefix);
         prefix.pop();
-        return ok;
+        if path.len() <= model::limits::PATH {
+            out.push(path);
+        }
+        return out.len() <= limit;
     }
     let literals: BTreeSet<&'p str> = longer
         .iter()
