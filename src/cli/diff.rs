@@ -189,10 +189,7 @@ pub fn run(args: &DiffArgs) -> Exit {
             }
         },
     };
-    {
-        use std::io::Write as _;
-        let _ = std::io::stdout().lock().write_all(text.as_bytes());
-    }
+    super::out(&text);
     if args.exit_code && d.access_changed() {
         Exit::Unhealthy
     } else {

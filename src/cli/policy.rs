@@ -1,7 +1,7 @@
 //! `authzd policy apply` and `authzd policy export`: policy documents in and out of
 //! PostgreSQL (see [`crate::store::sync`]).
 
-use std::{io::Write as _, path::PathBuf};
+use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
 
@@ -197,7 +197,7 @@ fn dry_run(args: &ApplyArgs, file: &str, doc: &PolicyDocument) -> Exit {
             }
         },
     };
-    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    super::out(&text);
     // Would the apply be refused for rows the admin API wrote? The apply's own check,
     // run in a transaction that is rolled back.
     if !args.force {
@@ -263,7 +263,7 @@ fn export(args: &ExportArgs) -> Exit {
         match &args.output {
             None => {
                 // A closed pipe (`... | head`) is not an error.
-                let _ = std::io::stdout().lock().write_all(text.as_bytes());
+                super::out(&text);
                 Exit::Ok
             }
             Some(path) => match std::fs::write(path, text) {
