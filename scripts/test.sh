@@ -17,6 +17,8 @@
 # throwaway cluster started from the installed binaries (as an unprivileged user) and
 # stopped at exit; else a message saying what to install. AUTHZ_TEST_PG=throwaway forces
 # the throwaway cluster.
+# The image's filesystem (tests/image_rootfs.rs, deploy/rootfs.sh) needs ldd and dpkg-query
+# (Debian) and runs authzd under chroot as root, else in a user namespace (unshare).
 # Uses cargo-nextest when installed, else `cargo test`.
 set -euo pipefail
 

@@ -95,6 +95,7 @@ async fn diff_policy_returns_the_library_diff_and_writes_nothing() {
             pb::DiffPolicyRequest {
                 document: document.clone(),
                 format: pb::DocumentFormat::Yaml as i32,
+                ..Default::default()
             },
         ))
         .await
@@ -166,6 +167,79 @@ async fn diff_policy_returns_the_library_diff_and_writes_nothing() {
     // Nothing was written.
     assert_eq!(db.revision().await, before);
 
+    // Two revisions instead of a document: the library's diff of the two states, each
+    // rebuilt from the change log (an empty database at revision 0).
+    let resp = client
+        .diff_policy(authed(
+            ROOT,
+            pb::DiffPolicyRequest {
+                old_revision: Some(0),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((resp.revision, resp.new_revision), (0, before));
+    let (empty, _) = postgres::export_at(&mut db.client().await, 0)
+        .await
+        .unwrap();
+    let ep = compile(&empty, "old", 1).unwrap();
+    let want = diff(
+        Side {
+            label: "old",
+            doc: &empty,
+            policy: &ep,
+        },
+        Side {
+            label: "new",
+            doc: &current,
+            policy: &op,
+        },
+    )
+    .unwrap();
+    let mut want = authz::grpc::convert::diff_to_pb(&want, 0);
+    want.new_revision = before;
+    assert_eq!(resp, want);
+    assert!(resp.access_changed);
+    // A revision the database does not have yet is OUT_OF_RANGE; a document with
+    // revisions, or a new revision alone, is INVALID_ARGUMENT naming the field.
+    let err = client
+        .diff_policy(authed(
+            ROOT,
+            pb::DiffPolicyRequest {
+                old_revision: Some(0),
+                new_revision: Some(before + 1),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    assert!(err.message().contains("newer than"), "{}", err.message());
+    for (req, field) in [
+        (
+            pb::DiffPolicyRequest {
+                document: document.clone(),
+                old_revision: Some(0),
+                ..Default::default()
+            },
+            "document",
+        ),
+        (
+            pb::DiffPolicyRequest {
+                document: document.clone(),
+                new_revision: Some(0),
+                ..Default::default()
+            },
+            "old_revision",
+        ),
+    ] {
+        let err = client.diff_policy(authed(ROOT, req)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains(field), "{}", err.message());
+    }
+
     // A token for one tenant may not ask (the document speaks for every tenant's
     // built-in roles); a bad document is INVALID_ARGUMENT naming `document`.
     let err = client
@@ -174,6 +248,7 @@ async fn diff_policy_returns_the_library_diff_and_writes_nothing() {
             pb::DiffPolicyRequest {
                 document: document.clone(),
                 format: 0,
+                ..Default::default()
             },
         ))
         .await
@@ -189,6 +264,7 @@ async fn diff_policy_returns_the_library_diff_and_writes_nothing() {
                 pb::DiffPolicyRequest {
                     document: bad.into(),
                     format: 0,
+                    ..Default::default()
                 },
             ))
             .await
@@ -203,6 +279,7 @@ async fn diff_policy_returns_the_library_diff_and_writes_nothing() {
             pb::DiffPolicyRequest {
                 document: std::fs::read_to_string(example("gateway.yaml")).unwrap(),
                 format: 0,
+                ..Default::default()
             },
         ))
         .await
@@ -451,5 +528,261 @@ async fn apply_refuses_to_delete_admin_api_rows_unless_forced() {
         "{msg}"
     );
     assert_eq!(db.revision().await, before, "nothing written");
+    db.drop_db().await;
+}
+
+/// A deletion through the admin API is a write too: an apply of a document that still
+/// has the row refuses to re-create it (naming it and the revision of the deletion)
+/// unless forced; a document that drops the row too applies cleanly; a row re-created
+/// by anyone is no longer protected. Changing a rule through the admin API is protected
+/// like a subject it disabled.
+#[tokio::test]
+async fn apply_refuses_to_recreate_rows_the_admin_api_deleted_unless_forced() {
+    let db = TestDb::create("apply_recreate").await;
+    let original = PolicyDocument::read(&example("gateway.yaml")).unwrap();
+    sync::apply(&mut db.client().await, &original, "gateway.yaml")
+        .await
+        .unwrap();
+    let store = AdminStore::new(postgres::pool(&db.url, 2).unwrap());
+    let olga = authz::policy::source::AssignmentDoc {
+        subject: Some("olga".into()),
+        group: None,
+        role: "orgadmin".into(),
+        scope: String::new(),
+    };
+    // An incident response: olga's grant revoked and gus removed, through the API.
+    let revoked_at = store.revoke("root", "acme", &olga).await.unwrap();
+    store.delete_subject("root", "acme", "gus").await.unwrap();
+    let before = db.revision().await;
+
+    let err = sync::apply(&mut db.client().await, &original, "gateway.yaml")
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, sync::SyncError::Protected { .. }), "{msg}");
+    assert!(
+        msg.contains(&format!(
+            "assignments (acme, olga, , orgadmin, ): deleted at revision {revoked_at}"
+        )),
+        "{msg}"
+    );
+    // The cascade of the subject's deletion is the API's too.
+    assert!(
+        msg.contains("subjects (acme, gus): deleted at revision"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("group_members (acme, prod-deployers, gus): deleted at revision"),
+        "{msg}"
+    );
+    assert!(msg.contains("assignments (acme, gus, , user, )"), "{msg}");
+    assert_eq!(db.revision().await, before, "nothing written");
+
+    // The dry run says so beforehand.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_authzd"))
+        .args(["policy", "apply", "--dry-run", "--database-url", &db.url])
+        .arg(example("gateway.yaml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("without --force the apply will be refused")
+            && stderr.contains("assignments (acme, olga, , orgadmin, ): deleted at revision"),
+        "{stderr}"
+    );
+    assert_eq!(db.revision().await, before, "nothing written");
+
+    // A document that keeps the revocation (and gus's removal) applies without force.
+    let mut kept = original.clone();
+    let acme = kept.tenants.iter_mut().find(|t| t.id == "acme").unwrap();
+    acme.assignments.retain(|a| {
+        !(a.subject.as_deref() == Some("olga") && a.role == "orgadmin")
+            && a.subject.as_deref() != Some("gus")
+    });
+    acme.subjects.retain(|s| s.id != "gus");
+    for g in &mut acme.groups {
+        g.members.retain(|m| m != "gus");
+    }
+    sync::apply(&mut db.client().await, &kept, "kept.yaml")
+        .await
+        .unwrap();
+
+    // Re-granted through the API: nothing is protected any more for olga's grant, and
+    // the apply has nothing to write for it.
+    store.grant("root", "acme", &olga).await.unwrap();
+    let err = sync::apply(&mut db.client().await, &original, "gateway.yaml")
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(!msg.contains("olga"), "{msg}");
+    assert!(msg.contains("subjects (acme, gus)"), "{msg}");
+
+    // Forced, the apply re-creates gus; afterwards the same document applies cleanly.
+    let report = sync::apply_with(&mut db.client().await, &original, "gateway.yaml", true)
+        .await
+        .unwrap();
+    assert!(report.revision.is_some());
+    let report = sync::apply(&mut db.client().await, &original, "gateway.yaml")
+        .await
+        .unwrap();
+    assert_eq!(report.revision, None, "nothing left to write");
+    let left: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM authz_deleted WHERE tenant_id = 'acme'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "every deleted row exists again");
+
+    // A rule the admin API changed is not silently changed back.
+    let mut role = original
+        .tenants
+        .iter()
+        .find(|t| t.id == "acme")
+        .unwrap()
+        .roles[0]
+        .clone();
+    let first = role.routes.first_mut().unwrap();
+    first.methods = vec!["GET".into()];
+    first.path = "/only/this".into();
+    store.update_role("root", "acme", &role).await.unwrap();
+    let err = sync::apply(&mut db.client().await, &original, "gateway.yaml")
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("role_routes (acme, {}, 1)", role.id)),
+        "{msg}"
+    );
+    db.drop_db().await;
+}
+
+/// `authzd diff rev:N ...` compares past database revisions, rebuilt from the change log:
+/// an API revocation between two revisions reads as the subject losing access; a
+/// revision the database cannot rebuild is a bad argument (exit 64) that says why.
+#[tokio::test]
+async fn diff_compares_past_revisions_rebuilt_from_the_change_log() {
+    let db = TestDb::create("diff_revisions").await;
+    let original = PolicyDocument::read(&example("gateway.yaml")).unwrap();
+    let applied = sync::apply(&mut db.client().await, &original, "gateway.yaml")
+        .await
+        .unwrap()
+        .revision
+        .unwrap();
+    let store = AdminStore::new(postgres::pool(&db.url, 2).unwrap());
+    let revoked = store
+        .revoke(
+            "root",
+            "acme",
+            &authz::policy::source::AssignmentDoc {
+                subject: Some("olga".into()),
+                group: None,
+                role: "orgadmin".into(),
+                scope: String::new(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(revoked > applied);
+    let run = |args: Vec<String>| {
+        let url = db.url.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                std::process::Command::new(env!("CARGO_BIN_EXE_authzd"))
+                    .arg("diff")
+                    .args(&args)
+                    .args(["--database-url", &url])
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let rev = |r: u64| format!("rev:{r}");
+
+    // The applied revision is the document itself: no difference.
+    let out = run(vec![
+        rev(applied),
+        example("gateway.yaml").display().to_string(),
+        "--exit-code".into(),
+    ])
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Before and after the revocation: olga loses, and the structural part names it.
+    let out = run(vec![
+        rev(applied),
+        rev(revoked),
+        "--output".into(),
+        "json".into(),
+        "--exit-code".into(),
+    ])
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["old"], format!("database revision {applied}"));
+    let acme = v["access"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tenant"] == "acme")
+        .unwrap();
+    let subjects: Vec<&str> = acme["subjects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(subjects, ["olga"]);
+    assert!(v["structural"].to_string().contains("olga"), "{v}");
+    // The current revision is `now`.
+    let out = run(vec![rev(revoked), "now".into(), "--exit-code".into()]).await;
+    assert_eq!(out.status.code(), Some(0));
+    // Revision 0: before anything was written, every tenant is new.
+    let out = run(vec![rev(0), rev(applied), "--output".into(), "json".into()]).await;
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["structural"].to_string().contains("acme"), "{v}");
+
+    // Beyond the database's revision, a malformed revision, or older than the retained
+    // log: 64, saying why.
+    let out = run(vec![rev(revoked + 5), "now".into()]).await;
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("newer than the database's"), "{stderr}");
+    let out = run(vec!["rev:-1".into(), "now".into()]).await;
+    assert_eq!(out.status.code(), Some(64));
+    db.client()
+        .await
+        .execute(
+            "DELETE FROM authz_changes WHERE revision <= $1",
+            &[&i64::try_from(applied).unwrap()],
+        )
+        .await
+        .unwrap();
+    let out = run(vec![rev(applied - 1), "now".into()]).await;
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("older than the retained change log"),
+        "{stderr}"
+    );
+    // The revision the pruned log still reaches back to works.
+    let out = run(vec![rev(applied), rev(revoked), "--exit-code".into()]).await;
+    assert_eq!(out.status.code(), Some(1));
     db.drop_db().await;
 }

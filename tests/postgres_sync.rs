@@ -155,7 +155,8 @@ async fn migrate_twice_is_a_no_op() {
                 "V2__audit".to_owned(),
                 "V3__validation".to_owned(),
                 "V4__closure_limit".to_owned(),
-                "V5__origin".to_owned()
+                "V5__origin".to_owned(),
+                "V6__deletions".to_owned()
             ]
         );
         assert_eq!(migrate(&db.url).await.unwrap(), Vec::<String>::new());
@@ -608,7 +609,7 @@ async fn cli_migrate_apply_export_and_exit_codes() {
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
         assert_eq!(
             stdout(&o),
-            "applied V1__schema\napplied V2__audit\napplied V3__validation\napplied V4__closure_limit\napplied V5__origin\n"
+            "applied V1__schema\napplied V2__audit\napplied V3__validation\napplied V4__closure_limit\napplied V5__origin\napplied V6__deletions\n"
         );
         let o = authzd(&["migrate"], Some(url)).await;
         assert_eq!(stdout(&o), "schema up to date\n");

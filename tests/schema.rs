@@ -299,7 +299,8 @@ async fn concurrent_migrators_take_turns() {
             "applied V2__audit",
             "applied V3__validation",
             "applied V4__closure_limit",
-            "applied V5__origin"
+            "applied V5__origin",
+            "applied V6__deletions"
         ],
         "{applied:?}"
     );

@@ -1,9 +1,11 @@
 //! `authzd diff OLD NEW`: the structural and effective-access difference between two
 //! policies ([`crate::policy::diff`]), as text, JSON or Markdown (for a pull request).
 //!
-//! OLD and NEW are policy files, or `now` for the database's current state
-//! (`--database-url`). Exit codes: 0 (with `--exit-code`: 0 no access change, 1 some),
-//! 64 a bad argument, 65 an invalid policy, 66 an unreadable file, 69/70 the database.
+//! OLD and NEW are policy files, `now` for the database's current state, or `rev:N` for
+//! its state at revision N, rebuilt from the change log (both need `--database-url`).
+//! Exit codes: 0 (with `--exit-code`: 0 no access change, 1 some), 64 a bad argument
+//! (including a revision the database cannot rebuild), 65 an invalid policy, 66 an
+//! unreadable file, 69/70 the database.
 
 use std::{fmt::Write as _, path::PathBuf};
 
@@ -25,7 +27,7 @@ use crate::{
     },
     store::{
         file::LoadError,
-        postgres::connect,
+        postgres::{StoreError, connect, export_at},
         sync::{SyncError, export_current},
     },
 };
@@ -33,11 +35,12 @@ use crate::{
 /// `authzd diff`.
 #[derive(Clone, Debug, Args)]
 pub struct DiffArgs {
-    /// The old policy: a file, or `now` (the database's current state).
+    /// The old policy: a file, `now` (the database's current state) or `rev:N` (the
+    /// database's state at revision N).
     pub old: String,
-    /// The new policy: a file, or `now`.
+    /// The new policy: a file, `now` or `rev:N`.
     pub new: String,
-    /// PostgreSQL URL, for `now`.
+    /// PostgreSQL URL, for `now` and `rev:N`.
     #[arg(long, env = "AUTHZ_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// Report format.
@@ -66,8 +69,7 @@ pub enum DiffOutput {
 /// A policy to compare: its label, document and compiled form.
 pub type Loaded = (String, PolicyDocument, Policy);
 
-/// Loads one side: `now` from the database, else a file (`rev:N` is refused: see
-/// docs/policy-diff.md).
+/// Loads one side: `now` or `rev:N` from the database, else a file.
 fn load_side(which: &str, args: &DiffArgs) -> Result<Loaded, Exit> {
     if which == "now" {
         let Some(url) = &args.database_url else {
@@ -76,11 +78,16 @@ fn load_side(which: &str, args: &DiffArgs) -> Result<Loaded, Exit> {
         };
         return database(url);
     }
-    if which.starts_with("rev:") {
-        eprintln!(
-            "error: `{which}`: past revisions cannot be compared yet; export one with `authzd policy export` when it is current, and compare files"
-        );
-        return Err(Exit::Usage);
+    if let Some(n) = which.strip_prefix("rev:") {
+        let Ok(revision) = n.parse::<u64>() else {
+            eprintln!("error: `{which}`: a revision is `rev:N`, N a whole number (0 or more)");
+            return Err(Exit::Usage);
+        };
+        let Some(url) = &args.database_url else {
+            eprintln!("error: `{which}` needs `--database-url`");
+            return Err(Exit::Usage);
+        };
+        return database_at(url, Some(revision)).map(|(loaded, _)| loaded);
     }
     let path = PathBuf::from(which);
     let limits = args.limits.limits();
@@ -119,18 +126,39 @@ pub fn database(url: &str) -> Result<Loaded, Exit> {
 
 /// [`database`], with the limits the database holds documents to (`authz_limits`).
 pub fn database_with_limits(url: &str) -> Result<(Loaded, Limits), Exit> {
+    database_at(url, None)
+}
+
+/// The database's state at a past revision (`rev:N`, rebuilt from the change log:
+/// [`export_at`]), or now (`None`), as a side, with the limits the database holds
+/// documents to now. A revision the database cannot rebuild (newer than its own, or
+/// older than the retained change log) is a bad argument (exit 64).
+fn database_at(url: &str, at: Option<u64>) -> Result<(Loaded, Limits), Exit> {
     let mut out = None;
     let exit = block_on(async {
         let mut client = match connect(url).await {
             Ok(c) => c,
             Err(e) => return report(&SyncError::from(e)),
         };
-        match export_current(&mut client).await {
-            Ok(x) => {
-                out = Some(x);
-                Exit::Ok
-            }
-            Err(e) => report(&e),
+        match at {
+            None => match export_current(&mut client).await {
+                Ok(x) => {
+                    out = Some(x);
+                    Exit::Ok
+                }
+                Err(e) => report(&e),
+            },
+            Some(revision) => match export_at(&mut client, revision).await {
+                Ok((doc, limits)) => {
+                    out = Some((revision, doc, limits));
+                    Exit::Ok
+                }
+                Err(StoreError::Revision(message)) => {
+                    eprintln!("error: `rev:{revision}`: {message}");
+                    Exit::Usage
+                }
+                Err(e) => report(&SyncError::from(e)),
+            },
         }
     });
     let Some((revision, doc, limits)) = out else {

@@ -1,6 +1,6 @@
 //! `authzd health`: asks a server's `grpc.health.v1.Health` service, over plaintext or
 //! TLS, and exits 0 only when the answer is SERVING. Built into the binary so that the
-//! image (distroless, no shell, no `grpc_health_probe`) can run it as a Kubernetes exec
+//! image (`FROM scratch`: no shell, no `grpc_health_probe`) can run it as a Kubernetes exec
 //! probe where the kubelet's own gRPC probe cannot go: over TLS.
 //!
 //! It prints one line: `SERVING`, or why not (`NOT_SERVING`, a refused connection, a

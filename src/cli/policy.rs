@@ -48,8 +48,9 @@ pub struct ApplyArgs {
     /// as `authzd diff now FILE`) and exit without writing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Delete rows the document no longer has even when they were written through the
-    /// admin API or SQL (without it such an apply refuses, listing them, exit 65).
+    /// Delete or overwrite rows even when their last write came through the admin API
+    /// or SQL, and re-create rows those deleted (without it such an apply refuses,
+    /// listing them, exit 65).
     #[arg(long)]
     pub force: bool,
     /// With `--dry-run`: the diff's format.

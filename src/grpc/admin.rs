@@ -192,6 +192,49 @@ impl PolicyAdmin {
     fn status(&self, e: AdminRequestError) -> Status {
         self.outage.status(e)
     }
+
+    /// DiffPolicy between two committed revisions (`new`: the current state when
+    /// unset), each rebuilt from the change log ([`AdminStore::policy_at`]) and
+    /// compiled with the limits the database holds itself to now.
+    async fn diff_revisions(&self, old: u64, new: Option<u64>) -> Result<pb::DiffPolicyResponse> {
+        let (_, old_doc, limits) = self.store.policy_at(Some(old)).await?;
+        let (new, new_doc, _) = self.store.policy_at(new).await?;
+        let diffed = off_runtime(move || {
+            let limits = crate::policy::Limits {
+                document_bytes: u64::MAX,
+                ..limits
+            };
+            let compiled = |doc: &PolicyDocument, label: &str, revision: u64| {
+                crate::policy::compile_with(doc, label, revision, limits).map_err(|e| {
+                    AdminError::Db(format!("the database's policy does not compile: {e}"))
+                })
+            };
+            let (old_label, new_label) = (
+                format!("database revision {old}"),
+                format!("database revision {new}"),
+            );
+            let old_policy = compiled(&old_doc, &old_label, old)?;
+            let new_policy = compiled(&new_doc, &new_label, new)?;
+            crate::policy::diff::diff(
+                crate::policy::diff::Side {
+                    label: &old_label,
+                    doc: &old_doc,
+                    policy: &old_policy,
+                },
+                crate::policy::diff::Side {
+                    label: &new_label,
+                    doc: &new_doc,
+                    policy: &new_policy,
+                },
+            )
+            .map_err(|e| AdminRequestError::from(AdminError::Invalid(e.to_string())))
+        })
+        .await
+        .map_err(|e| AdminError::Db(e.to_string()))??;
+        let mut out = crate::grpc::convert::diff_to_pb(&diffed, old);
+        out.new_revision = new;
+        Ok(out)
+    }
 }
 
 /// How often an ongoing database outage is summarized in the log.
@@ -833,6 +876,15 @@ impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
                 // tenant shares.
                 unlimited(&admin, "DiffPolicy")?;
                 let fmt = format(m.format)?;
+                if let Some(old_revision) = m.old_revision {
+                    if !m.document.is_empty() {
+                        return Err(bad("document", "must be empty when `old_revision` is set"));
+                    }
+                    return self.diff_revisions(old_revision, m.new_revision).await;
+                }
+                if m.new_revision.is_some() {
+                    return Err(bad("old_revision", "required when `new_revision` is set"));
+                }
                 let (revision, current, limits) = self.store.current_policy().await?;
                 let document = m.document;
                 // Parsed, compiled and compared on a blocking thread: the Checks this

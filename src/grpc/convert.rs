@@ -414,6 +414,7 @@ pub fn diff_to_pb(d: &crate::policy::diff::PolicyDiff, revision: u64) -> pb::Dif
     let s = &d.structural;
     pb::DiffPolicyResponse {
         revision,
+        new_revision: 0,
         access_changed: d.access_changed(),
         structure: Some(pb::PolicyStructureDiff {
             builtin_roles: s.builtin_roles.iter().map(role).collect(),

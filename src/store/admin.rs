@@ -655,8 +655,9 @@ impl AdminStore {
 
     /// Makes the database match `doc` ([`sync`]'s rules), in one transaction with its
     /// audit row. The document is compiled first and refused if invalid; without
-    /// `force`, an apply that would delete rows written through the admin API or SQL is
-    /// refused (`FAILED_PRECONDITION` listing them).
+    /// `force`, an apply that would delete or overwrite rows written through the admin
+    /// API or SQL, or re-create rows they deleted, is refused (`FAILED_PRECONDITION`
+    /// listing them).
     pub async fn apply_policy(
         &self,
         actor: &str,
@@ -706,6 +707,26 @@ impl AdminStore {
         let mut conn = self.pool.get().await?;
         let client: &mut tokio_postgres::Client = &mut conn;
         Ok(sync::export_current(client).await?)
+    }
+
+    /// The whole policy at a past `revision` ([`crate::store::postgres::export_at`]), or
+    /// now (`None`), with the revision it reflects and the limits the database holds it
+    /// to now. [`AdminError::OutOfRange`] when the revision is newer than the database's
+    /// or older than the retained change log.
+    pub async fn policy_at(
+        &self,
+        revision: Option<u64>,
+    ) -> Result<(u64, PolicyDocument, crate::policy::Limits), AdminError> {
+        let Some(revision) = revision else {
+            return self.current_policy().await;
+        };
+        let mut conn = self.pool.get().await?;
+        let client: &mut tokio_postgres::Client = &mut conn;
+        match crate::store::postgres::export_at(client, revision).await {
+            Ok((doc, limits)) => Ok((revision, doc, limits)),
+            Err(StoreError::Revision(message)) => Err(AdminError::OutOfRange(message)),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Built-in roles and the tenant's custom roles with ids after `after`, by id.

@@ -73,6 +73,10 @@ pub enum StoreError {
     /// A compile task on a blocking thread did not finish.
     #[error(transparent)]
     Task(#[from] super::CompileTaskError),
+    /// A past revision was asked for that the database cannot rebuild: newer than the
+    /// current one, or older than the retained change log.
+    #[error("{0}")]
+    Revision(String),
 }
 
 impl StoreError {
@@ -95,6 +99,7 @@ impl StoreError {
             | StoreError::Migrate(_)
             | StoreError::Compile(_)
             | StoreError::Task(_)
+            | StoreError::Revision(_)
             | StoreError::Url(_) => false,
         }
     }
@@ -420,7 +425,127 @@ pub async fn read_document_in(
     tx: &tokio_postgres::Transaction<'_>,
     tenants: Tenants<'_>,
 ) -> Result<PolicyDocument, StoreError> {
+    read_document_as_of(tx, tenants, None).await
+}
+
+/// The whole policy (every tenant) as it was at a past `revision`, with the limits the
+/// database holds itself to now (`authz_limits` is not versioned), from one consistent
+/// snapshot: what `authzd diff rev:N` compiles. `revision` may be the current one.
+///
+/// The change log (`authz_changes`) holds every captured row's old and new value, so a
+/// row's state at `revision` is its current state unless a later change touched its
+/// key, and otherwise the state before the first such change: the old value, or no row
+/// when that change created it. Errors with [`StoreError::Revision`] when `revision` is
+/// newer than the database's or the log no longer reaches back to it (rows pruned).
+/// Rows written with the capture triggers disabled (`gen-dataset`'s bulk load) have no
+/// change rows: a revision before such a load shows their tenants as absent.
+pub async fn export_at(
+    client: &mut Client,
+    revision: u64,
+) -> Result<(PolicyDocument, crate::policy::Limits), StoreError> {
+    let tx = snapshot_transaction(client).await?;
+    let current = read_revision(&tx).await?;
+    if revision > current {
+        return Err(StoreError::Revision(format!(
+            "revision {revision} is newer than the database's, {current}"
+        )));
+    }
+    if revision < current {
+        // Every revision has change rows (the capture trigger writes them as it takes
+        // the revision), so the log reaches back to `revision` iff it holds the next.
+        let oldest: Option<i64> = tx
+            .query_typed_one("SELECT min(revision) FROM authz_changes", &[])
+            .await?
+            .get(0);
+        let oldest = oldest.and_then(|o| u64::try_from(o).ok());
+        if oldest.is_none_or(|o| o > revision.saturating_add(1)) {
+            let retained = match oldest {
+                Some(o) => format!("the oldest retained change is at revision {o}"),
+                None => "no changes are retained".to_owned(),
+            };
+            return Err(StoreError::Revision(format!(
+                "revision {revision} is older than the retained change log ({retained})"
+            )));
+        }
+    }
+    let limits = read_limits(&tx).await?;
+    let at = (revision < current).then_some(revision);
+    let doc = read_document_as_of(&tx, Tenants::All, at).await?;
+    tx.commit().await?;
+    Ok((doc, limits))
+}
+
+/// Each table's primary key: what identifies a row across its changes in the log.
+const PRIMARY_KEYS: [(&str, &[&str]); 11] = [
+    ("tenants", &["id"]),
+    ("roles", &["tenant_id", "id"]),
+    ("role_includes", &["tenant_id", "role_id", "included"]),
+    ("role_permissions", &["tenant_id", "role_id", "permission"]),
+    ("role_routes", &["tenant_id", "role_id", "position"]),
+    ("endpoints", &["tenant_id", "position"]),
+    ("default_roles", &["tenant_id", "role_id"]),
+    ("subjects", &["tenant_id", "id"]),
+    ("groups", &["tenant_id", "id"]),
+    ("group_members", &["tenant_id", "group_id", "subject_id"]),
+    ("assignments", &["id"]),
+];
+
+/// What a query reads for `table`: the table itself, or with `at`, a subquery giving
+/// its rows as they were at revision `at` (see [`export_at`]), under the table's name.
+fn source(table: &str, at: Option<u64>) -> String {
+    let Some(at) = at else {
+        return table.to_owned();
+    };
+    let key: &[&str] = PRIMARY_KEYS
+        .iter()
+        .find(|(t, _)| *t == table)
+        .map_or(&[], |(_, k)| k);
+    let img_key = key
+        .iter()
+        .map(|k| format!("img ->> '{k}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let first_cols = key
+        .iter()
+        .enumerate()
+        .map(|(i, k)| format!("img ->> '{k}' AS k{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let matches = key
+        .iter()
+        .enumerate()
+        .map(|(i, k)| format!("f.k{i} = cur.\"{k}\"::text"))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    // The events touching each key after `at`: an old value says the key held it just
+    // before; a new value says the key was empty before, unless the same change's old
+    // value has the same key (an UPDATE in place), which sorts first.
+    format!(
+        "(WITH ev AS ( \
+             SELECT seq, old AS img, true AS existed FROM authz_changes \
+              WHERE revision > {at} AND entity = '{table}' AND old IS NOT NULL \
+             UNION ALL \
+             SELECT seq, new, false FROM authz_changes \
+              WHERE revision > {at} AND entity = '{table}' AND new IS NOT NULL), \
+         first AS ( \
+             SELECT DISTINCT ON ({img_key}) {first_cols}, img, existed FROM ev \
+              ORDER BY {img_key}, seq, existed DESC) \
+         SELECT cur.* FROM {table} cur \
+          WHERE NOT EXISTS (SELECT 1 FROM first f WHERE {matches}) \
+         UNION ALL \
+         SELECT r.* FROM first f, jsonb_populate_record(NULL::{table}, f.img) r \
+          WHERE f.existed) AS {table}"
+    )
+}
+
+/// [`read_document_in`] at a past revision (`at`), or now (`None`).
+async fn read_document_as_of(
+    tx: &tokio_postgres::Transaction<'_>,
+    tenants: Tenants<'_>,
+    at: Option<u64>,
+) -> Result<PolicyDocument, StoreError> {
     let filter = tenants;
+    let from = |table: &str| source(table, at);
     let mut doc = PolicyDocument {
         version: 1,
         ..PolicyDocument::default()
@@ -430,7 +555,10 @@ pub async fn read_document_in(
     {
         let rows = stream(
             tx,
-            "SELECT id FROM tenants WHERE id <> '' AND $ID ORDER BY id",
+            &format!(
+                "SELECT id FROM {} WHERE id <> '' AND $ID ORDER BY id",
+                from("tenants")
+            ),
             &filter,
         )
         .await?;
@@ -449,7 +577,10 @@ pub async fn read_document_in(
     {
         let rows = stream(
             tx,
-            "SELECT tenant_id, id, description FROM roles WHERE $F ORDER BY tenant_id, position",
+            &format!(
+                "SELECT tenant_id, id, description FROM {} WHERE $F ORDER BY tenant_id, position",
+                from("roles")
+            ),
             &filter,
         )
         .await?;
@@ -479,19 +610,28 @@ pub async fn read_document_in(
         }};
     }
     each_role_row!(
-        "SELECT tenant_id, role_id, included FROM role_includes WHERE $F ORDER BY tenant_id, role_id, position",
+        &format!(
+            "SELECT tenant_id, role_id, included FROM {} WHERE $F ORDER BY tenant_id, role_id, position",
+            from("role_includes")
+        ),
         |role, row| {
             role.includes.push(row.get(2));
         }
     );
     each_role_row!(
-        "SELECT tenant_id, role_id, permission FROM role_permissions WHERE $F ORDER BY tenant_id, role_id, permission",
+        &format!(
+            "SELECT tenant_id, role_id, permission FROM {} WHERE $F ORDER BY tenant_id, role_id, permission",
+            from("role_permissions")
+        ),
         |role, row| {
             role.permissions.push(row.get(2));
         }
     );
     each_role_row!(
-        "SELECT tenant_id, role_id, methods, path FROM role_routes WHERE $F ORDER BY tenant_id, role_id, position",
+        &format!(
+            "SELECT tenant_id, role_id, methods, path FROM {} WHERE $F ORDER BY tenant_id, role_id, position",
+            from("role_routes")
+        ),
         |role, row| {
             role.routes.push(RouteDoc {
                 methods: row.get(2),
@@ -502,7 +642,7 @@ pub async fn read_document_in(
     {
         let rows = stream(
             tx,
-            "SELECT tenant_id, path, methods, roles, public FROM endpoints WHERE $F ORDER BY tenant_id, position",
+            &format!("SELECT tenant_id, path, methods, roles, public FROM {} WHERE $F ORDER BY tenant_id, position", from("endpoints")),
             &filter,
         )
         .await?;
@@ -533,13 +673,19 @@ pub async fn read_document_in(
         }};
     }
     each_tenant_row!(
-        "SELECT tenant_id, role_id FROM default_roles WHERE $F ORDER BY tenant_id, position",
+        &format!(
+            "SELECT tenant_id, role_id FROM {} WHERE $F ORDER BY tenant_id, position",
+            from("default_roles")
+        ),
         |t, row| {
             t.default_roles.push(row.get(1));
         }
     );
     each_tenant_row!(
-        "SELECT tenant_id, id, disabled FROM subjects WHERE $F ORDER BY tenant_id, id",
+        &format!(
+            "SELECT tenant_id, id, disabled FROM {} WHERE $F ORDER BY tenant_id, id",
+            from("subjects")
+        ),
         |t, row| {
             t.subjects.push(SubjectDoc {
                 id: row.get(1),
@@ -549,7 +695,10 @@ pub async fn read_document_in(
     );
     let mut group_at: HashMap<(String, String), usize> = HashMap::new();
     each_tenant_row!(
-        "SELECT tenant_id, id FROM groups WHERE $F ORDER BY tenant_id, position",
+        &format!(
+            "SELECT tenant_id, id FROM {} WHERE $F ORDER BY tenant_id, position",
+            from("groups")
+        ),
         |t, row| {
             let id: String = row.get(1);
             group_at.insert((t.id.clone(), id.clone()), t.groups.len());
@@ -560,7 +709,10 @@ pub async fn read_document_in(
         }
     );
     each_tenant_row!(
-        "SELECT tenant_id, group_id, subject_id FROM group_members WHERE $F ORDER BY tenant_id, group_id, subject_id",
+        &format!(
+            "SELECT tenant_id, group_id, subject_id FROM {} WHERE $F ORDER BY tenant_id, group_id, subject_id",
+            from("group_members")
+        ),
         |t, row| {
             let group: String = row.get(1);
             if let Some(g) = group_at
@@ -572,7 +724,10 @@ pub async fn read_document_in(
         }
     );
     each_tenant_row!(
-        "SELECT tenant_id, subject_id, group_id, role_id, scope FROM assignments WHERE $F ORDER BY tenant_id, id",
+        &format!(
+            "SELECT tenant_id, subject_id, group_id, role_id, scope FROM {} WHERE $F ORDER BY tenant_id, id",
+            from("assignments")
+        ),
         |t, row| {
             t.assignments.push(AssignmentDoc {
                 subject: row.get(1),

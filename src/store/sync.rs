@@ -65,15 +65,17 @@ pub enum SyncError {
         /// What went wrong.
         message: String,
     },
-    /// The apply would delete rows whose last write did not come from a document apply
-    /// (the admin API, SQL) and was not forced; nothing was written.
+    /// The apply would delete or overwrite rows whose last write did not come from a
+    /// document apply (the admin API, SQL), or re-create rows those deleted, and was not
+    /// forced; nothing was written.
     #[error(
-        "the apply would delete or overwrite {} rows written through the admin API or SQL, not by a document apply: {}; apply with --force (ApplyPolicy: `force`) to do it anyway",
+        "the apply would delete or overwrite {} rows written through the admin API or SQL, not by a document apply, or re-create rows they deleted: {}; apply with --force (ApplyPolicy: `force`) to do it anyway",
         rows.len(),
-        rows.join("; ")
+        listed(rows)
     )]
     Protected {
-        /// Each row, as `table (key, ...)`.
+        /// Each row, as `table (key, ...)`, with `: deleted at revision N` for a row to
+        /// be re-created. The message names the first 20 and counts the rest.
         rows: Vec<String>,
     },
     /// The database failed the operation for another reason.
@@ -82,6 +84,23 @@ pub enum SyncError {
         /// What went wrong.
         message: String,
     },
+}
+
+/// How many protected rows an error message lists by name.
+const LISTED_ROWS: usize = 20;
+
+/// The first [`LISTED_ROWS`] rows, joined with `; `, then how many more there are.
+fn listed(rows: &[String]) -> String {
+    let mut out = rows
+        .iter()
+        .take(LISTED_ROWS)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    if rows.len() > LISTED_ROWS {
+        out.push_str(&format!("; and {} more", rows.len() - LISTED_ROWS));
+    }
+    out
 }
 
 impl From<tokio_postgres::Error> for SyncError {
@@ -225,9 +244,9 @@ pub async fn apply(
     apply_with(client, doc, file, false).await
 }
 
-/// [`apply`]; with `force`, rows written through the admin API or SQL are deleted too
-/// when the document no longer has them (without, the apply refuses with
-/// [`SyncError::Protected`]).
+/// [`apply`]; with `force`, rows written through the admin API or SQL are deleted or
+/// overwritten too, and rows they deleted are re-created (without, the apply refuses
+/// with [`SyncError::Protected`]).
 pub async fn apply_with(
     client: &mut Client,
     doc: &PolicyDocument,
@@ -274,12 +293,20 @@ pub(crate) async fn apply_in(
     if !force {
         let mut protected = Vec::new();
         // Deleting such a row would silently undo that write; so would overwriting a
-        // subject's `disabled` the admin API set (an incident response's disable). Other
-        // updates only move a row in its list (positions) or change a description.
+        // subject's `disabled` the admin API set (an incident response's disable), or a
+        // rule's or an endpoint entry's content at a position the admin API wrote.
+        // Other updates only move a row in its list (positions) or change a
+        // description.
+        // Re-creating a row the admin API deleted (a revoked grant, a removed member)
+        // would silently undo that deletion (migration V6's `authz_deleted`).
+        let tracks_deletions = has_table(tx, "authz_deleted").await?;
         for (table, d) in TABLES.iter().zip(&diffs) {
             protected.extend(not_from_documents(tx, table, &d.delete).await?);
-            if table.name == "subjects" {
+            if matches!(table.name, "subjects" | "role_routes" | "endpoints") {
                 protected.extend(not_from_documents(tx, table, &d.update).await?);
+            }
+            if tracks_deletions {
+                protected.extend(deleted_outside_documents(tx, table, &d.insert).await?);
             }
         }
         if !protected.is_empty() {
@@ -879,6 +906,62 @@ async fn not_from_documents(
         for row in tx.query(&statement, &[&param]).await? {
             let key: String = row.try_get(0)?;
             out.push(format!("{name} ({key})"));
+        }
+    }
+    Ok(out)
+}
+
+/// Whether the schema has `table` (a migration may not have run yet).
+async fn has_table(tx: &Transaction<'_>, table: &str) -> Result<bool, SyncError> {
+    Ok(tx
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .await?
+        .try_get(0)?)
+}
+
+/// The rows of `rows` (to be inserted) whose key the admin API or SQL deleted and no
+/// write has re-created since (migration V6's `authz_deleted`), each as
+/// `table (key, ...): deleted at revision N`.
+async fn deleted_outside_documents(
+    tx: &Transaction<'_>,
+    table: &Table,
+    rows: &[Row],
+) -> Result<Vec<String>, SyncError> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    // The key as `authz_natural_key` builds it: the key columns by name, JSON-typed.
+    let shown = table
+        .key
+        .iter()
+        .map(|c| format!("coalesce(d.key ->> '{}', '')", c.0))
+        .collect::<Vec<_>>()
+        .join(" || ', ' || ");
+    let statement = tx
+        .prepare(&format!(
+            "SELECT {shown}, d.revision FROM authz_deleted d \
+             JOIN jsonb_array_elements($2::jsonb) AS x(key) ON d.key = x.key \
+             WHERE d.entity = $1 ORDER BY 1"
+        ))
+        .await?;
+    let name = table.name;
+    let mut out = Vec::new();
+    for chunk in rows.chunks(CHUNK) {
+        let items: Vec<Value> = chunk
+            .iter()
+            .map(|(k, _)| {
+                let mut obj = Map::new();
+                for (c, val) in table.key.iter().zip(k) {
+                    obj.insert(c.0.to_owned(), val.json());
+                }
+                Value::Object(obj)
+            })
+            .collect();
+        let param = Value::Array(items);
+        for row in tx.query(&statement, &[&name, &param]).await? {
+            let key: String = row.try_get(0)?;
+            let revision: i64 = row.try_get(1)?;
+            out.push(format!("{name} ({key}): deleted at revision {revision}"));
         }
     }
     Ok(out)
