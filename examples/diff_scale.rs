@@ -191,10 +191,11 @@ fn main() {
         old.tenants[0].assignments.len()
     );
     println!(
-        "{} probe paths x {} methods; {} subjects changed; {} distinct change sets naming {} distinct route changes of {requests} requests in all; {} structural role changes",
+        "{} probe paths x {} methods; {} subjects and {} groups changed; {} distinct change sets naming {} distinct route changes of {requests} requests in all; {} structural role changes",
         a.probe_paths,
         a.methods.len(),
         a.subjects.len(),
+        a.groups.len(),
         a.change_sets.len(),
         a.route_changes.len(),
         d.structural.tenants[0].roles.len()

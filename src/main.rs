@@ -27,7 +27,7 @@ fn main() -> Exit {
         cli.otlp_endpoint.as_deref().filter(|e| !e.is_empty()),
         cli.otlp_sampling_ratio,
     );
-    match cli.command {
+    let exit = match cli.command {
         Command::Serve(args) => cli::serve::run(*args),
         Command::Validate(args) => cli::validate::run(&args),
         Command::Check(args) => cli::check::run(&args),
@@ -39,5 +39,6 @@ fn main() -> Exit {
         Command::Health(args) => cli::health::run(&args),
         Command::Test(args) => cli::test::run(&args),
         Command::Diff(args) => cli::diff::run(&args),
-    }
+    };
+    cli::finish(exit)
 }

@@ -262,3 +262,107 @@ fn validate_refuses_deep_and_large_documents_before_parsing() {
     let out = authzd(&["validate", policy.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
+
+/// Runs `authzd` with stdout or stderr a pipe whose reader is already gone (`| head`
+/// after it stopped reading): every write to it fails with EPIPE.
+fn authzd_with_closed(args: &[&str], stdout: bool) -> Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_authzd"));
+    cmd.args(args);
+    if stdout {
+        cmd.stdout(writer).stderr(std::process::Stdio::piped());
+    } else {
+        cmd.stderr(writer).stdout(std::process::Stdio::piped());
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn a_closed_stdout_or_stderr_is_no_panic_and_a_failed_write_is_exit_74() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = example("gateway.yaml");
+    let old = gateway.to_str().unwrap();
+    let yaml = std::fs::read_to_string(&gateway).unwrap();
+    let removed = "      - subject: olga\n        role: orgadmin\n";
+    assert!(yaml.contains(removed));
+    let new_path = dir.path().join("new.yaml");
+    std::fs::write(&new_path, yaml.replacen(removed, "", 1)).unwrap();
+    let new = new_path.to_str().unwrap();
+    let missing = dir.path().join("missing.yaml");
+    let missing = missing.to_str().unwrap();
+    let policies = repo().join("examples/policies");
+    let policies = policies.to_str().unwrap();
+    let console = example("console.yaml");
+    let deny = [
+        "check",
+        "--policy",
+        console.to_str().unwrap(),
+        "--tenant",
+        "acme",
+        "--subject",
+        "nobody",
+        "--permission",
+        "api_keys.manage",
+    ];
+
+    // `| head -1` cut the reader off: the command's own exit code, no panic.
+    for (args, code) in [
+        (vec!["diff", old, new], 0),
+        (vec!["diff", old, new, "--exit-code"], 1),
+        (vec!["diff", old, new, "--output", "json"], 0),
+        (vec!["test", policies], 0),
+        (deny.to_vec(), 3),
+    ] {
+        let out = authzd_with_closed(&args, true);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", text_of(&out));
+        assert!(out.stderr.is_empty(), "{args:?}: {}", text_of(&out));
+    }
+
+    // stderr gone (`2>&-` into a pipe, or its reader stopped): the error's exit code.
+    for (args, code) in [
+        (vec!["diff", old, missing], 66),
+        (vec!["test", missing], 65),
+        (vec!["validate", missing], 66),
+        (vec!["diff", old, "now"], 64),
+    ] {
+        let open = authzd(&args);
+        assert_eq!(
+            open.status.code(),
+            Some(code),
+            "{args:?}: {}",
+            text_of(&open)
+        );
+        assert!(!open.stderr.is_empty(), "{args:?}: an error is printed");
+        let out = authzd_with_closed(&args, false);
+        assert_eq!(out.status.code(), Some(code), "{args:?}");
+    }
+
+    // A write that fails for another reason (a full disk) is reported: exit 74.
+    if std::path::Path::new("/dev/full").exists() {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_authzd"))
+            .args(["diff", old, new])
+            .stdout(full)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(74), "{}", text_of(&out));
+        assert!(
+            text(&out.stderr).contains("error: cannot write the output"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+}
+
+fn text_of(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        text(&out.stdout),
+        text(&out.stderr)
+    )
+}

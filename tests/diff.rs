@@ -12,11 +12,13 @@
 
 mod common;
 
+use std::collections::BTreeSet;
+
 use authz::{
     model::{Method, scope_covers},
     policy::{
         Action, Policy, PolicyDocument, Query, compile,
-        diff::{Direction, PolicyDiff, Side, diff},
+        diff::{Direction, PolicyDiff, ProbePattern, Side, diff, fresh_segment, probe_paths},
         pattern::Pattern,
         source::{AssignmentDoc, EndpointDoc, GroupDoc, RoleDoc, RouteDoc, SubjectDoc, TenantDoc},
     },
@@ -446,6 +448,42 @@ fn allowed(policy: &Policy, tenant: &str, subject: &str, scope: &str, action: Ac
         .is_some_and(|t| t.check(&q).allowed())
 }
 
+/// The subject standing for group `g`'s new member in the exactness test.
+fn member_of(g: &str) -> String {
+    format!("member-of-{g}")
+}
+
+/// The groups of `tenant` on either side.
+fn tenant_groups(docs: [&PolicyDocument; 2], tenant: &str) -> BTreeSet<String> {
+    docs.iter()
+        .filter_map(|d| d.tenants.iter().find(|t| t.id == tenant))
+        .flat_map(|t| t.groups.iter().map(|g| g.id.clone()))
+        .collect()
+}
+
+/// Adds to both documents, in each tenant, a registered subject per group of either
+/// side ([`member_of`]): a member of only that group (where the group exists), with no
+/// assignments. Its access is what the diff's entry for the group describes.
+fn add_group_members(old: &mut PolicyDocument, new: &mut PolicyDocument) {
+    for tenant in ["t1", "t2", "t3"] {
+        let groups = tenant_groups([old, new], tenant);
+        for d in [&mut *old, &mut *new] {
+            let Some(t) = d.tenants.iter_mut().find(|t| t.id == tenant) else {
+                continue;
+            };
+            for g in &groups {
+                t.subjects.push(SubjectDoc {
+                    id: member_of(g),
+                    disabled: false,
+                });
+                if let Some(group) = t.groups.iter_mut().find(|x| x.id == *g) {
+                    group.members.push(member_of(g));
+                }
+            }
+        }
+    }
+}
+
 /// The change the diff claims for (tenant, subject, scope): the scoped change at the
 /// deepest listed scope covering `scope`, if any.
 fn claimed<'d>(
@@ -492,11 +530,31 @@ fn the_diff_matches_check_on_random_policy_pairs() {
         frontier = next;
     }
     paths.push(vec!["a", "b", "c", "a", "b"]);
+    // Deeper than any probe path (patterns have at most 3 segments before a `**`, probes
+    // at most one more): 3 to 5 segments past each path of 1 to 3 segments.
+    let tails: [&[&str]; 3] = [
+        &["zz", "a", "b"],
+        &["c", "zz", "zz", "a"],
+        &["b", "a", "c", "zz", "a"],
+    ];
+    let deeper: Vec<Vec<&str>> = paths
+        .iter()
+        .filter(|p| (1..=3).contains(&p.len()))
+        .enumerate()
+        .map(|(i, p)| [p.as_slice(), tails[i % tails.len()]].concat())
+        .collect();
+    paths.extend(deeper);
 
     let (mut compared, mut gains, mut losses) = (0u64, 0u64, 0u64);
+    let (mut groups_changed, mut groups_unchanged) = (0u64, 0u64);
     let mut rng = Rng(0x5EED_D1FF);
     for round in 0..30 {
-        let (old_doc, old, new_doc, new) = pair(&mut rng);
+        let (mut old_doc, _, mut new_doc, _) = pair(&mut rng);
+        add_group_members(&mut old_doc, &mut new_doc);
+        let (old, new) = (
+            compile(&old_doc, "old", 1).unwrap(),
+            compile(&new_doc, "new", 2).unwrap(),
+        );
         let d = diff(
             Side {
                 label: "old",
@@ -518,8 +576,75 @@ fn the_diff_matches_check_on_random_policy_pairs() {
             tenant_patterns(&old_doc, tenant, &mut patterns);
             tenant_patterns(&new_doc, tenant, &mut patterns);
             let access = d.access.iter().find(|t| t.tenant == tenant);
+            // A group's entry is its synthetic member's entry: same scopes, equal change
+            // sets, so the Check comparison below covers groups too.
+            let groups = tenant_groups([&old_doc, &new_doc], tenant);
+            for g in &groups {
+                let member = member_of(g);
+                let group = access.and_then(|a| a.groups.iter().find(|x| x.group == *g));
+                let subject = access.and_then(|a| a.subjects.iter().find(|x| x.subject == member));
+                let (Some(group), Some(subject), Some(a)) = (group, subject, access) else {
+                    assert!(
+                        group.is_none() && subject.is_none(),
+                        "{}",
+                        ctx(&format!(
+                            "{tenant}: group {g} listed {}, its member {}",
+                            group.is_some(),
+                            subject.is_some()
+                        ))
+                    );
+                    groups_unchanged += 1;
+                    continue;
+                };
+                groups_changed += 1;
+                let contents = |cs: &[authz::policy::diff::ScopedChange]| {
+                    cs.iter()
+                        .map(|c| (c.scopes.clone(), a.change_sets[c.change_set].clone()))
+                        .collect::<Vec<_>>()
+                };
+                assert_eq!(
+                    contents(&group.changes),
+                    contents(&subject.changes),
+                    "{}",
+                    ctx(&format!("{tenant}: group {g}"))
+                );
+                assert_eq!(
+                    group.unchanged_scopes,
+                    subject.unchanged_scopes,
+                    "{}",
+                    ctx(g)
+                );
+                assert!(!group.causes.is_empty(), "{}", ctx(g));
+                // Its members (either side) whose own access changes: its synthetic
+                // member among them.
+                let listed: BTreeSet<&str> =
+                    a.subjects.iter().map(|s| s.subject.as_str()).collect();
+                let members: BTreeSet<String> = [&old_doc, &new_doc]
+                    .iter()
+                    .filter_map(|d| d.tenants.iter().find(|t| t.id == tenant))
+                    .flat_map(|t| t.groups.iter().filter(|x| x.id == *g))
+                    .flat_map(|x| x.members.iter().cloned())
+                    .filter(|m| listed.contains(m.as_str()))
+                    .collect();
+                assert_eq!(
+                    group.members_changed,
+                    members.into_iter().collect::<Vec<_>>(),
+                    "{}",
+                    ctx(g)
+                );
+                assert!(group.members_changed.contains(&member), "{}", ctx(g));
+            }
+            if let Some(a) = access {
+                assert!(
+                    a.groups.iter().all(|x| groups.contains(&x.group)),
+                    "{}",
+                    ctx(tenant)
+                );
+            }
+            let members: Vec<String> = groups.iter().map(|g| member_of(g)).collect();
             let mut subjects: Vec<&str> = vec!["", "nobody"];
             subjects.extend(SUBJECTS);
+            subjects.extend(members.iter().map(String::as_str));
             for subject in subjects {
                 let registered = |doc: &PolicyDocument| {
                     doc.tenants
@@ -627,6 +752,10 @@ fn the_diff_matches_check_on_random_policy_pairs() {
         "gains {gains}, losses {losses}"
     );
     assert!(compared > 1_000_000, "{compared}");
+    assert!(
+        groups_changed > 20 && groups_unchanged > 5,
+        "groups changed {groups_changed}, unchanged {groups_unchanged}"
+    );
 }
 
 #[test]
@@ -805,4 +934,272 @@ fn the_cli_prints_text_json_and_markdown_and_exit_code_says_whether_access_chang
     assert_eq!(out.status.code(), Some(64));
     let out = run(&["rev:3", o]);
     assert_eq!(out.status.code(), Some(64));
+}
+
+/// Diffs two documents that compile.
+fn diff_docs(old: &PolicyDocument, new: &PolicyDocument) -> PolicyDiff {
+    let (op, np) = (
+        compile(old, "old", 1).unwrap(),
+        compile(new, "new", 2).unwrap(),
+    );
+    diff(
+        Side {
+            label: "old",
+            doc: old,
+            policy: &op,
+        },
+        Side {
+            label: "new",
+            doc: new,
+            policy: &np,
+        },
+    )
+    .unwrap()
+}
+
+/// The console example with two group changes: `ws10-admins` is given
+/// workspace_developer instead of workspace_admin at ws-10, and a new, empty group
+/// `auditors` gets billing at the root.
+fn console_with_group_changes() -> (PolicyDocument, PolicyDocument) {
+    let old = PolicyDocument::read(&common::example("console.yaml")).unwrap();
+    let mut new = old.clone();
+    let acme = new.tenants.iter_mut().find(|t| t.id == "acme").unwrap();
+    let a = acme
+        .assignments
+        .iter_mut()
+        .find(|a| a.group.as_deref() == Some("ws10-admins"))
+        .unwrap();
+    assert_eq!(a.role, "workspace_admin");
+    a.role = "workspace_developer".into();
+    acme.groups.push(GroupDoc {
+        id: "auditors".into(),
+        members: Vec::new(),
+    });
+    acme.assignments.push(AssignmentDoc {
+        subject: None,
+        group: Some("auditors".into()),
+        role: "billing".into(),
+        scope: String::new(),
+    });
+    (old, new)
+}
+
+#[test]
+fn a_group_reads_as_what_a_member_gets_through_it() {
+    let (old, new) = console_with_group_changes();
+    let d = diff_docs(&old, &new);
+    let acme = d.access.iter().find(|t| t.tenant == "acme").unwrap();
+    let ids: Vec<&str> = acme.groups.iter().map(|g| g.group.as_str()).collect();
+    // `finance` does not change.
+    assert_eq!(ids, ["auditors", "ws10-admins"]);
+
+    let ws10 = &acme.groups[1];
+    assert_eq!(ws10.changes.len(), 1);
+    assert_eq!(ws10.changes[0].scopes, ["workspaces/ws-10"]);
+    assert_eq!(ws10.unchanged_scopes, [""]);
+    let set = &acme.change_sets[ws10.changes[0].change_set];
+    assert!(set.permissions_gained.is_empty(), "{set:?}");
+    assert!(
+        set.permissions_lost
+            .iter()
+            .any(|p| p == "workspace.members.manage"),
+        "{set:?}"
+    );
+    let kinds: Vec<(&str, &str)> = ws10
+        .causes
+        .iter()
+        .map(|c| (c.kind, c.detail.as_str()))
+        .collect();
+    assert!(
+        kinds.contains(&(
+            "group_assignment_added",
+            "group `ws10-admins`: workspace_developer at `workspaces/ws-10`"
+        )) && kinds.contains(&(
+            "group_assignment_removed",
+            "group `ws10-admins`: workspace_admin at `workspaces/ws-10`"
+        )),
+        "{kinds:?}"
+    );
+    assert_eq!(ws10.members_changed, ["wes"]);
+    // wes (org `user` besides the group) changes as the group does: one change set.
+    let wes = acme.subjects.iter().find(|s| s.subject == "wes").unwrap();
+    assert_eq!(wes.changes.len(), 1);
+    assert_eq!(wes.changes[0].change_set, ws10.changes[0].change_set);
+
+    // A new group no one is in: what a member would get, and no subject changes by it.
+    let auditors = &acme.groups[0];
+    assert_eq!(auditors.changes[0].scopes, [""]);
+    assert!(
+        !acme.change_sets[auditors.changes[0].change_set]
+            .permissions_gained
+            .is_empty()
+    );
+    assert!(
+        auditors
+            .causes
+            .iter()
+            .any(|c| c.kind == "group_added" && c.detail == "group `auditors` is new"),
+        "{:?}",
+        auditors.causes
+    );
+    assert!(auditors.members_changed.is_empty());
+
+    // DiffPolicy's answer carries the same groups.
+    let pb = authz::grpc::convert::diff_to_pb(&d, 7);
+    let t = pb.access.iter().find(|t| t.tenant_id == "acme").unwrap();
+    let g = t
+        .groups
+        .iter()
+        .find(|g| g.group_id == "ws10-admins")
+        .unwrap();
+    assert_eq!(g.members_changed, ["wes"]);
+    assert_eq!(g.changes[0].scopes, ["workspaces/ws-10"]);
+    assert_eq!(g.changes[0].change_set as usize, ws10.changes[0].change_set);
+    assert_eq!(g.unchanged_scopes, [""]);
+    assert!(
+        g.causes
+            .iter()
+            .any(|c| c.kind == "group_assignment_removed")
+    );
+
+    // Only the empty group changes: no one's access changes, but the group is reported.
+    let mut only_new_group = old.clone();
+    let acme = only_new_group
+        .tenants
+        .iter_mut()
+        .find(|t| t.id == "acme")
+        .unwrap();
+    acme.groups.push(GroupDoc {
+        id: "auditors".into(),
+        members: Vec::new(),
+    });
+    acme.assignments.push(AssignmentDoc {
+        subject: None,
+        group: Some("auditors".into()),
+        role: "billing".into(),
+        scope: String::new(),
+    });
+    let d = diff_docs(&old, &only_new_group);
+    assert!(!d.access_changed());
+    assert_eq!(d.access.len(), 1);
+    assert!(d.access[0].subjects.is_empty());
+    assert_eq!(d.access[0].groups[0].group, "auditors");
+}
+
+#[test]
+fn the_cli_prints_groups_in_text_json_and_markdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = console_with_group_changes();
+    let (o, n) = (dir.path().join("old.yaml"), dir.path().join("new.yaml"));
+    std::fs::write(&o, old.to_yaml().unwrap()).unwrap();
+    std::fs::write(&n, new.to_yaml().unwrap()).unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_authzd"))
+            .arg("diff")
+            .args([o.to_str().unwrap(), n.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = run(&[]);
+    for want in [
+        "  group `ws10-admins`: what a member gets through it",
+        "    at `workspaces/ws-10`:",
+        "      - permission `workspace.members.manage`",
+        "    unchanged at the root",
+        "    because group_assignment_removed: group `ws10-admins`: workspace_admin at `workspaces/ws-10`",
+        "    members whose own access changes: `wes`",
+        "  group `auditors`: what a member gets through it",
+        "    because group_added: group `auditors` is new",
+        "; 2 groups change what they give a member",
+    ] {
+        assert!(text.contains(want), "{want:?} not in\n{text}");
+    }
+    let md = run(&["--output", "markdown"]);
+    assert!(
+        md.contains("- group `ws10-admins`: what a member gets through it")
+            && md.contains("  - members whose own access changes: `wes`"),
+        "{md}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&run(&["--output", "json"])).unwrap();
+    let groups = &v["access"][0]["groups"];
+    assert_eq!(groups[1]["group"], "ws10-admins");
+    assert_eq!(groups[1]["members_changed"][0], "wes");
+    assert_eq!(groups[1]["changes"][0]["scopes"][0], "workspaces/ws-10");
+    assert_eq!(groups[0]["causes"][0]["kind"], "group_added");
+}
+
+#[test]
+fn subjects_whose_access_changes_alike_share_one_change_set() {
+    // ann and bob hold different roles; only `base`, which both hold, changes.
+    let yaml = |base_permissions: &str, base_routes: &str| {
+        format!(
+            "version: 1
+roles:
+  - id: base
+    permissions: [{base_permissions}]
+    routes: [{base_routes}]
+  - id: x
+    permissions: [x.only]
+  - id: y
+    permissions: [y.only]
+    routes: [{{methods: [GET], path: /y/**}}]
+tenants:
+  - id: acme
+    subjects: [{{id: ann}}, {{id: bob}}]
+    assignments:
+      - {{subject: ann, role: base}}
+      - {{subject: ann, role: x}}
+      - {{subject: bob, role: base}}
+      - {{subject: bob, role: y}}
+"
+        )
+    };
+    let old: PolicyDocument =
+        serde_yaml_ng::from_str(&yaml("docs.read", "{methods: [GET], path: /docs/*}")).unwrap();
+    let new: PolicyDocument = serde_yaml_ng::from_str(&yaml(
+        "docs.read, docs.write",
+        "{methods: [GET, PUT], path: /docs/*}",
+    ))
+    .unwrap();
+    let d = diff_docs(&old, &new);
+    let acme = &d.access[0];
+    let change = |id: &str| {
+        let s = acme.subjects.iter().find(|s| s.subject == id).unwrap();
+        assert_eq!(s.changes.len(), 1, "{s:?}");
+        s.changes[0].change_set
+    };
+    assert_eq!(change("ann"), change("bob"), "{acme:#?}");
+    assert_eq!(acme.change_sets.len(), 1, "{acme:#?}");
+    let set = &acme.change_sets[0];
+    assert_eq!(set.permissions_gained, ["docs.write"]);
+    assert_eq!(set.routes.len(), 1);
+    let r = &acme.route_changes[set.routes[0]];
+    assert_eq!((r.change, r.via.role.as_str()), (Direction::Gained, "base"));
+}
+
+#[test]
+fn probe_paths_stop_one_fresh_segment_past_the_patterns() {
+    let patterns: Vec<Pattern> = ["/a/**", "/a/{id}/b", "/c"]
+        .iter()
+        .map(|p| Pattern::parse(p).unwrap())
+        .collect();
+    let probes: Vec<ProbePattern<'_>> = patterns
+        .iter()
+        .map(|p| ProbePattern::new(p.segments()))
+        .collect();
+    let fresh = fresh_segment(&probes);
+    assert_eq!(fresh, "~");
+    let paths = probe_paths(&probes, &fresh, 1000).unwrap();
+    // Past `/a/~/b` no pattern names a segment: `/a/**` matches `/a/~/b/~` as it matches
+    // every longer path, so that one path stands for them all.
+    assert_eq!(
+        paths,
+        [
+            "/", "/a", "/a/~", "/a/~/b", "/a/~/b/~", "/a/~/~", "/a/~/~/~", "/c", "/c/~", "/~",
+            "/~/~"
+        ]
+    );
 }

@@ -20,7 +20,7 @@ use crate::{
     policy::{
         Limits, Policy, PolicyDocument, compile_with,
         diff::{
-            Changes, Direction, PolicyDiff, RoleChange, RouteChange, ScopedChange, Side,
+            Cause, Changes, Direction, PolicyDiff, RoleChange, RouteChange, ScopedChange, Side,
             TenantAccess, Via, diff, role_change_text,
         },
         source::SourceError,
@@ -220,10 +220,7 @@ pub fn run(args: &DiffArgs) -> Exit {
             }
         },
     };
-    {
-        use std::io::Write as _;
-        let _ = std::io::stdout().lock().write_all(text.as_bytes());
-    }
+    super::out(&text);
     if args.exit_code && d.access_changed() {
         Exit::Unhealthy
     } else {
@@ -425,10 +422,10 @@ pub fn render(d: &PolicyDiff, markdown: bool) -> String {
         changes_line(&st, &mut out, 1, "assignment", &t.assignments);
     }
     st.heading(&mut out, 1, "Effective access");
-    if d.access.is_empty() {
+    if !d.access_changed() {
         st.item(&mut out, 0, "no one gains or loses anything");
     }
-    let (mut gain, mut lose) = (0usize, 0usize);
+    let (mut gain, mut lose, mut groups) = (0usize, 0usize, 0usize);
     for t in &d.access {
         st.heading(&mut out, 2, &format!("tenant {}", st.code(&t.tenant)));
         for s in &t.subjects {
@@ -463,31 +460,78 @@ pub fn render(d: &PolicyDiff, markdown: bool) -> String {
             // A terminal indents subjects under their tenant; Markdown has the heading.
             let base = usize::from(!markdown);
             st.item(&mut out, base, &who);
-            for c in &s.changes {
-                scoped(&st, &mut out, base + 1, c, t);
-            }
-            if !s.unchanged_scopes.is_empty() {
+            entry(
+                &st,
+                &mut out,
+                base + 1,
+                t,
+                &s.changes,
+                &s.unchanged_scopes,
+                &s.causes,
+            );
+        }
+        for g in &t.groups {
+            groups += 1;
+            let base = usize::from(!markdown);
+            st.item(
+                &mut out,
+                base,
+                &format!("group {}: what a member gets through it", st.code(&g.group)),
+            );
+            entry(
+                &st,
+                &mut out,
+                base + 1,
+                t,
+                &g.changes,
+                &g.unchanged_scopes,
+                &g.causes,
+            );
+            if !g.members_changed.is_empty() {
+                let members: Vec<String> = g.members_changed.iter().map(|m| st.code(m)).collect();
                 st.item(
                     &mut out,
                     base + 1,
-                    &format!("unchanged at {}", scope_words(&st, &s.unchanged_scopes)),
-                );
-            }
-            for c in &s.causes {
-                st.item(
-                    &mut out,
-                    base + 1,
-                    &format!("because {}: {}", c.kind, c.detail),
+                    &format!("members whose own access changes: {}", members.join(", ")),
                 );
             }
         }
     }
     if !d.access.is_empty() {
-        let _ = writeln!(
+        let _ = write!(
             out,
             "{}{gain} subjects gain access, {lose} lose access",
             if markdown { "\n" } else { "" }
         );
+        if groups > 0 {
+            let _ = write!(out, "; {groups} groups change what they give a member");
+        }
+        out.push('\n');
     }
     out
+}
+
+/// A subject's or group's changes per scope, its unchanged scopes and its causes.
+fn entry(
+    st: &Style,
+    out: &mut String,
+    depth: usize,
+    t: &TenantAccess,
+    changes: &[ScopedChange],
+    unchanged: &[String],
+    causes: &[Cause],
+) {
+    for c in changes {
+        scoped(st, out, depth, c, t);
+    }
+    if !unchanged.is_empty() {
+        st.item(
+            out,
+            depth,
+            &format!("unchanged at {}", scope_words(st, unchanged)),
+        );
+    }
+    for c in causes {
+        st.item(out, depth, &format!("because {}: {}", c.kind, c.detail));
+    }
 }

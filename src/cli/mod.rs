@@ -1,14 +1,75 @@
 //! `authzd` subcommands, one file each, and the process exit codes.
+//!
+//! Output never panics. Rust ignores SIGPIPE, so `println!` and `eprintln!` panic (exit
+//! 101) when the reader of stdout or stderr has gone (`authzd diff ... | head -1`,
+//! `authzd test ... 2>&1 | head -1`). Here stdout is written through [`out`] (and
+//! [`say!`]): a reader that went away ends the output quietly and the command exits with
+//! its own code, as if the rest had been read; any other write failure (a full disk) is
+//! reported and makes the command exit [`Exit::IoErr`] ([`finish`]). And `eprintln!`
+//! in these modules is the one below, which ignores a stderr that cannot be written.
 
-/// Prints a line to stdout, ignoring a closed pipe (`authzd list ... | head` must not
-/// panic the way `println!` does).
-macro_rules! say {
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// `eprintln!` for the subcommands (it shadows the standard macro in this module and the
+/// ones declared after it): a line to stderr, ignoring failures. There is nowhere to
+/// report that stderr cannot be written, and a closed stderr must not turn an answer into
+/// a panic.
+macro_rules! eprintln {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
     }};
 }
+
+/// Prints a line to stdout through [`out`].
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::cli::out(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
 pub(crate) use say;
+
+/// Set once stdout's reader has gone (EPIPE): later output is dropped.
+static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
+/// Set once writing to stdout failed otherwise: [`finish`] turns the exit into
+/// [`Exit::IoErr`].
+static STDOUT_FAILED: AtomicBool = AtomicBool::new(false);
+
+/// Writes `text` to stdout and flushes it. A reader that went away (a broken pipe) is not
+/// an error: the rest of the output is dropped. Any other failure is printed to stderr
+/// once, the rest of the output dropped, and [`finish`] makes the exit code
+/// [`Exit::IoErr`].
+pub fn out(text: &str) {
+    use std::io::Write as _;
+    if STDOUT_GONE.load(Ordering::Relaxed) || STDOUT_FAILED.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            STDOUT_GONE.store(true, Ordering::Relaxed);
+        }
+        Err(e) => {
+            STDOUT_FAILED.store(true, Ordering::Relaxed);
+            eprintln!("error: cannot write the output: {e}");
+        }
+    }
+}
+
+/// The exit code of a subcommand that returned `exit`: [`Exit::IoErr`] instead of a
+/// result (0, 1 or 3) when its output could not be written; an error code stays.
+pub fn finish(exit: Exit) -> Exit {
+    match exit {
+        Exit::Ok | Exit::Unhealthy | Exit::Denied if STDOUT_FAILED.load(Ordering::Relaxed) => {
+            Exit::IoErr
+        }
+        _ => exit,
+    }
+}
 
 pub mod admin_token;
 pub mod check;
@@ -43,6 +104,9 @@ pub enum Exit {
     Unavailable,
     /// An internal failure.
     Software,
+    /// The output could not be written to stdout (a full disk, an I/O error; not a reader
+    /// that went away, which is no error).
+    IoErr,
 }
 
 impl Exit {
@@ -57,6 +121,7 @@ impl Exit {
             Exit::NoInput => 66,
             Exit::Unavailable => 69,
             Exit::Software => 70,
+            Exit::IoErr => 74,
         }
     }
 }

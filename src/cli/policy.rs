@@ -1,7 +1,7 @@
 //! `authzd policy apply` and `authzd policy export`: policy documents in and out of
 //! PostgreSQL (see [`crate::store::sync`]).
 
-use std::{io::Write as _, path::PathBuf};
+use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
 
@@ -248,7 +248,7 @@ fn dry_run(args: &ApplyArgs, file: &str, doc: &PolicyDocument) -> Exit {
             }
         }
     };
-    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    super::out(&text);
     eprintln!("dry run: nothing written ({label})");
     if !protected.is_empty() {
         if args.force {
@@ -313,7 +313,7 @@ fn export(args: &ExportArgs) -> Exit {
         match &args.output {
             None => {
                 // A closed pipe (`... | head`) is not an error.
-                let _ = std::io::stdout().lock().write_all(text.as_bytes());
+                super::out(&text);
                 Exit::Ok
             }
             Some(path) => match std::fs::write(path, text) {

@@ -219,10 +219,7 @@ pub fn run(args: &TestArgs) -> Exit {
         },
         TestOutput::Junit => junit(&run),
     };
-    {
-        use std::io::Write as _;
-        let _ = std::io::stdout().lock().write_all(text.as_bytes());
-    }
+    super::out(&text);
     worst
 }
 

@@ -386,7 +386,7 @@ impl crate::policy::expect::Case {
 
 /// A policy diff ([`crate::policy::diff`]) as DiffPolicy's answer, at `revision`.
 pub fn diff_to_pb(d: &crate::policy::diff::PolicyDiff, revision: u64) -> pb::DiffPolicyResponse {
-    use crate::policy::diff::{ChangeKind, Changes, Direction, RoleChange};
+    use crate::policy::diff::{Cause, ChangeKind, Changes, Direction, RoleChange, ScopedChange};
     let changes = |c: &Changes| pb::ItemChanges {
         added: c.added.clone(),
         removed: c.removed.clone(),
@@ -402,6 +402,14 @@ pub fn diff_to_pb(d: &crate::policy::diff::PolicyDiff, revision: u64) -> pb::Dif
         includes: Some(changes(&r.includes)),
         permissions: Some(changes(&r.permissions)),
         routes: Some(changes(&r.routes)),
+    };
+    let scoped = |c: &ScopedChange| pb::ScopedAccessChange {
+        scopes: c.scopes.clone(),
+        change_set: c.change_set as u32,
+    };
+    let cause = |c: &Cause| pb::AccessCause {
+        kind: c.kind.to_owned(),
+        detail: c.detail.clone(),
     };
     let s = &d.structural;
     pb::DiffPolicyResponse {
@@ -478,23 +486,20 @@ pub fn diff_to_pb(d: &crate::policy::diff::PolicyDiff, revision: u64) -> pb::Dif
                     .iter()
                     .map(|s| pb::SubjectAccessDiff {
                         subject_id: s.subject.clone(),
-                        changes: s
-                            .changes
-                            .iter()
-                            .map(|c| pb::ScopedAccessChange {
-                                scopes: c.scopes.clone(),
-                                change_set: c.change_set as u32,
-                            })
-                            .collect(),
+                        changes: s.changes.iter().map(scoped).collect(),
                         unchanged_scopes: s.unchanged_scopes.clone(),
-                        causes: s
-                            .causes
-                            .iter()
-                            .map(|c| pb::AccessCause {
-                                kind: c.kind.to_owned(),
-                                detail: c.detail.clone(),
-                            })
-                            .collect(),
+                        causes: s.causes.iter().map(cause).collect(),
+                    })
+                    .collect(),
+                groups: t
+                    .groups
+                    .iter()
+                    .map(|g| pb::GroupAccessDiff {
+                        group_id: g.group.clone(),
+                        changes: g.changes.iter().map(scoped).collect(),
+                        unchanged_scopes: g.unchanged_scopes.clone(),
+                        causes: g.causes.iter().map(cause).collect(),
+                        members_changed: g.members_changed.clone(),
                     })
                     .collect(),
             })

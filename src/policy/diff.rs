@@ -10,6 +10,9 @@
 //!   side that allows: a role's rule, an endpoint entry (through a role), or a public
 //!   entry.
 //!
+//! And for every group of either side, the same for a new member of that group only
+//! ([`GroupAccess`]). Equal changes are one change set per tenant, by content.
+//!
 //! It is computed from the compiled snapshots with the evaluator's own parts: effective
 //! roles through `TenantSnapshot::for_each_applicable` (the assignments Check
 //! considers), role rules through [`super::snapshot::Role::judge`] and the endpoint table
@@ -38,7 +41,7 @@ use super::{
     compile::Policy,
     eval::RuleVerdict,
     pattern::{PathSegments, Segment},
-    snapshot::{RoleIdx, TenantSnapshot},
+    snapshot::{GroupIdx, RoleIdx, SubjectRef, TenantSnapshot},
     source::{AssignmentDoc, EndpointDoc, PolicyDocument, RoleDoc, TenantDoc},
 };
 use crate::model::{self, Method};
@@ -85,14 +88,16 @@ pub struct PolicyDiff {
     pub new: String,
     /// What changed in the documents.
     pub structural: Structural,
-    /// Who gains and who loses what, per tenant (only tenants with a change).
+    /// Who gains and who loses what, per tenant (only tenants where some subject's
+    /// access, or some group's, changes).
     pub access: Vec<TenantAccess>,
 }
 
 impl PolicyDiff {
-    /// Whether anyone's effective access changes.
+    /// Whether anyone's effective access changes: some subject's (or anyone's), not only
+    /// what a group would give a new member ([`TenantAccess::groups`]).
     pub fn access_changed(&self) -> bool {
-        !self.access.is_empty()
+        self.access.iter().any(|t| !t.subjects.is_empty())
     }
 
     /// Whether the documents differ in anything the diff reports.
@@ -235,6 +240,9 @@ pub struct TenantAccess {
     /// Subjects whose access changes, by id; the empty id is anyone (anonymous or not
     /// registered), who gets public endpoints only.
     pub subjects: Vec<SubjectAccess>,
+    /// Groups (of either side) whose meaning changes, by id: what a member gets through
+    /// each ([`GroupAccess`]).
+    pub groups: Vec<GroupAccess>,
 }
 
 impl TenantAccess {
@@ -262,6 +270,35 @@ pub struct SubjectAccess {
     pub causes: Vec<Cause>,
 }
 
+/// What a group gives a member, where that changes.
+///
+/// A group's access at a scope is the access of a registered, enabled subject that
+/// belongs to this group only and has no assignments of its own: what joining the group
+/// gives a new member, including the tenant's default roles and public entries. On a side
+/// without the group, such a subject is a member of nothing (default roles only); on a
+/// side without the tenant, it holds nothing. It is evaluated at the root and at every
+/// scope of the group's assignments on either side.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GroupAccess {
+    /// The group id.
+    pub group: String,
+    /// Changes, each with the scopes where it applies (a scope not listed here or in
+    /// `unchanged_scopes` is judged as the deepest listed scope above it, or the root).
+    pub changes: Vec<ScopedChange>,
+    /// Scopes of the group's assignments where what it gives does not change.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unchanged_scopes: Vec<String>,
+    /// The structural changes behind it: the group added or removed, its assignments
+    /// added or removed, default roles, roles it gives (on either side) changed, and the
+    /// endpoint tables when a route change comes through an entry.
+    pub causes: Vec<Cause>,
+    /// Members (on either side) whose own access changes, sorted; each is in
+    /// [`TenantAccess::subjects`] with its own changes, which other roles it holds may
+    /// make differ from the group's.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub members_changed: Vec<String>,
+}
+
 /// A change at some scopes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ScopedChange {
@@ -271,7 +308,9 @@ pub struct ScopedChange {
     pub change_set: usize,
 }
 
-/// What changes for a subject at a scope.
+/// What changes for a subject (or a group's member) at a scope. Each distinct change is
+/// listed once per tenant: subjects whose access changes alike share one, whatever roles
+/// they hold.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ChangeSet {
     /// Named permissions gained.
@@ -281,7 +320,8 @@ pub struct ChangeSet {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub permissions_lost: Vec<String>,
     /// Route requests gained and lost, grouped by what allows them: indexes into
-    /// [`TenantAccess::route_changes`].
+    /// [`TenantAccess::route_changes`], gained ones first, each direction in index
+    /// order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<usize>,
 }
@@ -328,9 +368,10 @@ pub struct Via {
 pub struct Cause {
     /// `tenant_added`, `tenant_removed`, `subject_added`, `subject_removed`,
     /// `subject_disabled`, `subject_enabled`, `assignment_added`, `assignment_removed`,
-    /// `group_joined`, `group_left`, `group_assignment_added`, `group_assignment_removed`,
-    /// `default_role_added`, `default_role_removed`, `role_added`, `role_removed`,
-    /// `role_changed`, `endpoints_changed`.
+    /// `group_joined`, `group_left`, `group_added`, `group_removed` (groups only),
+    /// `group_assignment_added`, `group_assignment_removed`, `default_role_added`,
+    /// `default_role_removed`, `role_added`, `role_removed`, `role_changed`,
+    /// `endpoints_changed`.
     pub kind: &'static str,
     /// What exactly, in words.
     pub detail: String,
@@ -354,7 +395,7 @@ pub fn diff(old: Side<'_>, new: Side<'_>) -> Result<PolicyDiff, DiffError> {
         let od = old.doc.tenants.iter().find(|t| t.id == id);
         let nd = new.doc.tenants.iter().find(|t| t.id == id);
         let access = tenant_access(id, o, n, (old.doc, od), (new.doc, nd))?;
-        if !access.subjects.is_empty() {
+        if !access.subjects.is_empty() || !access.groups.is_empty() {
             out.access.push(access);
         }
     }
@@ -642,12 +683,16 @@ fn probe_walk<'p>(
         .collect();
     let at = |p: usize| patterns.get(p).and_then(|p| p.prefix.get(i));
     if longer.is_empty() {
-        // No pattern can match a longer path differently: one more segment stands for
-        // every longer path.
+        // No pattern names a segment past here: only patterns ending in `**` still
+        // match a longer path, and they match every longer path alike. One fresh segment
+        // stands for all of them, and the walk stops.
         prefix.push(fresh);
-        let ok = probe_walk(patterns, fresh, &[], prefix, out, limit);
+        let path = join_path(prefix);
         prefix.pop();
-        return ok;
+        if path.len() <= model::limits::PATH {
+            out.push(path);
+        }
+        return out.len() <= limit;
     }
     let literals: BTreeSet<&'p str> = longer
         .iter()
@@ -788,6 +833,8 @@ struct Eval<'a> {
     roles: Vec<Option<RoleRoutes>>,
     accesses: Vec<Access>,
     index: HashMap<Holder, usize>,
+    /// The tenant's groups by id.
+    groups: HashMap<&'a str, GroupIdx>,
 }
 
 impl<'a> Eval<'a> {
@@ -801,10 +848,17 @@ impl<'a> Eval<'a> {
             roles: Vec::new(),
             accesses: Vec::new(),
             index: HashMap::new(),
+            groups: HashMap::new(),
         };
         let Some(s) = snap else {
             return eval;
         };
+        eval.groups = s
+            .groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (&*g.id, i as GroupIdx))
+            .collect();
         eval.roles = (0..s.role_count()).map(|_| None).collect();
         eval.entries = vec![None; s.endpoints.len()];
         let mut public: BTreeMap<u32, Bits> = BTreeMap::new();
@@ -937,20 +991,29 @@ impl<'a> Eval<'a> {
         let Some(s) = self.snap else {
             return Holder::NoTenant;
         };
-        let member = match s.subjects.get(subject) {
-            Some(m) if !subject.is_empty() && !m.disabled => m,
-            _ => return Holder::Nobody,
+        match s.subjects.get(subject) {
+            Some(m) if !subject.is_empty() && !m.disabled => Holder::Roles(roles_of(s, m, scope)),
+            _ => Holder::Nobody,
+        }
+    }
+
+    /// The holder for a new member of `group` at a scope: a registered, enabled subject
+    /// in that group only, with no assignments of its own. Where the group does not
+    /// exist, a member of nothing (the default roles only).
+    fn group_holder(&self, group: &str, scope: &str) -> Holder {
+        let Some(s) = self.snap else {
+            return Holder::NoTenant;
         };
-        let mut roles: Vec<RoleIdx> = Vec::new();
-        s.for_each_applicable(member, scope, |role, _, _| {
-            if let Some(r) = s.role(role) {
-                roles.extend(r.closure_set.iter());
-            }
-            None::<()>
-        });
-        roles.sort_unstable();
-        roles.dedup();
-        Holder::Roles(roles)
+        let groups = match self.groups.get(group) {
+            Some(g) => std::slice::from_ref(g),
+            None => &[],
+        };
+        let member = SubjectRef {
+            disabled: false,
+            assignments: &[],
+            groups,
+        };
+        Holder::Roles(roles_of(s, member, scope))
     }
 
     fn access(&mut self, holder: Holder, probes: &Probes) -> usize {
@@ -1070,23 +1133,41 @@ impl<'a> Eval<'a> {
     }
 }
 
-/// A change with requests as probe request indexes (before paths are renumbered).
+/// The effective roles of `member` at `scope`, as Check gathers them, sorted.
+fn roles_of(s: &TenantSnapshot, member: SubjectRef<'_>, scope: &str) -> Vec<RoleIdx> {
+    let mut roles: Vec<RoleIdx> = Vec::new();
+    s.for_each_applicable(member, scope, |role, _, _| {
+        if let Some(r) = s.role(role) {
+            roles.extend(r.closure_set.iter());
+        }
+        None::<()>
+    });
+    roles.sort_unstable();
+    roles.dedup();
+    roles
+}
+
+/// A change with requests as probe request indexes (before paths are renumbered). Its
+/// content is its identity: equal changes are one change set ([`ChangeSets`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct RawChange {
+    /// Sorted.
     gained: Vec<String>,
+    /// Sorted.
     lost: Vec<String>,
-    /// Indexes into the [`Groups`].
+    /// Indexes into the [`RouteGroups`]: gained ones first, each direction by index.
     routes: Vec<usize>,
 }
 
 /// Route changes, each kept once: subjects whose access changes alike (losing the same
 /// role's rule, say) share them.
 #[derive(Default)]
-struct Groups {
+struct RouteGroups {
     index: HashMap<(Direction, Via, Bits), usize>,
     list: Vec<(Direction, Via, Bits)>,
 }
 
-impl Groups {
+impl RouteGroups {
     fn intern(&mut self, key: (Direction, Via, Bits)) -> usize {
         use std::collections::hash_map::Entry;
         match self.index.entry(key) {
@@ -1105,7 +1186,7 @@ fn change(
     a: usize,
     new: &Eval<'_>,
     b: usize,
-    groups: &mut Groups,
+    groups: &mut RouteGroups,
 ) -> Option<RawChange> {
     let (oa, nb) = (old.accesses.get(a)?, new.accesses.get(b)?);
     let op: BTreeSet<&str> = oa.permissions.iter().map(|p| &**p).collect();
@@ -1122,10 +1203,127 @@ fn change(
     if gained.is_empty() && lost.is_empty() && routes.is_empty() {
         return None;
     }
+    // One order for one content: accesses that differ only in roles that change nothing
+    // attribute the same route changes, possibly in another order.
+    routes.sort_by_key(|&r| (groups.list.get(r).map(|(d, _, _)| *d), r));
+    routes.dedup();
     Some(RawChange {
         gained,
         lost,
         routes,
+    })
+}
+
+/// One tenant's distinct changes: each (old access, new access) pair is compared once,
+/// and equal changes (by content) are one change set, however many holders of however
+/// different roles get them.
+#[derive(Default)]
+struct ChangeSets {
+    /// (old access, new access) to its change set, `None` when they allow the same.
+    memo: HashMap<(usize, usize), Option<usize>>,
+    index: HashMap<RawChange, usize>,
+    list: Vec<RawChange>,
+    routes: RouteGroups,
+}
+
+impl ChangeSets {
+    /// The change set between accesses `a` (old side) and `b` (new side).
+    fn between(&mut self, old: &Eval<'_>, a: usize, new: &Eval<'_>, b: usize) -> Option<usize> {
+        if let Some(c) = self.memo.get(&(a, b)) {
+            return *c;
+        }
+        let c = change(old, a, new, b, &mut self.routes).map(|c| {
+            use std::collections::hash_map::Entry;
+            match self.index.entry(c) {
+                Entry::Occupied(o) => *o.get(),
+                Entry::Vacant(v) => {
+                    self.list.push(v.key().clone());
+                    *v.insert(self.list.len() - 1)
+                }
+            }
+        });
+        self.memo.insert((a, b), c);
+        c
+    }
+}
+
+/// Whose access is evaluated: a subject (the empty id is anyone), or a group (a member of
+/// that group only, with no assignments of its own).
+#[derive(Clone, Copy, Debug)]
+enum Who<'a> {
+    Subject(&'a str),
+    Group(&'a str),
+}
+
+/// One subject's or group's holders per scope: (scope, old side, new side).
+type Holders = Vec<(String, Holder, Holder)>;
+
+/// What one subject's or group's holders come to.
+struct Evaluated {
+    changes: Vec<ScopedChange>,
+    unchanged: Vec<String>,
+    /// The roles held at any of its scopes, on either side, by id.
+    roles: BTreeSet<String>,
+    /// Whether a route change comes through an endpoint entry.
+    via_endpoint: bool,
+}
+
+/// Compares `holders` scope by scope; `None` when nothing changes at any scope.
+fn evaluate(
+    (o, n): (&mut Eval<'_>, &mut Eval<'_>),
+    probes: &Probes,
+    holders: Holders,
+    sets: &mut ChangeSets,
+) -> Option<Evaluated> {
+    let mut per_scope: Vec<(String, Option<usize>)> = Vec::with_capacity(holders.len());
+    let mut roles_seen: (BTreeSet<RoleIdx>, BTreeSet<RoleIdx>) = Default::default();
+    for (scope, ho, hn) in holders {
+        if let Holder::Roles(r) = &ho {
+            roles_seen.0.extend(r.iter().copied());
+        }
+        if let Holder::Roles(r) = &hn {
+            roles_seen.1.extend(r.iter().copied());
+        }
+        let (a, b) = (o.access(ho, probes), n.access(hn, probes));
+        per_scope.push((scope, sets.between(o, a, n, b)));
+    }
+    if per_scope.iter().all(|(_, c)| c.is_none()) {
+        return None;
+    }
+    let mut grouped: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    let mut unchanged = Vec::new();
+    for (scope, c) in per_scope {
+        match c {
+            Some(c) => grouped.entry(c).or_default().push(scope),
+            None => unchanged.push(scope),
+        }
+    }
+    let mut changes: Vec<ScopedChange> = grouped
+        .into_iter()
+        .map(|(change_set, scopes)| ScopedChange { scopes, change_set })
+        .collect();
+    changes.sort_by(|a, b| a.scopes.cmp(&b.scopes));
+    let role_ids = |s: Option<&TenantSnapshot>, set: &BTreeSet<RoleIdx>| -> BTreeSet<String> {
+        s.map(|s| set.iter().map(|&r| s.role_id(r).to_owned()).collect())
+            .unwrap_or_default()
+    };
+    let mut roles = role_ids(o.snap, &roles_seen.0);
+    roles.extend(role_ids(n.snap, &roles_seen.1));
+    let via_endpoint = changes.iter().any(|c| {
+        sets.list.get(c.change_set).is_some_and(|r| {
+            r.routes.iter().any(|&g| {
+                sets.routes
+                    .list
+                    .get(g)
+                    .is_some_and(|(_, v, _)| v.kind != "rule")
+            })
+        })
+    });
+    Some(Evaluated {
+        changes,
+        unchanged,
+        roles,
+        via_endpoint,
     })
 }
 
@@ -1140,10 +1338,15 @@ fn subject_scopes(s: Option<&TenantSnapshot>, subject: &str, out: &mut BTreeSet<
         out.insert(s.scope(a.scope).to_owned());
     }
     for &g in m.groups {
-        if let Some(g) = s.groups.get(g as usize) {
-            for a in g.assignments.iter() {
-                out.insert(s.scope(a.scope).to_owned());
-            }
+        group_scopes(s, g, out);
+    }
+}
+
+/// The scopes of group `g`'s assignments.
+fn group_scopes(s: &TenantSnapshot, g: GroupIdx, out: &mut BTreeSet<String>) {
+    if let Some(g) = s.groups.get(g as usize) {
+        for a in g.assignments.iter() {
+            out.insert(s.scope(a.scope).to_owned());
         }
     }
 }
@@ -1203,30 +1406,25 @@ fn tenant_access(
     let mut o = Eval::new(old, &probes);
     let mut n = Eval::new(new, &probes);
 
-    // Subjects of either side, then anyone (the empty id).
+    // Anyone (the empty id), the subjects of either side, then the groups of either side.
     let mut subjects: BTreeSet<&str> = BTreeSet::new();
+    let mut groups: BTreeSet<&str> = BTreeSet::new();
     for s in [old, new].into_iter().flatten() {
         subjects.extend(s.subjects.keys());
+        groups.extend(s.groups.iter().map(|g| &*g.id));
     }
-    let mut memo: HashMap<(usize, usize), Option<usize>> = HashMap::new();
-    let mut raw: Vec<RawChange> = Vec::new();
-    let mut groups = Groups::default();
-    let mut out = Vec::new();
-    // First every subject's effective roles per scope, so each side judges the roles
-    // held anywhere in one pass over the probe paths.
-    type Holders = Vec<(String, Holder, Holder)>;
-    let mut held: Vec<(&str, Holders)> = Vec::new();
+    let mut sets = ChangeSets::default();
+    // First the effective roles of each per scope, so each side judges the roles held
+    // anywhere in one pass over the probe paths.
+    let mut held: Vec<(Who<'_>, Holders)> = Vec::new();
     let mut needed: (BTreeSet<RoleIdx>, BTreeSet<RoleIdx>) = Default::default();
-    for subject in std::iter::once("").chain(subjects.iter().copied()) {
-        let mut scopes: BTreeSet<String> = BTreeSet::new();
-        scopes.insert(String::new());
-        if !subject.is_empty() {
-            subject_scopes(old, subject, &mut scopes);
-            subject_scopes(new, subject, &mut scopes);
-        }
+    let mut hold = |who: Who<'_>, scopes: BTreeSet<String>, o: &Eval<'_>, n: &Eval<'_>| {
         let mut holders = Vec::with_capacity(scopes.len());
         for scope in scopes {
-            let (ho, hn) = (o.holder(subject, &scope), n.holder(subject, &scope));
+            let (ho, hn) = match who {
+                Who::Subject(s) => (o.holder(s, &scope), n.holder(s, &scope)),
+                Who::Group(g) => (o.group_holder(g, &scope), n.group_holder(g, &scope)),
+            };
             if let Holder::Roles(r) = &ho {
                 needed.0.extend(r.iter().copied());
             }
@@ -1235,82 +1433,78 @@ fn tenant_access(
             }
             holders.push((scope, ho, hn));
         }
-        held.push((subject, holders));
+        holders
+    };
+    for subject in std::iter::once("").chain(subjects.iter().copied()) {
+        let mut scopes: BTreeSet<String> = BTreeSet::new();
+        scopes.insert(String::new());
+        if !subject.is_empty() {
+            subject_scopes(old, subject, &mut scopes);
+            subject_scopes(new, subject, &mut scopes);
+        }
+        held.push((
+            Who::Subject(subject),
+            hold(Who::Subject(subject), scopes, &o, &n),
+        ));
+    }
+    for &group in &groups {
+        let mut scopes: BTreeSet<String> = BTreeSet::new();
+        scopes.insert(String::new());
+        for e in [&o, &n] {
+            if let (Some(s), Some(&g)) = (e.snap, e.groups.get(group)) {
+                group_scopes(s, g, &mut scopes);
+            }
+        }
+        held.push((Who::Group(group), hold(Who::Group(group), scopes, &o, &n)));
     }
     o.prepare_roles(&needed.0, &probes);
     n.prepare_roles(&needed.1, &probes);
     let (old_index, new_index) = (DocIndex::of(old_doc.1), DocIndex::of(new_doc.1));
-    for (subject, holders) in held {
-        let mut per_scope: Vec<(String, Option<usize>)> = Vec::with_capacity(holders.len());
-        let mut roles_seen: (BTreeSet<RoleIdx>, BTreeSet<RoleIdx>) = Default::default();
-        for (scope, ho, hn) in holders {
-            if let Holder::Roles(r) = &ho {
-                roles_seen.0.extend(r.iter().copied());
-            }
-            if let Holder::Roles(r) = &hn {
-                roles_seen.1.extend(r.iter().copied());
-            }
-            let (a, b) = (o.access(ho, &probes), n.access(hn, &probes));
-            let c = match memo.get(&(a, b)) {
-                Some(c) => *c,
-                None => {
-                    let c = change(&o, a, &n, b, &mut groups).map(|c| {
-                        raw.push(c);
-                        raw.len() - 1
-                    });
-                    memo.insert((a, b), c);
-                    c
-                }
-            };
-            per_scope.push((scope, c));
-        }
-        if per_scope.iter().all(|(_, c)| c.is_none()) {
+    let mut out = Vec::new();
+    let mut group_out = Vec::new();
+    for (who, holders) in held {
+        let Some(e) = evaluate((&mut o, &mut n), &probes, holders, &mut sets) else {
             continue;
-        }
-        let mut grouped: BTreeMap<usize, Vec<String>> = BTreeMap::new();
-        let mut unchanged = Vec::new();
-        for (scope, c) in per_scope {
-            match c {
-                Some(c) => grouped.entry(c).or_default().push(scope),
-                None => unchanged.push(scope),
-            }
-        }
-        let mut scoped: Vec<ScopedChange> = grouped
-            .into_iter()
-            .map(|(change_set, scopes)| ScopedChange { scopes, change_set })
-            .collect();
-        scoped.sort_by(|a, b| a.scopes.cmp(&b.scopes));
-        let role_ids = |s: Option<&TenantSnapshot>, set: &BTreeSet<RoleIdx>| -> BTreeSet<String> {
-            s.map(|s| set.iter().map(|&r| s.role_id(r).to_owned()).collect())
-                .unwrap_or_default()
         };
-        let mut roles = role_ids(old, &roles_seen.0);
-        roles.extend(role_ids(new, &roles_seen.1));
-        let via_endpoint = scoped.iter().any(|c| {
-            raw.get(c.change_set).is_some_and(|r| {
-                r.routes
-                    .iter()
-                    .any(|&g| groups.list.get(g).is_some_and(|(_, v, _)| v.kind != "rule"))
-            })
-        });
-        out.push(SubjectAccess {
-            subject: subject.to_owned(),
-            causes: causes(
-                subject,
-                old_doc,
-                new_doc,
-                (&old_index, &new_index),
-                &roles,
-                via_endpoint,
-            ),
-            changes: scoped,
-            unchanged_scopes: unchanged,
-        });
+        let causes = causes(
+            who,
+            old_doc,
+            new_doc,
+            (&old_index, &new_index),
+            &e.roles,
+            e.via_endpoint,
+        );
+        match who {
+            Who::Subject(subject) => out.push(SubjectAccess {
+                subject: subject.to_owned(),
+                causes,
+                changes: e.changes,
+                unchanged_scopes: e.unchanged,
+            }),
+            Who::Group(group) => group_out.push(GroupAccess {
+                group: group.to_owned(),
+                changes: e.changes,
+                unchanged_scopes: e.unchanged,
+                causes,
+                members_changed: Vec::new(),
+            }),
+        }
+    }
+    // Members (either side) whose own access changes: the subjects are all listed by now.
+    let changed: BTreeSet<&str> = out.iter().map(|s| s.subject.as_str()).collect();
+    for g in &mut group_out {
+        let members: BTreeSet<&str> = [&old_index, &new_index]
+            .into_iter()
+            .flat_map(|ix| ix.members.get(g.group.as_str()).into_iter().flatten())
+            .copied()
+            .filter(|m| changed.contains(m))
+            .collect();
+        g.members_changed = members.into_iter().map(str::to_owned).collect();
     }
     // Only the paths some change names, renumbered in sorted order.
     let m = probes.methods.len().max(1);
     let mut used: BTreeSet<usize> = BTreeSet::new();
-    for (_, _, bits) in &groups.list {
+    for (_, _, bits) in &sets.routes.list {
         used.extend(bits.indexes().map(|i| i / m));
     }
     let mut used: Vec<(usize, &String)> = used
@@ -1323,7 +1517,8 @@ fn tenant_access(
         .enumerate()
         .map(|(new, (old, _))| (*old, new as u32))
         .collect();
-    let route_changes = groups
+    let route_changes = sets
+        .routes
         .list
         .into_iter()
         .map(|(change, via, bits)| RouteChange {
@@ -1335,7 +1530,8 @@ fn tenant_access(
                 .collect(),
         })
         .collect();
-    let change_sets = raw
+    let change_sets = sets
+        .list
         .into_iter()
         .map(|c| ChangeSet {
             permissions_gained: c.gained,
@@ -1353,17 +1549,20 @@ fn tenant_access(
         change_sets,
         route_changes,
         subjects: out,
+        groups: group_out,
     })
 }
 
 /// One side's tenant document, indexed for [`causes`]: each subject's registration,
-/// direct assignments and groups, each group's assignments (so finding a subject's causes
-/// does not scan the whole tenant).
+/// direct assignments and groups, each group's members and assignments (so finding a
+/// subject's causes does not scan the whole tenant).
 #[derive(Default)]
 struct DocIndex<'a> {
     subjects: HashMap<&'a str, bool>,
     direct: HashMap<&'a str, BTreeSet<String>>,
     groups_of: HashMap<&'a str, BTreeSet<&'a str>>,
+    /// Every group, with its members.
+    members: HashMap<&'a str, Vec<&'a str>>,
     group_assignments: HashMap<&'a str, BTreeSet<String>>,
     defaults: BTreeSet<&'a str>,
 }
@@ -1396,6 +1595,10 @@ impl<'a> DocIndex<'a> {
             for m in &g.members {
                 ix.groups_of.entry(m).or_default().insert(&g.id);
             }
+            ix.members
+                .entry(&g.id)
+                .or_default()
+                .extend(g.members.iter().map(String::as_str));
         }
         ix.defaults = t.default_roles.iter().map(String::as_str).collect();
         ix
@@ -1405,9 +1608,10 @@ impl<'a> DocIndex<'a> {
 /// The structural changes behind a subject's change: its own registration, assignments
 /// and groups, its groups' assignments, the tenant's default roles, the definitions of
 /// roles it holds on either side, and the endpoint tables when a route change comes
-/// through one.
+/// through one. For a group: the group added or removed, its assignments, the default
+/// roles, the roles and the endpoint tables.
 fn causes(
-    subject: &str,
+    who: Who<'_>,
     (old_policy, old): DocSide<'_>,
     (new_policy, new): DocSide<'_>,
     (io, inew): (&DocIndex<'_>, &DocIndex<'_>),
@@ -1425,7 +1629,41 @@ fn causes(
     }
     let empty = TenantDoc::default();
     let (o, n) = (old.unwrap_or(&empty), new.unwrap_or(&empty));
-    if !subject.is_empty() {
+    let none = BTreeSet::new();
+    let defaults = |add: &mut dyn FnMut(&'static str, String)| {
+        for r in inew.defaults.difference(&io.defaults) {
+            add("default_role_added", format!("default role `{r}`"));
+        }
+        for r in io.defaults.difference(&inew.defaults) {
+            add("default_role_removed", format!("default role `{r}`"));
+        }
+    };
+    let group_assignments = |g: &str, add: &mut dyn FnMut(&'static str, String)| {
+        let (a, b) = (
+            io.group_assignments.get(g).unwrap_or(&none),
+            inew.group_assignments.get(g).unwrap_or(&none),
+        );
+        for x in b.difference(a) {
+            add("group_assignment_added", x.clone());
+        }
+        for x in a.difference(b) {
+            add("group_assignment_removed", x.clone());
+        }
+    };
+    if let Who::Group(g) = who {
+        match (io.members.contains_key(g), inew.members.contains_key(g)) {
+            (false, true) if old.is_some() => add("group_added", format!("group `{g}` is new")),
+            (true, false) if new.is_some() => {
+                add("group_removed", format!("group `{g}` is removed"))
+            }
+            _ => {}
+        }
+        group_assignments(g, &mut add);
+        defaults(&mut add);
+    }
+    if let Who::Subject(subject) = who
+        && !subject.is_empty()
+    {
         match (io.subjects.get(subject), inew.subjects.get(subject)) {
             (None, Some(_)) if old.is_some() => {
                 add("subject_added", format!("`{subject}` registered"))
@@ -1437,7 +1675,6 @@ fn causes(
             (Some(true), Some(false)) => add("subject_enabled", format!("`{subject}` enabled")),
             _ => {}
         }
-        let none = BTreeSet::new();
         let (da, db) = (
             io.direct.get(subject).unwrap_or(&none),
             inew.direct.get(subject).unwrap_or(&none),
@@ -1460,23 +1697,9 @@ fn causes(
             add("group_left", format!("no longer in group `{g}`"));
         }
         for g in ga.intersection(gb) {
-            let (a, b) = (
-                io.group_assignments.get(g).unwrap_or(&none),
-                inew.group_assignments.get(g).unwrap_or(&none),
-            );
-            for x in b.difference(a) {
-                add("group_assignment_added", x.clone());
-            }
-            for x in a.difference(b) {
-                add("group_assignment_removed", x.clone());
-            }
+            group_assignments(g, &mut add);
         }
-        for r in inew.defaults.difference(&io.defaults) {
-            add("default_role_added", format!("default role `{r}`"));
-        }
-        for r in io.defaults.difference(&inew.defaults) {
-            add("default_role_removed", format!("default role `{r}`"));
-        }
+        defaults(&mut add);
     }
     // Definitions of the roles held on either side.
     let role = |policy: &PolicyDocument, t: &TenantDoc, id: &str| -> Option<RoleDoc> {
