@@ -14,7 +14,8 @@
 --
 -- TRUNCATE fires no row trigger: it would write no change row, bump no revision, wake
 -- no replica and leave nothing here. It is refused on the policy tables (DELETE does the
--- same and is captured).
+-- same and is captured), and on the change log and this table, whose rows are pruned
+-- deliberately with DELETE (docs/policy-diff.md, docs/operations.md).
 
 CREATE TABLE authz_deleted (
     entity text NOT NULL,
@@ -115,7 +116,7 @@ END $$;
 
 CREATE FUNCTION authz_no_truncate() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    RAISE EXCEPTION 'TRUNCATE % is not captured in the change log (replicas would not see it): use DELETE', TG_TABLE_NAME
+    RAISE EXCEPTION 'TRUNCATE % is refused: it bypasses the change log (replicas would not see it); use DELETE', TG_TABLE_NAME
         USING ERRCODE = 'feature_not_supported';
 END $$;
 
@@ -124,7 +125,8 @@ DECLARE t text;
 BEGIN
     FOREACH t IN ARRAY ARRAY['tenants', 'roles', 'role_includes', 'role_permissions',
                              'role_routes', 'endpoints', 'default_roles', 'subjects',
-                             'groups', 'group_members', 'assignments'] LOOP
+                             'groups', 'group_members', 'assignments', 'authz_changes',
+                             'authz_deleted'] LOOP
         EXECUTE format('CREATE TRIGGER %I_no_truncate BEFORE TRUNCATE ON %I
                         FOR EACH STATEMENT EXECUTE FUNCTION authz_no_truncate()', t, t);
     END LOOP;

@@ -388,8 +388,14 @@ async fn apply_dry_run_prints_the_diff_and_writes_nothing() {
     let before = db.revision().await;
     let out = run(&[]).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    // The dry run exits as the apply would: refused (65).
+    // The dry run exits as the apply would: refused (65), and says so in the report.
     assert_eq!(out.status.code(), Some(65), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("refused without --force: 1 rows")
+            && stdout.contains("subjects (tenant_id=acme, id=sqlonly)"),
+        "{stdout}"
+    );
     assert!(
         stderr.contains("without --force the apply will be refused")
             && stderr.contains("subjects (tenant_id=acme, id=sqlonly)"),
@@ -710,15 +716,24 @@ async fn apply_refuses_to_recreate_rows_the_admin_api_deleted_unless_forced() {
         .find(|r| !r.routes.is_empty())
         .unwrap()
         .clone();
+    let at = db.revision().await;
     store.update_role("root", "acme", &same).await.unwrap();
-    let report = sync::apply(&mut db.client().await, &original, "gateway.yaml")
-        .await
-        .unwrap();
-    assert!(report.total().adopted > 0, "{report:?}");
     assert_eq!(
-        report.total().inserted + report.total().updated + report.total().deleted,
-        0
+        db.revision().await,
+        at,
+        "an update with the same content writes nothing"
     );
+    let api_rows: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM role_routes WHERE tenant_id = 'acme' AND origin = 'api'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(api_rows, 0);
     let report = sync::apply(&mut db.client().await, &original, "gateway.yaml")
         .await
         .unwrap();
@@ -922,7 +937,7 @@ async fn diff_compares_past_revisions_rebuilt_from_the_change_log() {
         .await
         .unwrap_err();
     assert!(
-        format!("{err:?}").contains("not captured in the change log"),
+        format!("{err:?}").contains("it bypasses the change log"),
         "{err:?}"
     );
     // The revision the pruned log still reaches back to works.

@@ -7,7 +7,7 @@
 //! (including a revision the database cannot rebuild), 65 an invalid policy, 66 an
 //! unreadable file, 69/70 the database.
 
-use std::{fmt::Write as _, path::PathBuf};
+use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf};
 
 use clap::{Args, ValueEnum};
 
@@ -298,29 +298,63 @@ fn via_words(st: &Style, v: &Via) -> String {
 
 fn route_words(st: &Style, r: &RouteChange, t: &TenantAccess) -> String {
     let (all, other) = (&t.methods, t.other_method.as_str());
-    let mut methods: Vec<&str> = r.requests.iter().map(|&q| t.request(q).0).collect();
-    methods.sort_unstable();
-    methods.dedup();
-    let methods = if methods.len() == all.len() {
-        "every method".to_owned()
-    } else {
-        methods
-            .iter()
-            .map(|m| if *m == other { "other methods" } else { m })
-            .collect::<Vec<_>>()
-            .join(",")
+    let method_words = |methods: &[&str]| {
+        if methods.len() == all.len() {
+            "every method".to_owned()
+        } else {
+            methods
+                .iter()
+                .map(|m| if *m == other { "other methods" } else { m })
+                .collect::<Vec<_>>()
+                .join(",")
+        }
     };
-    let mut paths: Vec<&str> = r.requests.iter().map(|&q| t.request(q).1).collect();
-    paths.sort_unstable();
-    paths.dedup();
+    // The methods of each path: "GET on 3 paths" only when every path has exactly
+    // those, never the union of methods beside the union of paths.
+    let mut by_path: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for &q in &r.requests {
+        let (m, p) = t.request(q);
+        by_path.entry(p).or_default().push(m);
+    }
+    for methods in by_path.values_mut() {
+        methods.sort_unstable();
+        methods.dedup();
+    }
     let sign = st.sign(r.change == Direction::Gained, true);
-    let example = paths.first().map_or(String::new(), |p| st.code(p));
-    let on = if paths.len() == 1 {
-        example
-    } else {
-        format!("{} paths, e.g. {example}", paths.len())
+    // The example: a path with the fresh segment (any segment no pattern names) reads
+    // as the pattern does; a path of literals may look like another rule's.
+    let fresh = t.fresh_segment.as_str();
+    let example = by_path
+        .iter()
+        .find(|(p, _)| p.split('/').any(|s| s == fresh))
+        .or_else(|| by_path.iter().next());
+    let Some((example_path, example_methods)) = example else {
+        return format!("{sign} nothing through {}", via_words(st, &r.via));
     };
-    format!("{sign} {methods} on {on} through {}", via_words(st, &r.via))
+    let uniform = by_path.values().all(|m| m == example_methods);
+    let what = if by_path.len() == 1 {
+        format!(
+            "{} on {}",
+            method_words(example_methods),
+            st.code(example_path)
+        )
+    } else if uniform {
+        format!(
+            "{} on {} paths, e.g. {}",
+            method_words(example_methods),
+            by_path.len(),
+            st.code(example_path)
+        )
+    } else {
+        format!(
+            "{} requests on {} paths (not every method on every path), e.g. {} on {}",
+            r.requests.len(),
+            by_path.len(),
+            method_words(example_methods),
+            st.code(example_path)
+        )
+    };
+    format!("{sign} {what} through {}", via_words(st, &r.via))
 }
 
 fn changes_line(st: &Style, out: &mut String, depth: usize, what: &str, c: &Changes) {
@@ -424,6 +458,13 @@ pub fn render(d: &PolicyDiff, markdown: bool) -> String {
     st.heading(&mut out, 1, "Effective access");
     if !d.access_changed() {
         st.item(&mut out, 0, "no one gains or loses anything");
+    } else if let Some(t) = d.access.first() {
+        // The canonical paths need one line of explanation (docs/policy-diff.md, "Paths").
+        let _ = writeln!(
+            out,
+            "Paths are canonical: {} stands for any segment no rule or entry names there (a path ending in it, for every longer path too); \"other methods\" for every method none names.",
+            st.code(&t.fresh_segment)
+        );
     }
     let (mut gain, mut lose, mut groups) = (0usize, 0usize, 0usize);
     for t in &d.access {

@@ -224,9 +224,40 @@ fn dry_run(args: &ApplyArgs, file: &str, doc: &PolicyDocument) -> Exit {
     if exit != Exit::Ok {
         return exit;
     }
+    // In the report itself too (a pull request comment made from it shows it): what the
+    // apply will refuse, or override with --force.
+    let apply_section = |markdown: bool| {
+        if protected.is_empty() {
+            return String::new();
+        }
+        let (head, item) = if markdown {
+            ("\n### Apply\n", "- ")
+        } else {
+            ("Apply\n", "  ")
+        };
+        let verdict = if args.force {
+            format!(
+                "with --force, the apply deletes, overwrites or re-creates {} rows the admin API or SQL wrote or deleted:",
+                protected.len()
+            )
+        } else {
+            format!(
+                "refused without --force: {} rows the admin API or SQL wrote or deleted since a document did:",
+                protected.len()
+            )
+        };
+        let mut out = format!("{head}{item}{verdict}\n");
+        for row in protected.iter().take(100) {
+            out.push_str(&format!("{item}  {row}\n"));
+        }
+        if protected.len() > 100 {
+            out.push_str(&format!("{item}  and {} more\n", protected.len() - 100));
+        }
+        out
+    };
     let text = match args.output {
-        super::diff::DiffOutput::Text => super::diff::render(&d, false),
-        super::diff::DiffOutput::Markdown => super::diff::render(&d, true),
+        super::diff::DiffOutput::Text => super::diff::render(&d, false) + &apply_section(false),
+        super::diff::DiffOutput::Markdown => super::diff::render(&d, true) + &apply_section(true),
         super::diff::DiffOutput::Json => {
             // The diff, and the rows the apply would refuse to write unforced.
             let mut v = match serde_json::to_value(&d) {

@@ -228,13 +228,29 @@ impl PolicyDocument {
         if text.len() as u64 > limit {
             return Err(too_large(text.len() as u64));
         }
-        Self::parse(&text, Format::from_path(path), &file)
+        Self::parse_limited(&text, Format::from_path(path), &file, limit)
     }
 
     /// Parses a document; `file` names it in errors. A document nested deeper than
     /// [`super::nesting::MAX_NESTING`] is refused before it is parsed (parsing it would
-    /// cost the square of its depth).
+    /// cost the square of its depth), and so is a YAML document whose aliases expand it
+    /// beyond [`super::Limits::document_bytes`] (64 MiB): [`PolicyDocument::parse_limited`].
     pub fn parse(text: &str, format: Format, file: &str) -> Result<Self, SourceError> {
+        Self::parse_limited(text, format, file, super::Limits::default().document_bytes)
+    }
+
+    /// [`PolicyDocument::parse`], with `limit` (bytes, `--max-policy-bytes`) bounding the
+    /// YAML document with its aliases expanded: each alias (`*name`) stands for a copy
+    /// of its anchored node, so a small document can stand for an unbounded one (one
+    /// 1 MB string repeated through 20,000 aliases is 20 GB). The expanded size is
+    /// measured first, without building anything (scalars count their bytes, every
+    /// other node 1), and a document over `limit` is a syntax error naming the limit.
+    pub fn parse_limited(
+        text: &str,
+        format: Format,
+        file: &str,
+        limit: u64,
+    ) -> Result<Self, SourceError> {
         if let Some((line, column)) = super::nesting::too_deep(text, super::nesting::MAX_NESTING) {
             return Err(SourceError::Syntax {
                 file: file.to_owned(),
@@ -253,15 +269,28 @@ impl PolicyDocument {
                 column: e.column(),
                 message: strip_location(&e.to_string()),
             })?,
-            Format::Yaml => serde_yaml_ng::from_str(text).map_err(|e| {
-                let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
-                SourceError::Syntax {
-                    file: file.to_owned(),
-                    line,
-                    column,
-                    message: strip_location(&e.to_string()),
+            Format::Yaml => {
+                let syntax = |e: serde_yaml_ng::Error| {
+                    let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+                    SourceError::Syntax {
+                        file: file.to_owned(),
+                        line,
+                        column,
+                        message: strip_location(&e.to_string()),
+                    }
+                };
+                // An alias needs an anchor (`&name`): without a `&` anywhere, nothing
+                // can expand and the measuring walk is skipped.
+                if text.contains('&') {
+                    let used = std::cell::Cell::new(0);
+                    serde::de::DeserializeSeed::deserialize(
+                        Expanded { used: &used, limit },
+                        serde_yaml_ng::Deserializer::from_str(text),
+                    )
+                    .map_err(syntax)?;
                 }
-            })?,
+                serde_yaml_ng::from_str(text).map_err(syntax)?
+            }
         };
         if doc.version != 1 {
             return Err(SourceError::Syntax {
@@ -280,6 +309,107 @@ impl PolicyDocument {
     }
 }
 
+/// Measures a document's size with its aliases expanded, without building it: the
+/// bytes of its scalars plus one per other node, failing as soon as that passes `limit`
+/// (so the walk itself costs at most `limit`).
+#[derive(Clone, Copy)]
+struct Expanded<'a> {
+    used: &'a std::cell::Cell<u64>,
+    limit: u64,
+}
+
+impl Expanded<'_> {
+    fn add<E: serde::de::Error>(self, n: usize) -> Result<(), E> {
+        let used = self.used.get().saturating_add(n as u64);
+        self.used.set(used);
+        if used > self.limit {
+            return Err(E::custom(format!(
+                "with its aliases expanded the document is more than {} bytes (max_policy_bytes); refused before parsing",
+                self.limit
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Expanded<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Expanded<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a YAML document")
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<(), E> {
+        self.add(1)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<(), E> {
+        self.add(1)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<(), E> {
+        self.add(1)
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<(), E> {
+        self.add(1)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+        self.add(v.len().saturating_add(1))
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<(), E> {
+        self.add(v.len().saturating_add(1))
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        self.add(1)
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<(), E> {
+        self.add(1)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+
+    fn visit_newtype_struct<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        self.add(1)?;
+        while seq.next_element_seed(self)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        self.add(1)?;
+        while map.next_key_seed(self)?.is_some() {
+            map.next_value_seed(self)?;
+        }
+        Ok(())
+    }
+
+    fn visit_enum<A: serde::de::EnumAccess<'de>>(self, data: A) -> Result<(), A::Error> {
+        // A tagged node (`!tag value`): the policy format has none.
+        let _ = data;
+        Err(serde::de::Error::custom(
+            "YAML tags (`!tag`) are not part of the policy format",
+        ))
+    }
+}
+
 /// serde's messages end in " at line L column C"; the error carries those separately.
 fn strip_location(msg: &str) -> String {
     match msg.rfind(" at line ") {
@@ -291,6 +421,30 @@ fn strip_location(msg: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aliases_are_held_to_the_size_limit_expanded() {
+        // One anchored 1,000-byte description repeated through 100 aliases: about
+        // 100 kB expanded from a 1.5 kB document.
+        let big = "x".repeat(1000);
+        let aliases = vec!["*d"; 100].join(", ");
+        let text = format!(
+            "version: 1\nroles:\n  - id: a\n    description: &d {big}\n  - id: b\n    permissions: [{aliases}]\n"
+        );
+        let err = PolicyDocument::parse_limited(&text, Format::Yaml, "bomb.yaml", 50_000)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("bomb.yaml:") && err.contains("with its aliases expanded"),
+            "{err}"
+        );
+        // Under a limit it fits, the same document parses; anchors for sharing a list are
+        // fine.
+        assert!(PolicyDocument::parse_limited(&text, Format::Yaml, "bomb.yaml", 200_000).is_ok());
+        let shared = "version: 1\nroles:\n  - id: a\n    routes: &r\n      - methods: [GET]\n        path: /x\n  - id: b\n    routes: *r\n";
+        let doc = PolicyDocument::parse_limited(shared, Format::Yaml, "s.yaml", 1_000).unwrap();
+        assert_eq!(doc.roles[1].routes, doc.roles[0].routes);
+    }
 
     #[test]
     fn yaml_errors_carry_line_and_column() {

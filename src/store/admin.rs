@@ -13,6 +13,8 @@
 //! [`AdminError::Precondition`] with the database's message. Nothing here knows about
 //! gRPC.
 
+use std::collections::{HashMap, HashSet};
+
 use deadpool_postgres::{Pool, Transaction};
 use serde_json::{Value, json};
 use tokio_postgres::error::SqlState;
@@ -282,23 +284,25 @@ impl AdminStore {
         let txn = conn.transaction().await?;
         let tx = &txn;
         not_built_in(tx, &role.id).await?;
-        let n = tx
-            .execute(
-                "UPDATE roles SET description = $3 WHERE tenant_id = $1 AND id = $2",
-                &[&tenant, &role.id, &role.description],
-            )
-            .await?;
-        if n == 0 {
-            return Err(role_not_found(tenant, &role.id));
-        }
-        for table in ["role_includes", "role_permissions", "role_routes"] {
-            tx.execute(
-                &format!("DELETE FROM {table} WHERE tenant_id = $1 AND role_id = $2"),
+        let exists = tx
+            .query_opt(
+                "SELECT 1 FROM roles WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
                 &[&tenant, &role.id],
             )
             .await?;
+        if exists.is_none() {
+            return Err(role_not_found(tenant, &role.id));
         }
-        insert_role_parts(tx, tenant, role).await?;
+        // Only rows that differ are written: a row this call leaves alone keeps its
+        // origin (migration V5), so an update with the same content takes nothing over
+        // from the documents that wrote the role.
+        tx.execute(
+            "UPDATE roles SET description = $3 \
+             WHERE tenant_id = $1 AND id = $2 AND description IS DISTINCT FROM $3",
+            &[&tenant, &role.id, &role.description],
+        )
+        .await?;
+        update_role_parts(tx, tenant, role).await?;
         finish(txn, audit, detail).await
     }
 
@@ -1155,6 +1159,128 @@ async fn not_referenced(tx: &Transaction<'_>, tenant: &str, role: &str) -> Resul
 
 fn plural(n: i64) -> &'static str {
     if n == 1 { "" } else { "s" }
+}
+
+/// Makes a role's includes, permissions and routes those of `role`, writing only the
+/// rows that differ (list positions 1-based, as `policy apply` numbers them).
+async fn update_role_parts(
+    tx: &Transaction<'_>,
+    tenant: &str,
+    role: &RoleDoc,
+) -> Result<(), AdminError> {
+    let id = role.id.as_str();
+    // Includes: keyed by the included role, with a position.
+    let old: HashMap<String, i32> = tx
+        .query(
+            "SELECT included, position FROM role_includes WHERE tenant_id = $1 AND role_id = $2",
+            &[&tenant, &id],
+        )
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect::<Result<_, tokio_postgres::Error>>()?;
+    let new: HashMap<&str, i32> = role
+        .includes
+        .iter()
+        .enumerate()
+        .map(|(i, inc)| (inc.as_str(), i32::try_from(i + 1).unwrap_or(i32::MAX)))
+        .collect();
+    for gone in old.keys().filter(|k| !new.contains_key(k.as_str())) {
+        tx.execute(
+            "DELETE FROM role_includes WHERE tenant_id = $1 AND role_id = $2 AND included = $3",
+            &[&tenant, &id, gone],
+        )
+        .await?;
+    }
+    for (i, included) in role.includes.iter().enumerate() {
+        let position = i32::try_from(i + 1).unwrap_or(i32::MAX);
+        match old.get(included) {
+            Some(&p) if p == position => {}
+            Some(_) => {
+                tx.execute(
+                    "UPDATE role_includes SET position = $4 \
+                     WHERE tenant_id = $1 AND role_id = $2 AND included = $3",
+                    &[&tenant, &id, included, &position],
+                )
+                .await?;
+            }
+            None => {
+                tx.execute(
+                    "INSERT INTO role_includes (tenant_id, role_id, included, position) VALUES ($1, $2, $3, $4)",
+                    &[&tenant, &id, included, &position],
+                )
+                .await?;
+            }
+        }
+    }
+    // Permissions: a set.
+    let old: HashSet<String> = tx
+        .query(
+            "SELECT permission FROM role_permissions WHERE tenant_id = $1 AND role_id = $2",
+            &[&tenant, &id],
+        )
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+    let new: HashSet<&str> = role.permissions.iter().map(String::as_str).collect();
+    for gone in old.iter().filter(|p| !new.contains(p.as_str())) {
+        tx.execute(
+            "DELETE FROM role_permissions WHERE tenant_id = $1 AND role_id = $2 AND permission = $3",
+            &[&tenant, &id, gone],
+        )
+        .await?;
+    }
+    for permission in &role.permissions {
+        if !old.contains(permission) {
+            tx.execute(
+                "INSERT INTO role_permissions (tenant_id, role_id, permission) VALUES ($1, $2, $3) \
+                 ON CONFLICT DO NOTHING",
+                &[&tenant, &id, permission],
+            )
+            .await?;
+        }
+    }
+    // Routes: by position.
+    let old: HashMap<i32, (Vec<String>, String)> = tx
+        .query(
+            "SELECT position, methods, path FROM role_routes WHERE tenant_id = $1 AND role_id = $2",
+            &[&tenant, &id],
+        )
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?))))
+        .collect::<Result<_, tokio_postgres::Error>>()?;
+    let count = i32::try_from(role.routes.len()).unwrap_or(i32::MAX);
+    for gone in old.keys().filter(|&&p| p < 1 || p > count) {
+        tx.execute(
+            "DELETE FROM role_routes WHERE tenant_id = $1 AND role_id = $2 AND position = $3",
+            &[&tenant, &id, gone],
+        )
+        .await?;
+    }
+    for (i, route) in role.routes.iter().enumerate() {
+        let position = i32::try_from(i + 1).unwrap_or(i32::MAX);
+        match old.get(&position) {
+            Some((m, p)) if *m == route.methods && *p == route.path => {}
+            Some(_) => {
+                tx.execute(
+                    "UPDATE role_routes SET methods = $4, path = $5 \
+                     WHERE tenant_id = $1 AND role_id = $2 AND position = $3",
+                    &[&tenant, &id, &position, &route.methods, &route.path],
+                )
+                .await?;
+            }
+            None => {
+                tx.execute(
+                    "INSERT INTO role_routes (tenant_id, role_id, position, methods, path) VALUES ($1, $2, $3, $4, $5)",
+                    &[&tenant, &id, &position, &route.methods, &route.path],
+                )
+                .await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn insert_role_parts(
