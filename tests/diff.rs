@@ -1203,3 +1203,53 @@ fn probe_paths_stop_one_fresh_segment_past_the_patterns() {
         ]
     );
 }
+
+/// Subjects whose access changes alike (here: a default role gains a permission and a
+/// rule, so every registered subject gains the same) read as one block in text and
+/// Markdown, naming the first 20 and counting the rest; JSON lists each, with
+/// `access_changed`. A block never reads as "every method on every path" when only
+/// some methods change on some paths.
+#[test]
+fn alike_subjects_read_as_one_block_and_json_says_access_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let subjects: String = (0..25).map(|i| format!("      - id: s{i:02}\n")).collect();
+    // Role `base` allows GET below /docs on both sides; role `extra` gains `GET,PUT /**`:
+    // below /docs only PUT is new, elsewhere GET and PUT.
+    let policy = |extra: &str| {
+        format!(
+            "version: 1\ntenants:\n  - id: t\n    roles:\n      - id: base\n        permissions: [a.read]\n        routes:\n          - methods: [GET]\n            path: /docs/**\n      - id: extra\n{extra}    default_roles: [base, extra]\n    subjects:\n{subjects}"
+        )
+    };
+    let (old, new) = (dir.path().join("old.yaml"), dir.path().join("new.yaml"));
+    std::fs::write(&old, policy("")).unwrap();
+    std::fs::write(
+        &new,
+        policy("        routes:\n          - methods: [GET, PUT]\n            path: /**\n"),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_authzd"))
+            .arg("diff")
+            .args([old.to_str().unwrap(), new.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("25 subjects, alike: `s00`, `s01`") && text.contains(" and 5 more"),
+        "{text}"
+    );
+    assert_eq!(text.matches("subjects, alike").count(), 1, "{text}");
+    assert!(text.contains("25 subjects gain access"), "{text}");
+    // PUT below /docs, GET and PUT elsewhere: not "GET,PUT on N paths".
+    assert!(
+        text.contains("requests on") && text.contains("(not every method on every path)"),
+        "{text}"
+    );
+    let out = run(&["--output", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["access_changed"], true);
+    assert_eq!(v["access"][0]["subjects"].as_array().unwrap().len(), 25);
+}

@@ -7,7 +7,11 @@
 //! (including a revision the database cannot rebuild), 65 an invalid policy, 66 an
 //! unreadable file, 69/70 the database.
 
-use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt::Write as _,
+    path::PathBuf,
+};
 
 use clap::{Args, ValueEnum};
 
@@ -21,7 +25,7 @@ use crate::{
         Limits, Policy, PolicyDocument, compile_with,
         diff::{
             Cause, Changes, Direction, PolicyDiff, RoleChange, RouteChange, ScopedChange, Side,
-            TenantAccess, Via, diff, role_change_text,
+            SubjectAccess, TenantAccess, Via, diff, role_change_text,
         },
         source::SourceError,
     },
@@ -65,6 +69,23 @@ pub enum DiffOutput {
     /// Markdown, to paste into a pull request.
     Markdown,
 }
+
+/// The diff as JSON: its fields, and `access_changed` (whether anyone's effective
+/// access changes, as `--exit-code` and DiffPolicy's `access_changed` say).
+pub fn json(d: &PolicyDiff) -> serde_json::Value {
+    let mut v = serde_json::to_value(d).unwrap_or_default();
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert(
+            "access_changed".to_owned(),
+            serde_json::Value::Bool(d.access_changed()),
+        );
+    }
+    v
+}
+
+/// Subjects named in one block of alike subjects in text and Markdown; the rest are
+/// counted.
+const LISTED_NAMES: usize = 20;
 
 /// A policy to compare: its label, document and compiled form.
 pub type Loaded = (String, PolicyDocument, Policy);
@@ -212,7 +233,7 @@ pub fn run(args: &DiffArgs) -> Exit {
     let text = match args.output {
         DiffOutput::Text => render(&d, false),
         DiffOutput::Markdown => render(&d, true),
-        DiffOutput::Json => match serde_json::to_string_pretty(&d) {
+        DiffOutput::Json => match serde_json::to_string_pretty(&json(&d)) {
             Ok(s) => s + "\n",
             Err(e) => {
                 eprintln!("error: {e}");
@@ -469,11 +490,53 @@ pub fn render(d: &PolicyDiff, markdown: bool) -> String {
     let (mut gain, mut lose, mut groups) = (0usize, 0usize, 0usize);
     for t in &d.access {
         st.heading(&mut out, 2, &format!("tenant {}", st.code(&t.tenant)));
+        // Subjects whose changes, unchanged scopes and causes are all alike read as one
+        // block naming them (the first 20, then a count): a default role gaining a rule
+        // is one block, not one per subject. JSON lists every subject.
+        let mut blocks: Vec<Vec<&SubjectAccess>> = Vec::new();
+        let mut block_of: HashMap<String, usize> = HashMap::new();
         for s in &t.subjects {
-            let who = if s.subject.is_empty() {
-                "anyone (anonymous or unregistered)".to_owned()
+            let key = format!("{:?}|{:?}|{:?}", s.changes, s.unchanged_scopes, s.causes);
+            match block_of.get(&key) {
+                Some(&i) => {
+                    if let Some(b) = blocks.get_mut(i) {
+                        b.push(s);
+                    }
+                }
+                None => {
+                    block_of.insert(key, blocks.len());
+                    blocks.push(vec![s]);
+                }
+            }
+        }
+        for block in &blocks {
+            let Some(s) = block.first() else { continue };
+            let name = |s: &SubjectAccess| {
+                if s.subject.is_empty() {
+                    "anyone (anonymous or unregistered)".to_owned()
+                } else {
+                    st.code(&s.subject)
+                }
+            };
+            let who = if block.len() == 1 {
+                if s.subject.is_empty() {
+                    name(s)
+                } else {
+                    format!("subject {}", name(s))
+                }
             } else {
-                format!("subject {}", st.code(&s.subject))
+                let shown: Vec<String> = block.iter().take(LISTED_NAMES).map(|s| name(s)).collect();
+                let more = block.len().saturating_sub(LISTED_NAMES);
+                let more = if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                };
+                format!(
+                    "{} subjects, alike: {}{more}",
+                    block.len(),
+                    shown.join(", ")
+                )
             };
             let sets = || {
                 s.changes
@@ -496,8 +559,8 @@ pub fn render(d: &PolicyDiff, markdown: bool) -> String {
                             .is_some_and(|r| r.change == Direction::Lost)
                     })
             });
-            gain += usize::from(gains);
-            lose += usize::from(loses);
+            gain += usize::from(gains) * block.len();
+            lose += usize::from(loses) * block.len();
             // A terminal indents subjects under their tenant; Markdown has the heading.
             let base = usize::from(!markdown);
             st.item(&mut out, base, &who);
