@@ -366,3 +366,93 @@ fn text_of(out: &Output) -> String {
         text(&out.stderr)
     )
 }
+
+/// YAML aliases cannot make a small file stand for a huge document: `validate`, `diff`
+/// and `test` hold the document with its aliases expanded to `--max-policy-bytes` and to
+/// 16 times the file's size plus 1 MiB, refusing it (65) with the bound in the message,
+/// in bounded time and memory; a list shared through an anchor still works.
+#[test]
+fn alias_expansion_is_bounded_everywhere_a_document_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    // 100 kB anchored once and repeated 20 times: about 2 MB expanded.
+    let big = "A".repeat(100_000);
+    let aliases: String = (0..20)
+        .map(|i| format!("  - id: r{i}\n    description: *d\n"))
+        .collect();
+    let two_mb = dir.path().join("two-mb.yaml");
+    std::fs::write(
+        &two_mb,
+        format!("version: 1\nroles:\n  - id: a\n    description: &d {big}\n{aliases}"),
+    )
+    .unwrap();
+    let path = two_mb.to_str().unwrap();
+    let out = authzd(&["validate", "--max-policy-bytes", "1000000", path]);
+    assert_eq!(out.status.code(), Some(65), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr)
+            .contains("with its aliases expanded the document is more than 1000000 bytes"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Within the flag's limit and 16x its size plus 1 MiB, it is fine.
+    let out = authzd(&["validate", path]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = authzd(&["diff", path, path, "--max-policy-bytes", "1000000"]);
+    assert_eq!(out.status.code(), Some(65), "{}", text(&out.stderr));
+
+    // 10 kB repeated 300 times: 3 MB from a 13 kB file, more than 16x + 1 MiB.
+    let small = "B".repeat(10_000);
+    let aliases: String = (0..300)
+        .map(|i| format!("  - id: r{i}\n    description: *d\n"))
+        .collect();
+    let bomb = dir.path().join("bomb.yaml");
+    std::fs::write(
+        &bomb,
+        format!("version: 1\nroles:\n  - id: a\n    description: &d {small}\n{aliases}"),
+    )
+    .unwrap();
+    let out = authzd(&["validate", bomb.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(65), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("16 times its own size"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // An expectation file is held to the same bounds.
+    let cases: String = (0..300)
+        .map(|_| "  - name: *n\n    subject: a\n    permission: x\n    allowed: false\n".to_owned())
+        .collect();
+    let expect = dir.path().join("p.expect.yaml");
+    std::fs::write(
+        &expect,
+        format!(
+            "version: 1\npolicy: {}\ncases:\n  - name: &n {small}\n    subject: a\n    permission: x\n    allowed: false\n{cases}",
+            common_policy(dir.path())
+        ),
+    )
+    .unwrap();
+    let out = authzd(&["test", expect.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(65), "{}", text(&out.stdout));
+
+    // A routes list shared through an anchor.
+    let shared = dir.path().join("shared.yaml");
+    std::fs::write(
+        &shared,
+        "version: 1\nroles:\n  - id: a\n    routes: &r\n      - methods: [GET]\n        path: /x\n  - id: b\n    routes: *r\n",
+    )
+    .unwrap();
+    let out = authzd(&["validate", shared.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+/// A small policy file for expectation files to name.
+fn common_policy(dir: &std::path::Path) -> String {
+    let p = dir.join("p.yaml");
+    std::fs::write(
+        &p,
+        "version: 1\ntenants:\n  - id: t\n    roles:\n      - id: r\n        permissions: [x]\n    subjects:\n      - id: a\n",
+    )
+    .unwrap();
+    p.display().to_string()
+}

@@ -138,7 +138,7 @@ fn read(path: &std::path::Path, limits: Limits) -> Result<PolicyDocument, LoadEr
         }
         .into());
     }
-    Ok(PolicyDocument::read(path)?)
+    Ok(PolicyDocument::read_limited(path, limits.document_bytes)?)
 }
 
 /// The database's current state as a side.
@@ -483,7 +483,7 @@ pub fn render(d: &PolicyDiff, markdown: bool) -> String {
         // The canonical paths need one line of explanation (docs/policy-diff.md, "Paths").
         let _ = writeln!(
             out,
-            "Paths are canonical: {} stands for any segment no rule or entry names there (a path ending in it, for every longer path too); \"other methods\" for every method none names.",
+            "Paths are canonical: {} stands for any segment no rule or entry names at that place, and \"other methods\" for every method none names (docs/policy-diff.md, \"Paths\").",
             st.code(&t.fresh_segment)
         );
     }

@@ -469,15 +469,18 @@ impl ExpectFile {
                 ),
             ));
         }
-        let mut doc: ExpectFile = serde_yaml_ng::from_str(text).map_err(|e| {
-            let line = e.location().map_or(0, |l| l.line());
-            let msg = e.to_string();
-            let msg = match msg.rfind(" at line ") {
-                Some(i) => msg.get(..i).unwrap_or(&msg).to_owned(),
-                None => msg,
-            };
-            invalid(line, msg)
-        })?;
+        let mut doc: ExpectFile =
+            super::source::yaml_limited(text, super::Limits::default().document_bytes).map_err(
+                |e| {
+                    let line = e.location().map_or(0, |l| l.line());
+                    let msg = e.to_string();
+                    let msg = match msg.rfind(" at line ") {
+                        Some(i) => msg.get(..i).unwrap_or(&msg).to_owned(),
+                        None => msg,
+                    };
+                    invalid(line, msg)
+                },
+            )?;
         let version = doc.version.unwrap_or(FORMAT_VERSION);
         if version != FORMAT_VERSION {
             return Err(invalid(

@@ -244,7 +244,8 @@ impl PolicyDocument {
     /// of its anchored node, so a small document can stand for an unbounded one (one
     /// 1 MB string repeated through 20,000 aliases is 20 GB). The expanded size is
     /// measured first, without building anything (scalars count their bytes, every
-    /// other node 1), and a document over `limit` is a syntax error naming the limit.
+    /// other node 1), and a document over `limit`, or over [`EXPANSION_FACTOR`] times
+    /// its own size plus 1 MiB, is a syntax error naming the bound.
     pub fn parse_limited(
         text: &str,
         format: Format,
@@ -279,17 +280,7 @@ impl PolicyDocument {
                         message: strip_location(&e.to_string()),
                     }
                 };
-                // An alias needs an anchor (`&name`): without a `&` anywhere, nothing
-                // can expand and the measuring walk is skipped.
-                if text.contains('&') {
-                    let used = std::cell::Cell::new(0);
-                    serde::de::DeserializeSeed::deserialize(
-                        Expanded { used: &used, limit },
-                        serde_yaml_ng::Deserializer::from_str(text),
-                    )
-                    .map_err(syntax)?;
-                }
-                serde_yaml_ng::from_str(text).map_err(syntax)?
+                yaml_limited(text, limit).map_err(syntax)?
             }
         };
         if doc.version != 1 {
@@ -309,6 +300,45 @@ impl PolicyDocument {
     }
 }
 
+/// How many times its written size a YAML document may grow by expanding its aliases
+/// (plus [`EXPANSION_SLACK`] bytes), below the size limit itself: sharing a list among
+/// many roles stays well within it, and refusing a document that expands more costs a
+/// measuring walk in proportion to its written size, not to the limit.
+pub const EXPANSION_FACTOR: u64 = 16;
+
+/// Bytes a YAML document may grow by expanding aliases besides [`EXPANSION_FACTOR`]
+/// times its size (1 MiB).
+pub const EXPANSION_SLACK: u64 = 1024 * 1024;
+
+/// Deserializes YAML text whose aliases expand it to at most `limit` bytes, and at most
+/// [`EXPANSION_FACTOR`] times its own size plus [`EXPANSION_SLACK`]: measured by a walk
+/// over the parser's events before anything is built (scalars count their bytes, every
+/// other node 1), which stops at the bound. Policy documents and expectation files
+/// (`authzd test`) are read through it.
+pub(crate) fn yaml_limited<T: serde::de::DeserializeOwned>(
+    text: &str,
+    limit: u64,
+) -> Result<T, serde_yaml_ng::Error> {
+    // An alias needs an anchor (`&name`): without a `&` anywhere, nothing can expand
+    // and the measuring walk is skipped.
+    if text.contains('&') {
+        let bound = limit.min(
+            (text.len() as u64)
+                .saturating_mul(EXPANSION_FACTOR)
+                .saturating_add(EXPANSION_SLACK),
+        );
+        let used = std::cell::Cell::new(0);
+        serde::de::DeserializeSeed::deserialize(
+            Expanded {
+                used: &used,
+                limit: bound,
+            },
+            serde_yaml_ng::Deserializer::from_str(text),
+        )?;
+    }
+    serde_yaml_ng::from_str(text)
+}
+
 /// Measures a document's size with its aliases expanded, without building it: the
 /// bytes of its scalars plus one per other node, failing as soon as that passes `limit`
 /// (so the walk itself costs at most `limit`).
@@ -324,7 +354,7 @@ impl Expanded<'_> {
         self.used.set(used);
         if used > self.limit {
             return Err(E::custom(format!(
-                "with its aliases expanded the document is more than {} bytes (max_policy_bytes); refused before parsing",
+                "with its aliases expanded the document is more than {} bytes (at most max_policy_bytes, and at most {EXPANSION_FACTOR} times its own size plus 1 MiB); refused before it is built",
                 self.limit
             )));
         }

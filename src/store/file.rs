@@ -57,7 +57,7 @@ pub fn compile_text(
     revision: u64,
     limits: Limits,
 ) -> Result<Policy, LoadError> {
-    let doc = PolicyDocument::parse(text, format, file)?;
+    let doc = PolicyDocument::parse_limited(text, format, file, limits.document_bytes)?;
     Ok(compile_with(&doc, file, revision, limits)?)
 }
 
