@@ -1253,3 +1253,46 @@ fn alike_subjects_read_as_one_block_and_json_says_access_changed() {
     assert_eq!(v["access_changed"], true);
     assert_eq!(v["access"][0]["subjects"].as_array().unwrap().len(), 25);
 }
+
+/// A role whose description alone changes: the structural part says so (an apply
+/// writes it), no one's access changes, and it is nobody's cause.
+#[test]
+fn a_description_change_is_structure_not_access() {
+    let doc = |description: &str| {
+        PolicyDocument::parse(
+            &format!(
+                "version: 1\ntenants:\n  - id: t\n    roles:\n      - id: r\n        description: {description}\n        permissions: [x]\n    subjects:\n      - id: a\n    assignments:\n      - subject: a\n        role: r\n"
+            ),
+            authz::policy::source::Format::Yaml,
+            "p.yaml",
+        )
+        .unwrap()
+    };
+    let (old, new) = (doc("before"), doc("after"));
+    let (op, np) = (
+        compile(&old, "old", 1).unwrap(),
+        compile(&new, "new", 1).unwrap(),
+    );
+    let d = diff(
+        Side {
+            label: "old",
+            doc: &old,
+            policy: &op,
+        },
+        Side {
+            label: "new",
+            doc: &new,
+            policy: &np,
+        },
+    )
+    .unwrap();
+    assert!(d.structure_changed());
+    assert!(!d.access_changed());
+    let roles = &d.structural.tenants[0].roles;
+    assert_eq!(roles.len(), 1);
+    assert!(roles[0].description_changed && !roles[0].decides_differently());
+    assert_eq!(
+        authz::policy::diff::role_change_text(&roles[0]),
+        "role `r`: description changed"
+    );
+}

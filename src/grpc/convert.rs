@@ -402,6 +402,7 @@ pub fn diff_to_pb(d: &crate::policy::diff::PolicyDiff, revision: u64) -> pb::Dif
         includes: Some(changes(&r.includes)),
         permissions: Some(changes(&r.permissions)),
         routes: Some(changes(&r.routes)),
+        description_changed: r.description_changed,
     };
     let scoped = |c: &ScopedChange| pb::ScopedAccessChange {
         scopes: c.scopes.clone(),

@@ -175,6 +175,18 @@ pub struct RoleChange {
     /// Route rules, as `METHODS pattern`.
     #[serde(skip_serializing_if = "Changes::is_empty")]
     pub routes: Changes,
+    /// The description changed (text for people: decides nothing, but an apply writes
+    /// it).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub description_changed: bool,
+}
+
+impl RoleChange {
+    /// Whether the role decides differently: includes, permissions or rules changed
+    /// (not only its description).
+    pub fn decides_differently(&self) -> bool {
+        !(self.includes.is_empty() && self.permissions.is_empty() && self.routes.is_empty())
+    }
 }
 
 /// A tenant added, removed or changed.
@@ -463,10 +475,9 @@ fn role_changes(old: &[RoleDoc], new: &[RoleDoc]) -> Vec<RoleChange> {
                 a.routes.iter().map(|r| route_text(&r.methods, &r.path)),
                 b.routes.iter().map(|r| route_text(&r.methods, &r.path)),
             ),
+            description_changed: change == ChangeKind::Changed && a.description != b.description,
         };
-        if change != ChangeKind::Changed
-            || !(c.includes.is_empty() && c.permissions.is_empty() && c.routes.is_empty())
-        {
+        if change != ChangeKind::Changed || c.decides_differently() || c.description_changed {
             out.push(c);
         }
     }
@@ -1714,8 +1725,10 @@ fn causes(
             (None, Some(_)) => add("role_added", format!("role `{id}` is new")),
             (Some(_), None) => add("role_removed", format!("role `{id}` is removed")),
             (Some(a), Some(b)) => {
+                // A description says nothing about access: not a cause.
                 if let Some(c) =
                     role_changes(std::slice::from_ref(&a), std::slice::from_ref(&b)).first()
+                    && c.decides_differently()
                 {
                     add("role_changed", role_change_text(c));
                 }
@@ -1759,5 +1772,8 @@ pub fn role_change_text(c: &RoleChange) -> String {
     part("-", "permissions", &c.permissions.removed);
     part("+", "rules", &c.routes.added);
     part("-", "rules", &c.routes.removed);
+    if c.description_changed {
+        parts.push("description changed".to_owned());
+    }
     format!("role `{}`: {}", c.role, parts.join("; "))
 }
