@@ -32,6 +32,23 @@ use tonic::{Code, Request};
 const ROOT: &str = "root-secret-token";
 const ACME: &str = "acme-secret-token";
 
+/// Runs `authzd ARGS` on a blocking thread, so the test's runtime keeps serving.
+async fn authzd(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_authzd"))
+            .args(&args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// `parts` as owned arguments.
+fn args(parts: &[&str]) -> Vec<String> {
+    parts.iter().map(|s| (*s).to_owned()).collect()
+}
+
 fn authed<T>(token: &str, msg: T) -> Request<T> {
     let mut r = Request::new(msg);
     r.metadata_mut()
@@ -333,22 +350,18 @@ async fn apply_dry_run_prints_the_diff_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("changed.yaml");
     std::fs::write(&file, changed_gateway()).unwrap();
-    let url = db.url.clone();
-    let path = file.clone();
-    let run = move |extra: &'static [&'static str]| {
-        let (url, path) = (url.clone(), path.clone());
-        async move {
-            tokio::task::spawn_blocking(move || {
-                std::process::Command::new(env!("CARGO_BIN_EXE_authzd"))
-                    .args(["policy", "apply", "--dry-run", "--database-url", &url])
-                    .arg(&path)
-                    .args(extra)
-                    .output()
-                    .unwrap()
-            })
-            .await
-            .unwrap()
-        }
+    let path = file.display().to_string();
+    let run = |extra: &[&str]| {
+        let mut a = args(&[
+            "policy",
+            "apply",
+            "--dry-run",
+            "--database-url",
+            &db.url,
+            &path,
+        ]);
+        a.extend(args(extra));
+        authzd(a)
     };
     let out = run(&[]).await;
     let (stdout, stderr) = (
@@ -490,23 +503,13 @@ async fn apply_refuses_to_delete_admin_api_rows_unless_forced() {
     assert_eq!(db.revision().await, before, "nothing written");
 
     // The CLI says the same and exits 65; with --force it deletes them.
-    let file = example("gateway.yaml");
-    let url = db.url.clone();
-    let cli = move |force: bool| {
-        let (url, file) = (url.clone(), file.clone());
-        async move {
-            tokio::task::spawn_blocking(move || {
-                let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_authzd"));
-                c.args(["policy", "apply", "--database-url", &url])
-                    .arg(&file);
-                if force {
-                    c.arg("--force");
-                }
-                c.output().unwrap()
-            })
-            .await
-            .unwrap()
+    let file = example("gateway.yaml").display().to_string();
+    let cli = |force: bool| {
+        let mut a = args(&["policy", "apply", "--database-url", &db.url, &file]);
+        if force {
+            a.push("--force".to_owned());
         }
+        authzd(a)
     };
     let out = cli(false).await;
     assert_eq!(out.status.code(), Some(65));
@@ -638,14 +641,23 @@ async fn apply_refuses_to_recreate_rows_the_admin_api_deleted_unless_forced() {
     );
     assert_eq!(db.revision().await, before, "nothing written");
     // Rows that grant access are listed first: assignments before subjects.
-    assert!(msg.find("assignments (") < msg.find("subjects ("), "{msg}");
+    let (assignments, subjects) = (
+        msg.find("assignments (").expect("an assignment is listed"),
+        msg.find("subjects (").expect("a subject is listed"),
+    );
+    assert!(assignments < subjects, "{msg}");
 
     // The dry run says so beforehand.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_authzd"))
-        .args(["policy", "apply", "--dry-run", "--database-url", &db.url])
-        .arg(example("gateway.yaml"))
-        .output()
-        .unwrap();
+    let gateway = example("gateway.yaml").display().to_string();
+    let out = authzd(args(&[
+        "policy",
+        "apply",
+        "--dry-run",
+        "--database-url",
+        &db.url,
+        &gateway,
+    ]))
+    .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(65), "{stderr}");
     assert!(
@@ -836,20 +848,11 @@ async fn diff_compares_past_revisions_rebuilt_from_the_change_log() {
         .await
         .unwrap();
     assert!(revoked > applied);
-    let run = |args: Vec<String>| {
-        let url = db.url.clone();
-        async move {
-            tokio::task::spawn_blocking(move || {
-                std::process::Command::new(env!("CARGO_BIN_EXE_authzd"))
-                    .arg("diff")
-                    .args(&args)
-                    .args(["--database-url", &url])
-                    .output()
-                    .unwrap()
-            })
-            .await
-            .unwrap()
-        }
+    let run = |sides: Vec<String>| {
+        let mut a = vec!["diff".to_owned()];
+        a.extend(sides);
+        a.extend(args(&["--database-url", &db.url]));
+        authzd(a)
     };
     let rev = |r: u64| format!("rev:{r}");
 

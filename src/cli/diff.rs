@@ -72,15 +72,15 @@ pub enum DiffOutput {
 
 /// The diff as JSON: its fields, and `access_changed` (whether anyone's effective
 /// access changes, as `--exit-code` and DiffPolicy's `access_changed` say).
-pub fn json(d: &PolicyDiff) -> serde_json::Value {
-    let mut v = serde_json::to_value(d).unwrap_or_default();
+pub fn json(d: &PolicyDiff) -> Result<serde_json::Value, serde_json::Error> {
+    let mut v = serde_json::to_value(d)?;
     if let Some(obj) = v.as_object_mut() {
         obj.insert(
             "access_changed".to_owned(),
             serde_json::Value::Bool(d.access_changed()),
         );
     }
-    v
+    Ok(v)
 }
 
 /// Subjects named in one block of alike subjects in text and Markdown; the rest are
@@ -233,7 +233,7 @@ pub fn run(args: &DiffArgs) -> Exit {
     let text = match args.output {
         DiffOutput::Text => render(&d, false),
         DiffOutput::Markdown => render(&d, true),
-        DiffOutput::Json => match serde_json::to_string_pretty(&json(&d)) {
+        DiffOutput::Json => match json(&d).and_then(|v| serde_json::to_string_pretty(&v)) {
             Ok(s) => s + "\n",
             Err(e) => {
                 eprintln!("error: {e}");

@@ -260,7 +260,13 @@ fn dry_run(args: &ApplyArgs, file: &str, doc: &PolicyDocument) -> Exit {
         super::diff::DiffOutput::Markdown => super::diff::render(&d, true) + &apply_section(true),
         super::diff::DiffOutput::Json => {
             // The diff, and the rows the apply would refuse to write unforced.
-            let mut v = super::diff::json(&d);
+            let mut v = match super::diff::json(&d) {
+                Ok(v) => v,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Exit::Software;
+                }
+            };
             if let Some(obj) = v.as_object_mut() {
                 obj.insert("protected_rows".to_owned(), serde_json::json!(protected));
             }

@@ -200,34 +200,11 @@ impl PolicyAdmin {
         let (_, old_doc, limits) = self.store.policy_at(Some(old)).await?;
         let (new, new_doc, _) = self.store.policy_at(new).await?;
         let diffed = off_runtime(move || {
-            let limits = crate::policy::Limits {
-                document_bytes: u64::MAX,
-                ..limits
-            };
-            let compiled = |doc: &PolicyDocument, label: &str, revision: u64| {
-                crate::policy::compile_with(doc, label, revision, limits).map_err(|e| {
-                    AdminError::Db(format!("the database's policy does not compile: {e}"))
-                })
-            };
-            let (old_label, new_label) = (
-                format!("database revision {old}"),
-                format!("database revision {new}"),
-            );
-            let old_policy = compiled(&old_doc, &old_label, old)?;
-            let new_policy = compiled(&new_doc, &new_label, new)?;
-            crate::policy::diff::diff(
-                crate::policy::diff::Side {
-                    label: &old_label,
-                    doc: &old_doc,
-                    policy: &old_policy,
-                },
-                crate::policy::diff::Side {
-                    label: &new_label,
-                    doc: &new_doc,
-                    policy: &new_policy,
-                },
+            compile_and_diff(
+                DiffSide::database(old, old_doc),
+                DiffSide::database(new, new_doc),
+                limits,
             )
-            .map_err(|e| AdminRequestError::from(AdminError::Invalid(e.to_string())))
         })
         .await
         .map_err(|e| AdminError::Db(e.to_string()))??;
@@ -235,6 +212,77 @@ impl PolicyAdmin {
         out.new_revision = new;
         Ok(out)
     }
+}
+
+/// One side of a DiffPolicy comparison.
+struct DiffSide {
+    /// Its label in the diff.
+    label: String,
+    doc: PolicyDocument,
+    /// The revision it is compiled at.
+    revision: u64,
+    /// The request's document (a problem with it is the caller's: INVALID_ARGUMENT
+    /// naming `document`), not the database's state (a problem there is internal).
+    from_request: bool,
+}
+
+impl DiffSide {
+    /// The database's state at `revision`.
+    fn database(revision: u64, doc: PolicyDocument) -> Self {
+        DiffSide {
+            label: format!("database revision {revision}"),
+            doc,
+            revision,
+            from_request: false,
+        }
+    }
+}
+
+/// Compiles both sides with the database's `limits` (documents of any size: they are
+/// already read) and diffs them ([`crate::policy::diff::diff`]); CPU work for a
+/// blocking thread.
+fn compile_and_diff(
+    old: DiffSide,
+    new: DiffSide,
+    limits: crate::policy::Limits,
+) -> Result<crate::policy::diff::PolicyDiff> {
+    let limits = crate::policy::Limits {
+        document_bytes: u64::MAX,
+        ..limits
+    };
+    let blame = |side: &DiffSide, e: String| -> AdminRequestError {
+        if side.from_request {
+            bad("document", e)
+        } else {
+            AdminError::Db(format!("the database's policy does not compile: {e}")).into()
+        }
+    };
+    let compile = |side: &DiffSide| {
+        crate::policy::compile_with(&side.doc, &side.label, side.revision, limits)
+            .map_err(|e| blame(side, e.to_string()))
+    };
+    let (old_policy, new_policy) = (compile(&old)?, compile(&new)?);
+    crate::policy::diff::diff(
+        crate::policy::diff::Side {
+            label: &old.label,
+            doc: &old.doc,
+            policy: &old_policy,
+        },
+        crate::policy::diff::Side {
+            label: &new.label,
+            doc: &new.doc,
+            policy: &new_policy,
+        },
+    )
+    // Too many probe paths: the document's fault when there is one, else the
+    // database's state is beyond what the diff evaluates.
+    .map_err(|e| {
+        if new.from_request {
+            bad("document", e)
+        } else {
+            AdminError::Invalid(e.to_string()).into()
+        }
+    })
 }
 
 /// How often an ongoing database outage is summarized in the log.
@@ -896,33 +944,13 @@ impl pb::policy_admin_service_server::PolicyAdminService for PolicyAdmin {
                 let (revision, current, limits) = self.store.current_policy().await?;
                 let diffed = off_runtime(move || {
                     let new = crate::policy::diff::after_apply(&current, &doc);
-                    let limits = crate::policy::Limits {
-                        document_bytes: u64::MAX,
-                        ..limits
+                    let new = DiffSide {
+                        label: "document".to_owned(),
+                        doc: new,
+                        revision,
+                        from_request: true,
                     };
-                    let label = format!("database revision {revision}");
-                    let old_policy = crate::policy::compile_with(
-                        &current, &label, revision, limits,
-                    )
-                    .map_err(|e| {
-                        AdminError::Db(format!("the database's policy does not compile: {e}"))
-                    })?;
-                    let new_policy =
-                        crate::policy::compile_with(&new, "document", revision, limits)
-                            .map_err(|e| bad("document", e))?;
-                    crate::policy::diff::diff(
-                        crate::policy::diff::Side {
-                            label: &label,
-                            doc: &current,
-                            policy: &old_policy,
-                        },
-                        crate::policy::diff::Side {
-                            label: "document",
-                            doc: &new,
-                            policy: &new_policy,
-                        },
-                    )
-                    .map_err(|e| bad("document", e))
+                    compile_and_diff(DiffSide::database(revision, current), new, limits)
                 })
                 .await
                 .map_err(|e| AdminError::Db(e.to_string()))??;

@@ -951,22 +951,13 @@ impl AdminStore {
                 more: false,
             });
         }
-        // Every revision has change rows (the capture trigger writes them as it takes
-        // the revision), so the log reaches back to `after` iff it holds `after + 1`.
-        let oldest: Option<i64> = tx
-            .query_one("SELECT min(revision) FROM authz_changes", &[])
-            .await?
-            .try_get(0)?;
-        let oldest = oldest.map(to_u64);
-        if oldest.is_none_or(|o| o > after.saturating_add(1)) {
-            let retained = match oldest {
-                Some(o) => format!("the oldest retained change is at revision {o}"),
-                None => "no changes are retained".to_owned(),
-            };
+        let oldest = super::postgres::oldest_change(&tx).await?;
+        if !super::postgres::log_reaches_back(oldest, after) {
             return Err(AdminError::OutOfRange(format!(
-                "revision {after} is older than the retained change log ({retained}); \
+                "revision {after} is older than the retained change log ({}); \
                  read the current state (ExportPolicy or the List calls) and watch from \
-                 the revision it reflects"
+                 the revision it reflects",
+                super::postgres::retained_text(oldest)
             )));
         }
         let upto = current.min(after.saturating_add(max_revisions.max(1)));

@@ -576,11 +576,8 @@ impl Follow {
                 return Ok(());
             }
             // The change log may have been pruned past what this replica has applied.
-            let oldest: Option<i64> = tx
-                .query_typed_one("SELECT min(revision) FROM authz_changes", &[])
-                .await?
-                .get(0);
-            if oldest.is_none_or(|o| o > to_i64(from) + 1) {
+            if !super::postgres::log_reaches_back(super::postgres::oldest_change(&tx).await?, from)
+            {
                 tx.commit().await?;
                 warn!(
                     from,

@@ -451,18 +451,8 @@ pub async fn export_at(
         )));
     }
     if revision < current {
-        // Every revision has change rows (the capture trigger writes them as it takes
-        // the revision), so the log reaches back to `revision` iff it holds the next.
-        let oldest: Option<i64> = tx
-            .query_typed_one("SELECT min(revision) FROM authz_changes", &[])
-            .await?
-            .get(0);
-        let oldest = oldest.and_then(|o| u64::try_from(o).ok());
-        if oldest.is_none_or(|o| o > revision.saturating_add(1)) {
-            let retained = match oldest {
-                Some(o) => format!("the oldest retained change is at revision {o}"),
-                None => "no changes are retained".to_owned(),
-            };
+        let oldest = oldest_change(&tx).await?;
+        if !log_reaches_back(oldest, revision) {
             let rebuildable = match oldest {
                 Some(o) => format!(
                     "the revisions it can rebuild are {} to {current}",
@@ -471,7 +461,8 @@ pub async fn export_at(
                 None => format!("the only revision it can rebuild is the current one, {current}"),
             };
             return Err(StoreError::Revision(format!(
-                "revision {revision} is older than the retained change log ({retained}): {rebuildable}"
+                "revision {revision} is older than the retained change log ({}): {rebuildable}",
+                retained_text(oldest)
             )));
         }
     }
@@ -480,6 +471,35 @@ pub async fn export_at(
     let doc = read_document_as_of(&tx, Tenants::All, at).await?;
     tx.commit().await?;
     Ok((doc, limits))
+}
+
+/// The oldest revision the change log (`authz_changes`) still holds, `None` when it is
+/// empty.
+pub async fn oldest_change(
+    tx: &tokio_postgres::Transaction<'_>,
+) -> Result<Option<u64>, StoreError> {
+    let oldest: Option<i64> = tx
+        .query_typed_one("SELECT min(revision) FROM authz_changes", &[])
+        .await?
+        .get(0);
+    Ok(oldest.and_then(|o| u64::try_from(o).ok()))
+}
+
+/// Whether a change log whose oldest revision is `oldest` ([`oldest_change`]) holds
+/// every change after revision `after`. Every revision has change rows (the capture
+/// trigger writes them as it takes the revision), and the log is pruned whole
+/// revisions oldest first, so it does iff it holds `after + 1`.
+pub fn log_reaches_back(oldest: Option<u64>, after: u64) -> bool {
+    oldest.is_some_and(|o| o <= after.saturating_add(1))
+}
+
+/// `oldest` ([`oldest_change`]) in words, for the messages of callers that find the log
+/// does not reach back far enough.
+pub fn retained_text(oldest: Option<u64>) -> String {
+    match oldest {
+        Some(o) => format!("the oldest retained change is at revision {o}"),
+        None => "no changes are retained".to_owned(),
+    }
 }
 
 /// Each table's primary key: what identifies a row across its changes in the log.
